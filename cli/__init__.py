@@ -1,0 +1,1 @@
+"""Click commands. Thin: parse options, build settings, call a component function."""

@@ -1,0 +1,1 @@
+"""The compensation daemon: quarantine -> reverse saga -> escalation (DESIGN §7)."""

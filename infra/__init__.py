@@ -1,0 +1,1 @@
+"""Infrastructure shared by the components: settings, the local stack, topics, migrations."""

@@ -1,0 +1,1 @@
+"""Stream processors hosted in the faust-streaming worker (DESIGN §6)."""
