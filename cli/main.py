@@ -1,0 +1,202 @@
+"""The `wakeline` command. Thin: each command parses options and calls a component function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from wakeline.errors import WakelineError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def run_guarded(fn: Callable[[], Any]) -> Any:
+    """Map expected failures to a one-line message and the error's exit code."""
+    try:
+        return fn()
+    except WakelineError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(e.exit_code)
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str, sort_keys=True))
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Wakeline: a tamper-evident audit ledger and compensation daemon for AI agents."""
+    level = os.environ.get("WAKELINE_LOG_LEVEL") or ["WARNING", "INFO", "DEBUG"][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+# ------------------------------------------------------------------------------ stack
+
+
+@cli.group()
+def stack() -> None:
+    """Start, stop and inspect the local Kafka + PostgreSQL under WAKELINE_HOME."""
+
+
+@stack.command("up")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stack_up(as_json: bool) -> None:
+    """Start the local broker and database (no-op for what already runs)."""
+    from wakeline.infra import stack as local
+    from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
+
+    def go() -> dict:
+        settings = StackSettings.from_env()
+        kafka_ext = KafkaSettings.from_env().external
+        db_ext = DatabaseSettings.from_env().external
+        with console.status("starting the local stack...", spinner="dots"):
+            return local.up(settings, kafka=not kafka_ext, postgres=not db_ext)
+
+    report = run_guarded(go)
+    if as_json:
+        emit_json(report)
+        return
+    for name in ("postgres", "kafka"):
+        part = report.get(name)
+        if part is None:
+            console.print(f"{name}: external (not started)")
+            continue
+        where = part.get("dsn") or part.get("bootstrap")
+        if part["started"]:
+            extra = f", jars fetched in {part['fetch_s']:.1f}s" if part.get("fetch_s") else ""
+            console.print(
+                f"{name}: started pid {part['pid']} at {where} in {part['start_s']:.1f}s{extra}"
+            )
+        else:
+            console.print(f"{name}: already running, pid {part['pid']} at {where}")
+
+
+@stack.command("down")
+def stack_down() -> None:
+    """Stop the local broker and database."""
+    from wakeline.infra import stack as local
+    from wakeline.infra.settings import StackSettings
+
+    stopped = run_guarded(lambda: local.down(StackSettings.from_env()))
+    for name, was in stopped.items():
+        console.print(f"{name}: {'stopped' if was else 'was not running'}")
+
+
+@stack.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stack_status(as_json: bool) -> None:
+    """Versions, addresses and pids of the local stack."""
+    from wakeline.infra import stack as local
+    from wakeline.infra.settings import StackSettings
+
+    report = run_guarded(lambda: local.status(StackSettings.from_env()))
+    if as_json:
+        emit_json(report)
+        return
+    table = Table(title=f"local stack in {report['home']}")
+    for col in ("component", "state", "pid", "version", "address"):
+        table.add_column(col)
+    k, p = report["kafka"], report["postgres"]
+    table.add_row("kafka", "running" if k["running"] else "stopped", str(k["pid"] or "-"),
+                  k["version"], k["bootstrap"])  # fmt: skip
+    table.add_row("postgres", "running" if p["running"] else "stopped", str(p["pid"] or "-"),
+                  p["version"] or "?", p["dsn"])  # fmt: skip
+    console.print(table)
+    if not (k["running"] and p["running"]):
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------------ init, doctor
+
+
+@cli.command("init")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def init(as_json: bool) -> None:
+    """Create every topic and apply the database migrations (idempotent)."""
+    from wakeline.infra.provision import initialise
+    from wakeline.infra.settings import DatabaseSettings, KafkaSettings
+
+    report = run_guarded(lambda: initialise(KafkaSettings.from_env(), DatabaseSettings.from_env()))
+    if as_json:
+        emit_json(report)
+        return
+    console.print(f"topics created: {', '.join(report['topics_created']) or 'none (all present)'}")
+    console.print(f"migrations applied: {', '.join(report['migrations_applied']) or 'none'}")
+    console.print(f"database schema version: {report['schema_version']}")
+    if report.get("schemas_published") is not None:
+        console.print(f"event schemas published: {report['schemas_published']}")
+
+
+@cli.command("doctor")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json: bool) -> None:
+    """Check Java, Maven, broker, database, topics and schema version."""
+    from wakeline.infra.doctor import run_checks
+    from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
+
+    checks = run_guarded(
+        lambda: run_checks(
+            StackSettings.from_env(), KafkaSettings.from_env(), DatabaseSettings.from_env()
+        )
+    )
+    if as_json:
+        emit_json([c.__dict__ for c in checks])
+    else:
+        table = Table(title="wakeline doctor")
+        for col in ("check", "", "detail", "how to fix"):
+            table.add_column(col)
+        for c in checks:
+            mark = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            table.add_row(c.name, mark, c.detail, "" if c.ok else c.fix)
+        console.print(table)
+    if not all(c.ok for c in checks):
+        sys.exit(1)
+
+
+@cli.command("demo")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def demo(as_json: bool) -> None:
+    """Run the end-to-end scenario on the configured stack and print what happened."""
+    from wakeline.demo import run_demo
+    from wakeline.infra.settings import DatabaseSettings, KafkaSettings
+
+    report = run_guarded(
+        lambda: run_demo(KafkaSettings.from_env(), DatabaseSettings.from_env(), console=console)
+    )
+    if as_json:
+        emit_json(report)
+
+
+def _attach_optional_groups() -> None:
+    """Command groups owned by components; attached when their module exists."""
+    import importlib
+
+    for module, attr in (("wakeline.cli.ledger", "ledger"),):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        cli.add_command(getattr(mod, attr))
+
+
+_attach_optional_groups()
+
+
+def main() -> None:
+    cli(prog_name="wakeline")
+
+
+if __name__ == "__main__":
+    main()

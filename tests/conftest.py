@@ -1,0 +1,114 @@
+"""Fixtures shared by every test.
+
+Integration tests (marked `integration`) run against the real local stack (or the services
+named by WAKELINE_BOOTSTRAP / WAKELINE_DSN). Each test session gets its own topic prefix and
+its own database, so runs never see each other's data. Under CI a stack that cannot start
+fails the run; elsewhere the integration tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import conninfo
+from wakeline.infra import db, stack, topics
+from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings, Topics
+
+from wakeline.errors import WakelineError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+TEST_PARTITIONS = 3
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"the stack is required under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> StackSettings:
+    return StackSettings.from_env()
+
+
+@pytest.fixture(scope="session")
+def local_stack(stack_settings: StackSettings) -> StackSettings:
+    """The running local stack (started if needed). External services are used as they are."""
+    kafka_ext = KafkaSettings.from_env().external
+    db_ext = DatabaseSettings.from_env().external
+    try:
+        stack.up(stack_settings, kafka=not kafka_ext, postgres=not db_ext)
+    except WakelineError as e:
+        _unavailable(f"cannot start the local stack: {e}")
+    return stack_settings
+
+
+@pytest.fixture(scope="session")
+def kafka(local_stack: StackSettings) -> Iterator[KafkaSettings]:
+    """KafkaSettings with a unique topic prefix and every topic of DESIGN §4 created."""
+    base = KafkaSettings.from_env()
+    settings = replace(
+        base, topics=Topics(f"t{uuid.uuid4().hex[:10]}.wakeline."), partitions=TEST_PARTITIONS
+    )
+    try:
+        topics.ensure_topics(settings)
+    except WakelineError as e:
+        _unavailable(str(e))
+    yield settings
+    try:
+        topics.delete_topics(settings)
+    except Exception:  # clean-up is best effort; the prefix is unique anyway
+        pass
+
+
+def _create_database() -> str:
+    base = DatabaseSettings.from_env().dsn
+    name = f"wl_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as e:
+        _unavailable(f"cannot reach PostgreSQL: {e}")
+    dsn = conninfo.make_conninfo(base, dbname=name)
+    db.migrate(dsn)
+    return dsn
+
+
+def _drop_database(dsn: str) -> None:
+    name = conninfo.conninfo_to_dict(dsn)["dbname"]
+    base = DatabaseSettings.from_env().dsn
+    try:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg.Error:
+        pass
+
+
+@pytest.fixture(scope="session")
+def dsn(local_stack: StackSettings) -> Iterator[str]:
+    """A fresh database for the test session, every migration applied."""
+    value = _create_database()
+    yield value
+    _drop_database(value)
+
+
+@pytest.fixture
+def fresh_dsn(local_stack: StackSettings) -> Iterator[str]:
+    """A fresh migrated database for one test."""
+    value = _create_database()
+    yield value
+    _drop_database(value)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"shared/ not found beside the repo at {SHARED}", pytrace=False)
+    return SHARED
