@@ -26,6 +26,8 @@ from wakeline.infra.settings import StackSettings, local_dsn
 
 from wakeline.errors import StackError
 
+__all__ = ["StackError", "down", "status", "up"]
+
 log = logging.getLogger(__name__)
 
 MIN_JAVA = 17

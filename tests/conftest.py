@@ -8,6 +8,7 @@ fails the run; elsewhere the integration tests are skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -62,10 +63,8 @@ def kafka(local_stack: StackSettings) -> Iterator[KafkaSettings]:
     except WakelineError as e:
         _unavailable(str(e))
     yield settings
-    try:
+    with contextlib.suppress(Exception):  # best effort; the prefix is unique anyway
         topics.delete_topics(settings)
-    except Exception:  # clean-up is best effort; the prefix is unique anyway
-        pass
 
 
 def _create_database() -> str:

@@ -1,0 +1,6 @@
+# Image for the `worker` and `compensator` services of docker-compose.yml.
+FROM python:3.11-slim
+WORKDIR /app
+COPY . /app
+RUN pip install --no-cache-dir ".[processors]"
+ENTRYPOINT []

@@ -1,0 +1,55 @@
+# Wakeline: every target sets up what it needs on a fresh machine (Python 3.11+, Java 17+, Maven).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+WL     := $(BIN)/wakeline
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo up down status init bench lint clean unit
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+up: $(STAMP)
+	$(WL) stack up
+
+down:
+	@if [ -x $(WL) ]; then $(WL) stack down; fi
+
+status: $(STAMP)
+	$(WL) stack status
+
+init: up
+	$(WL) init
+
+# Starts the stack, runs every test, stops the stack; keeps pytest's exit code.
+test: $(STAMP)
+	$(WL) stack up
+	$(WL) init
+	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; $(WL) stack down; exit $$status
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(WL) stack up
+	$(WL) init
+	$(WL) demo
+
+bench: $(STAMP)
+	$(WL) stack up
+	$(WL) init
+	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean: down
+	rm -rf .wakeline
