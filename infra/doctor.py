@@ -5,10 +5,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
+from wakeline.errors import WakelineError
 from wakeline.infra import db, stack, topics
 from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
-
-from wakeline.errors import WakelineError
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from wakeline.infra.settings import StackSettings, local_dsn
-
 from wakeline.errors import StackError
+from wakeline.infra.settings import StackSettings, local_dsn
 
 __all__ = ["StackError", "down", "status", "up"]
 

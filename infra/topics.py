@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from wakeline.infra.settings import KafkaSettings
-
 from wakeline.errors import StackError
+from wakeline.infra.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import conninfo
-from wakeline.infra import db, stack, topics
-from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings, Topics
 
 from wakeline.errors import WakelineError
+from wakeline.infra import db, stack, topics
+from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings, Topics
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

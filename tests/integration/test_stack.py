@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
 from wakeline.infra import db, stack
 from wakeline.infra.settings import KafkaSettings, StackSettings
 
