@@ -1,0 +1,218 @@
+"""Tool registry: declare a tool once; every call of it is described by its spec (DESIGN §8).
+
+A `ToolSpec` says how dangerous a tool is (reversibility x impact), which resources a call
+reads and writes (as a function of its arguments), which compensating action undoes it,
+which argument fields must never reach the log (`redact`) or reach it only as a digest
+(`digest_only`), and how durably its intent is recorded before it runs.
+
+MCP tool annotations map to the two axes with `from_mcp_annotations` (the table is in its
+docstring). Unknown tools get the most conservative spec: irreversible, high impact, strict.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from wakeline.producers.errors import SdkError, UnknownTool
+
+Reversibility = Literal["read", "reversible", "compensable", "irreversible"]
+Impact = Literal["low", "medium", "high", "critical"]
+Durability = Literal["strict", "relaxed"]
+
+REVERSIBILITIES: tuple[str, ...] = get_args(Reversibility)
+IMPACTS: tuple[str, ...] = get_args(Impact)
+DURABILITIES: tuple[str, ...] = get_args(Durability)
+
+#: resource keys: a function of the (unredacted) arguments, or `str.format` templates over them
+ResourceKeys = Callable[[Mapping[str, Any]], Iterable[str]] | Sequence[str]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """Everything the SDK needs to know about one tool."""
+
+    name: str
+    reversibility: Reversibility = "irreversible"
+    impact: Impact = "high"
+    reads: ResourceKeys = ()
+    writes: ResourceKeys = ()
+    compensation: str | None = None
+    #: dotted paths (`card.number`) removed from the logged arguments
+    redact: frozenset[str] = frozenset()
+    #: dotted paths replaced by their BLAKE3 digest in the logged arguments
+    digest_only: frozenset[str] = frozenset()
+    #: None = the default for the reversibility: `relaxed` for read, `strict` otherwise
+    durability: Durability | None = None
+    idempotent: bool = False
+    #: result -> short summary for the log (None: the result is logged only as a digest)
+    summarise: Callable[[Any], str] | None = None
+    #: result -> ids the outside world assigned (charge id, ...) that compensation needs
+    external_ids: Callable[[Any], Mapping[str, str]] | None = None
+    description: str = ""
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise SdkError("a tool needs a non-empty name")
+        if self.reversibility not in REVERSIBILITIES:
+            raise SdkError(
+                f"tool {self.name}: reversibility {self.reversibility!r} is not one of "
+                f"{', '.join(REVERSIBILITIES)}"
+            )
+        if self.impact not in IMPACTS:
+            raise SdkError(
+                f"tool {self.name}: impact {self.impact!r} is not one of {', '.join(IMPACTS)}"
+            )
+        if self.durability is not None and self.durability not in DURABILITIES:
+            raise SdkError(
+                f"tool {self.name}: durability {self.durability!r} is not one of "
+                f"{', '.join(DURABILITIES)}"
+            )
+        object.__setattr__(self, "redact", frozenset(self.redact))
+        object.__setattr__(self, "digest_only", frozenset(self.digest_only))
+        both = self.redact & self.digest_only
+        if both:
+            raise SdkError(f"tool {self.name}: {sorted(both)[0]} is both redacted and digested")
+
+    @property
+    def mutates(self) -> bool:
+        return self.reversibility != "read"
+
+    @property
+    def effective_durability(self) -> Durability:
+        if self.durability is not None:
+            return self.durability
+        return "relaxed" if self.reversibility == "read" else "strict"
+
+    def resources_read(self, args: Mapping[str, Any]) -> list[str]:
+        return _resource_keys(self.name, "reads", self.reads, args)
+
+    def resources_written(self, args: Mapping[str, Any]) -> list[str]:
+        return _resource_keys(self.name, "writes", self.writes, args)
+
+
+def _resource_keys(
+    tool: str, which: str, keys: ResourceKeys, args: Mapping[str, Any]
+) -> list[str]:
+    if not keys:
+        return []
+    try:
+        if callable(keys):
+            return [str(k) for k in keys(args)]
+        return [template.format(**args) for template in keys]
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        raise SdkError(f"tool {tool}: cannot compute resource keys ({which}): {e!r}") from e
+
+
+def default_spec(name: str) -> ToolSpec:
+    """The spec of a tool nobody registered: assume the worst (MCP's defaults agree)."""
+    return ToolSpec(name=name, reversibility="irreversible", impact="high")
+
+
+def _hint(annotations: Any, key: str, default: bool) -> bool:
+    if annotations is None:
+        return default
+    if isinstance(annotations, Mapping):
+        value = annotations.get(key)
+    else:
+        value = getattr(annotations, key, None)
+    return default if value is None else bool(value)
+
+
+def from_mcp_annotations(
+    name: str,
+    annotations: Mapping[str, Any] | Any | None,
+    *,
+    compensation: str | None = None,
+    **overrides: Any,
+) -> ToolSpec:
+    """A `ToolSpec` from MCP `ToolAnnotations` (a dict with camelCase keys or an object).
+
+    Absent hints take MCP's defaults: readOnlyHint=false, destructiveHint=true,
+    idempotentHint=false, openWorldHint=true. So a tool that says nothing is treated as
+    destructive and open-world: irreversible, high impact, strict.
+
+    | readOnlyHint | destructiveHint | openWorldHint | reversibility | impact |
+    | ------------ | --------------- | ------------- | ------------- | ------ |
+    | true         | (ignored)       | false         | read          | low    |
+    | true         | (ignored)       | true          | read          | low    |
+    | false        | false           | false         | compensable   | low    |
+    | false        | false           | true          | compensable   | medium |
+    | false        | true            | false         | irreversible  | medium |
+    | false        | true            | true          | irreversible  | high   |
+
+    Why: MCP says destructiveHint is meaningful only when readOnlyHint is false; a
+    non-destructive tool only *adds* (MCP: "additive updates"), which a compensating action can
+    remove, hence `compensable`; a destructive one may delete or overwrite, which we cannot
+    assume undoable, hence `irreversible` unless `compensation` names a compensating action,
+    in which case it becomes `compensable`. An open world (external systems, other people)
+    raises the impact one step. MCP hints cannot express `reversible` (an exact undo) or
+    `critical`; pass `reversibility=` / `impact=` overrides for those. idempotentHint does not
+    change either axis (it is about retries, not undo); it is kept as `ToolSpec.idempotent`.
+    Annotations are hints from the tool's server, not guarantees: overrides win.
+    """
+    read_only = _hint(annotations, "readOnlyHint", False)
+    destructive = _hint(annotations, "destructiveHint", True)
+    idempotent = _hint(annotations, "idempotentHint", False)
+    open_world = _hint(annotations, "openWorldHint", True)
+    reversibility: Reversibility
+    impact: Impact
+    if read_only:
+        reversibility, impact = "read", "low"
+    elif not destructive:
+        reversibility = "compensable"
+        impact = "medium" if open_world else "low"
+    else:
+        reversibility = "compensable" if compensation else "irreversible"
+        impact = "high" if open_world else "medium"
+    fields: dict[str, Any] = {
+        "name": name,
+        "reversibility": reversibility,
+        "impact": impact,
+        "compensation": compensation,
+        "idempotent": idempotent,
+    }
+    fields.update(overrides)
+    return ToolSpec(**fields)
+
+
+class ToolRegistry:
+    """Name -> `ToolSpec`. Thread-safe. `strict=True` refuses unregistered tools."""
+
+    def __init__(self, specs: Iterable[ToolSpec] = (), *, strict: bool = False) -> None:
+        self._specs: dict[str, ToolSpec] = {}
+        self._lock = threading.Lock()
+        self.strict = strict
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: ToolSpec, *, replace: bool = False) -> ToolSpec:
+        with self._lock:
+            if not replace and spec.name in self._specs and self._specs[spec.name] != spec:
+                raise SdkError(f"tool {spec.name} is already registered with another spec")
+            self._specs[spec.name] = spec
+        return spec
+
+    def declare(self, name: str, **fields: Any) -> ToolSpec:
+        """Shorthand: `registry.declare("stripe.charge", reversibility="compensable", ...)`."""
+        return self.register(ToolSpec(name=name, **fields))
+
+    def get(self, name: str) -> ToolSpec:
+        spec = self._specs.get(name)
+        if spec is not None:
+            return spec
+        if self.strict:
+            raise UnknownTool(f"tool {name} is not registered (the registry is strict)")
+        return default_spec(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._specs.values()))
+
+    def __len__(self) -> int:
+        return len(self._specs)
