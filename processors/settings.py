@@ -1,0 +1,88 @@
+"""Settings of the stream processors: one frozen dataclass, read from the environment once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from wakeline.errors import ConfigError
+
+#: environment variables read by BuilderSettings.from_env (all optional)
+BUILDER_VARIABLES = (
+    "WAKELINE_BUILDER_GROUP",
+    "WAKELINE_BUILDER_BATCH",
+    "WAKELINE_SEGMENT_MAX_LEAVES",
+    "WAKELINE_SEGMENT_MAX_AGE_MS",
+    "WAKELINE_CHECKPOINT_INTERVAL_S",
+    "WAKELINE_HASH_SUITE",
+)
+
+
+@dataclass(frozen=True)
+class BuilderSettings:
+    """How the ledger builder batches, seals segments and signs checkpoints.
+
+    A segment closes when it holds `segment_max_leaves` leaves or its first leaf has waited
+    `segment_max_age_s`, whichever comes first; the age bound is what caps the latency from
+    production to a persisted segment.
+    """
+
+    #: consumer group of the builder; None means "<topic prefix>ledger-builder"
+    group_id: str | None = None
+    #: records asked of `Consumer.consume` per call
+    batch_size: int = 5000
+    poll_timeout_s: float = 0.05
+    segment_max_leaves: int = 20_000
+    segment_max_age_s: float = 0.25
+    #: sign a checkpoint this often (0 = only on demand)
+    checkpoint_interval_s: float = 60.0
+    hash_suite: str = "blake3"
+    #: publish one audit record per ledgered event
+    audit: bool = True
+    #: results whose intent is remembered for the summary ("called X for Y: ok")
+    intent_cache_size: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size}, want >= 1")
+        if self.segment_max_leaves < 1:
+            raise ConfigError(f"segment_max_leaves={self.segment_max_leaves}, want >= 1")
+        if self.segment_max_age_s <= 0:
+            raise ConfigError(f"segment_max_age_s={self.segment_max_age_s}, want > 0")
+        if self.checkpoint_interval_s < 0:
+            raise ConfigError(f"checkpoint_interval_s={self.checkpoint_interval_s}, want >= 0")
+
+    def group_for(self, topic_prefix: str) -> str:
+        return self.group_id or f"{topic_prefix}ledger-builder"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BuilderSettings:
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            group_id=env.get("WAKELINE_BUILDER_GROUP") or None,
+            batch_size=_int(env, "WAKELINE_BUILDER_BATCH", d.batch_size),
+            segment_max_leaves=_int(env, "WAKELINE_SEGMENT_MAX_LEAVES", d.segment_max_leaves),
+            segment_max_age_s=_int(
+                env, "WAKELINE_SEGMENT_MAX_AGE_MS", int(d.segment_max_age_s * 1000)
+            )
+            / 1000,
+            checkpoint_interval_s=float(
+                _int(env, "WAKELINE_CHECKPOINT_INTERVAL_S", int(d.checkpoint_interval_s), lo=0)
+            ),
+            hash_suite=env.get("WAKELINE_HASH_SUITE") or d.hash_suite,
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, lo: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < lo:
+        raise ConfigError(f"{name}={value}, want >= {lo}")
+    return value
