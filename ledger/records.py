@@ -1,0 +1,130 @@
+"""LedgerRecord, the Kafka record as the ledger sees it, and its exact leaf bytes.
+
+Leaf bytes (all integers big-endian; docs/ledger-format.md §Leaf):
+
+    u8   version (= 1)
+    u32  partition
+    u64  offset
+    i64  timestamp, milliseconds since the epoch (as the broker returned it)
+    blob key            blob = i32 length (-1 for null) then that many bytes
+    blob value
+    u32  header count
+    per header, in record order: u32 name length, name (UTF-8), blob header value
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .errors import FormatError
+
+LEAF_VERSION = 1
+
+_FIXED = struct.Struct(">BIQq")  # version, partition, offset, timestamp
+_I32 = struct.Struct(">i")
+_U32 = struct.Struct(">I")
+
+Headers = tuple[tuple[str, bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRecord:
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+    def leaf_bytes(self) -> bytes:
+        return leaf_bytes(self)
+
+    def header(self, name: str) -> bytes | None:
+        """The first header called `name`, or None."""
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    @property
+    def event_id(self) -> str | None:
+        """The CloudEvents id (`ce_id` header), the event id for lookups."""
+        raw = self.header("ce_id")
+        return raw.decode("utf-8", "replace") if raw is not None else None
+
+    @property
+    def workflow_id(self) -> str | None:
+        """The record key: every event is keyed by its workflow id (DESIGN §4)."""
+        return self.key.decode("utf-8", "replace") if self.key is not None else None
+
+
+def _blob(b: bytes | None) -> bytes:
+    if b is None:
+        return b"\xff\xff\xff\xff"
+    return _I32.pack(len(b)) + b
+
+
+def leaf_bytes(r: LedgerRecord) -> bytes:
+    parts = [_FIXED.pack(LEAF_VERSION, r.partition, r.offset, r.timestamp)]
+    parts.append(_blob(r.key))
+    parts.append(_blob(r.value))
+    parts.append(_U32.pack(len(r.headers)))
+    for name, value in r.headers:
+        raw = name.encode("utf-8")
+        parts.append(_U32.pack(len(raw)) + raw)
+        parts.append(_blob(value))
+    return b"".join(parts)
+
+
+def leaf_position(leaf: bytes) -> tuple[int, int, int]:
+    """(partition, offset, timestamp) of leaf bytes, without parsing the rest."""
+    if len(leaf) < _FIXED.size:
+        raise FormatError(f"leaf has {len(leaf)} bytes, want at least {_FIXED.size}")
+    version, partition, offset, timestamp = _FIXED.unpack_from(leaf)
+    if version != LEAF_VERSION:
+        raise FormatError(f"leaf version is {version}, want {LEAF_VERSION}")
+    return partition, offset, timestamp
+
+
+def parse_leaf(leaf: bytes) -> LedgerRecord:
+    """The record that `leaf_bytes` encoded; FormatError unless every byte is accounted for."""
+    partition, offset, timestamp = leaf_position(leaf)
+    pos = _FIXED.size
+
+    def blob() -> bytes | None:
+        nonlocal pos
+        if pos + 4 > len(leaf):
+            raise FormatError(f"leaf ends inside a length at byte {pos}")
+        (n,) = _I32.unpack_from(leaf, pos)
+        pos += 4
+        if n == -1:
+            return None
+        if n < 0 or pos + n > len(leaf):
+            raise FormatError(f"leaf field of length {n} at byte {pos} overruns the leaf")
+        pos += n
+        return leaf[pos - n : pos]
+
+    key = blob()
+    value = blob()
+    if pos + 4 > len(leaf):
+        raise FormatError("leaf ends before its header count")
+    (count,) = _U32.unpack_from(leaf, pos)
+    pos += 4
+    headers: list[tuple[str, bytes | None]] = []
+    for _ in range(count):
+        if pos + 4 > len(leaf):
+            raise FormatError("leaf ends inside a header")
+        (n,) = _U32.unpack_from(leaf, pos)
+        pos += 4
+        if pos + n > len(leaf):
+            raise FormatError(f"header name of length {n} at byte {pos} overruns the leaf")
+        try:
+            name = leaf[pos : pos + n].decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FormatError(f"header name at byte {pos} is not UTF-8") from e
+        pos += n
+        headers.append((name, blob()))
+    if pos != len(leaf):
+        raise FormatError(f"leaf has {len(leaf) - pos} trailing bytes")
+    return LedgerRecord(partition, offset, timestamp, key, value, tuple(headers))

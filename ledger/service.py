@@ -1,0 +1,167 @@
+"""Operations the CLI and the ledger builder call: checkpoint, export, proof for an event."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+from .bundle import BundleWriter
+from .checkpoints import Checkpoint, PartitionHead, Signer, open_note, parse_body, sign_note
+from .checkpoints import split_note as _split
+from .errors import FormatError, ProofError
+from .hashing import suite_named
+from .proofs import inclusion_proof, verify_inclusion
+from .records import parse_leaf
+from .sources import store_identity
+from .store import LedgerStore
+
+PROOF_FORMAT = "wakeline-proof/v1"
+
+
+def checkpoint_now(
+    store: LedgerStore,
+    signers: Sequence[Signer],
+    origin: str,
+    *,
+    time_ms: int | None = None,
+) -> bytes:
+    """Sign a checkpoint of every partition's newest segment, store it and return the note."""
+    heads = []
+    suite = None
+    for p in store.partitions():
+        last = store.last_segment(p)
+        if last is None:
+            continue
+        h = last[0]
+        suite = h.suite.name
+        heads.append(PartitionHead(p, h.tree_size, h.tree_root, h.hash()))
+    latest = store.latest_checkpoint()
+    prev = parse_body(_split(latest)[0]) if latest is not None else None
+    if suite is None:
+        suite = prev.suite if prev is not None else store_identity(store)[1]
+    cp = Checkpoint(
+        origin=origin,
+        suite=suite,
+        seq=prev.seq + 1 if prev is not None else 0,
+        time_ms=int(time.time() * 1000) if time_ms is None else time_ms,
+        prev=prev.hash() if prev is not None else None,
+        heads=tuple(heads),
+    )
+    note = sign_note(cp.body(), signers)
+    store.add_checkpoint(note)
+    return note
+
+
+def export_bundle(
+    store: LedgerStore,
+    out: BinaryIO,
+    *,
+    public_keys: Sequence[str] = (),
+    schemas: Sequence[tuple[bytes, str]] | None = None,
+    origin: str | None = None,
+) -> dict[str, int]:
+    """Stream everything `store` holds into a bundle; returns counts written.
+
+    `schemas` are (fingerprint, parsing canonical form) pairs; by default the current
+    packaged schemas of wakeline.schemas.
+    """
+    store_origin, suite = store_identity(store)
+    if schemas is None:
+        schemas = _packaged_schemas()
+    counts = {"segments": 0, "entries": 0, "checkpoints": 0}
+    with BundleWriter(out, origin or store_origin, suite) as w:
+        for k in public_keys:
+            w.key(k)
+        for fp, pcf in schemas:
+            w.schema(fp, pcf)
+        for p in store.partitions():
+            for h in store.headers(p):
+                first = h.first_leaf_index
+                entries = [
+                    (e.leaf_hash, e.leaf) for e in store.entries(p, first, first + h.leaf_count)
+                ]
+                w.segment(h.to_bytes(), entries)
+                counts["segments"] += 1
+                counts["entries"] += len(entries)
+        for note in store.checkpoints():
+            w.checkpoint(note)
+            counts["checkpoints"] += 1
+    return counts
+
+
+def _packaged_schemas() -> list[tuple[bytes, str]]:
+    try:
+        from wakeline.schemas import packaged_schemas
+    except ImportError:
+        return []
+    return [(i.fingerprint, i.canonical_form) for i in packaged_schemas().values()]
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def event_proof(store: LedgerStore, event_id: str) -> dict[str, Any]:
+    """A self-contained inclusion proof of one event against the newest signed checkpoint
+    that covers it (docs/ledger-format.md §Event proof)."""
+    entry = store.entry_by_event_id(event_id)
+    if entry is None:
+        raise ProofError(f"event {event_id} is not in the ledger")
+    note = None
+    size = None
+    for candidate in store.checkpoints():
+        cp = parse_body(_split(candidate)[0])
+        head = cp.head(entry.partition)
+        if head is not None and head.tree_size > entry.leaf_index:
+            note, size, root = candidate, head.tree_size, head.root  # newest covering one
+    if note is None or size is None:
+        raise ProofError(
+            f"event {event_id} (partition {entry.partition} leaf {entry.leaf_index}) is not yet "
+            "covered by a signed checkpoint; run `wakeline ledger checkpoint`"
+        )
+    hashes = store.leaf_hashes(entry.partition, size)
+    suite = parse_body(_split(note)[0]).suite
+    proof = inclusion_proof(suite_named(suite), hashes, entry.leaf_index, size)
+    return {
+        "format": PROOF_FORMAT,
+        "suite": suite,
+        "event_id": event_id,
+        "partition": entry.partition,
+        "offset": entry.offset,
+        "leaf_index": entry.leaf_index,
+        "tree_size": size,
+        "leaf": _b64(entry.leaf),
+        "leaf_hash": _b64(entry.leaf_hash),
+        "root": _b64(root),
+        "inclusion_proof": [_b64(h) for h in proof],
+        "checkpoint": note.decode("utf-8"),
+    }
+
+
+def check_event_proof(doc: dict[str, Any], trusted_keys: Sequence[str]) -> None:
+    """Check a document made by `event_proof`; raises ProofError, SignatureError or
+    FormatError on any failure."""
+    from .checkpoints import parse_vkey
+
+    if doc.get("format") != PROOF_FORMAT:
+        raise FormatError(f"proof format {doc.get('format')!r}, want {PROOF_FORMAT!r}")
+    try:
+        leaf = base64.b64decode(doc["leaf"], validate=True)
+        proof = [base64.b64decode(h, validate=True) for h in doc["inclusion_proof"]]
+        body, _ = open_note(
+            doc["checkpoint"].encode("utf-8"), [parse_vkey(k) for k in trusted_keys]
+        )
+        index = int(doc["leaf_index"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise FormatError(f"proof document is malformed: {e}") from e
+    cp = parse_body(body)
+    suite = suite_named(cp.suite)
+    record = parse_leaf(leaf)
+    if record.event_id != doc.get("event_id"):
+        raise ProofError(f"leaf holds event {record.event_id}, proof is for {doc.get('event_id')}")
+    head = cp.head(record.partition)
+    if head is None:
+        raise ProofError(f"checkpoint has no partition {record.partition}")
+    verify_inclusion(suite, index, head.tree_size, suite.leaf_hash(leaf), proof, head.root)

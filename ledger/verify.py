@@ -1,0 +1,636 @@
+"""The full verifier of DESIGN §5, fed segment by segment from any source.
+
+Sources (a bundle file, a LedgerStore, Kafka) call `begin`, `add_key`, `add_schema`,
+`add_segment`, `add_checkpoint` and `finish` in bundle order. Every check has a stable name
+(`segment.root`, `entry.leaf_hash`, ...) and a verdict kind; the report names the first bad
+item with its partition, segment, leaf index, offset, event id, field, expected and found.
+
+Verdicts, worst first: tampered (the evidence contradicts itself or its signatures),
+unusable (the input cannot be read as a ledger), incomplete (the evidence is consistent but
+something it commits to is missing). Exit codes: 0 sound, 10 tampered, 11 incomplete,
+12 unusable.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .checkpoints import Verifier as KeyVerifier
+from .checkpoints import open_note, parse_body, parse_vkey, split_note
+from .errors import FormatError, SignatureError
+from .hashing import LEAF_PREFIX, HashSuite, suite_named
+from .merkle import MerkleTree, perfect_levels, root_from_levels
+from .pairing import Decode, PairingChecker, Position, default_decode
+from .records import LEAF_VERSION
+from .segments import FIELD_OFFSETS, GENESIS, SegmentHeader, header_hash
+
+SOUND, TAMPERED, INCOMPLETE, UNUSABLE = "sound", "tampered", "incomplete", "unusable"
+EXIT_CODES = {SOUND: 0, TAMPERED: 10, INCOMPLETE: 11, UNUSABLE: 12}
+_SEVERITY = {SOUND: 0, INCOMPLETE: 1, UNUSABLE: 2, TAMPERED: 3}
+MAX_FINDINGS = 100
+
+_LEAF_FIXED = struct.Struct(">BIQq")
+_I32 = struct.Struct(">i")
+
+
+@dataclass(frozen=True)
+class Finding:
+    verdict: str
+    check: str
+    message: str
+    partition: int | None = None
+    segment: int | None = None
+    leaf_index: int | None = None
+    offset: int | None = None
+    event_id: str | None = None
+    field: str | None = None
+    expected: str | None = None
+    found: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def describe(self) -> str:
+        where = [
+            f"{k} {v}"
+            for k, v in (
+                ("partition", self.partition),
+                ("segment", self.segment),
+                ("leaf", self.leaf_index),
+                ("offset", self.offset),
+                ("event", self.event_id),
+                ("field", self.field),
+            )
+            if v is not None
+        ]
+        text = f"{self.verdict}: [{self.check}] {self.message}"
+        if where:
+            text += " (" + ", ".join(where) + ")"
+        if self.expected is not None or self.found is not None:
+            text += f"; expected {self.expected}, found {self.found}"
+        return text
+
+
+@dataclass
+class VerifyReport:
+    verdict: str = SOUND
+    findings: list[Finding] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    origin: str | None = None
+    suite: str | None = None
+    trusted_keys: list[str] = field(default_factory=list)
+    keys_pinned: bool = False
+    suppressed: int = 0
+
+    @property
+    def first(self) -> Finding | None:
+        """The first finding of the worst kind: what the auditor should look at first."""
+        for f in self.findings:
+            if f.verdict == self.verdict:
+                return f
+        return None
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.verdict]
+
+    @property
+    def ok(self) -> bool:
+        return self.verdict == SOUND
+
+    def checks(self) -> list[str]:
+        return [f.check for f in self.findings]
+
+    def to_dict(self) -> dict[str, Any]:
+        first = self.first
+        return {
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "first": first.to_dict() if first else None,
+            "findings": [f.to_dict() for f in self.findings],
+            "findings_not_listed": self.suppressed,
+            "warnings": list(self.warnings),
+            "stats": dict(self.stats),
+            "origin": self.origin,
+            "suite": self.suite,
+            "trusted_keys": list(self.trusted_keys),
+            "keys_pinned": self.keys_pinned,
+        }
+
+
+class _Partition:
+    __slots__ = ("tree", "next_number", "prev_hash", "last_offset", "diverged", "ends", "claimed")
+
+    def __init__(self, suite: HashSuite) -> None:
+        self.tree = MerkleTree(suite)
+        self.next_number = 0
+        self.prev_hash = GENESIS
+        self.last_offset = -1
+        self.diverged = False  # cumulative checks stop after the first break
+        #: tree size at each segment end -> (tree root as checked, header hash as seen)
+        self.ends: dict[int, tuple[bytes, bytes]] = {}
+        self.claimed = 0  # tree size the newest header claims
+
+
+Progress = Callable[[int], None]
+
+
+class LedgerVerifier:
+    """Streams a ledger through every check; see the module docstring for the protocol."""
+
+    def __init__(
+        self,
+        *,
+        trusted_keys: Sequence[str] | None = None,
+        decode: Decode | None | bool = True,
+        progress: Progress | None = None,
+    ) -> None:
+        self.report = VerifyReport()
+        self._pinned = [parse_vkey(k) for k in trusted_keys] if trusted_keys else []
+        self.report.keys_pinned = bool(self._pinned)
+        self._bundle_keys: list[KeyVerifier] = []
+        if decode is True:
+            decode = default_decode()
+            if decode is None:
+                self.report.warnings.append("wakeline.schemas is unavailable: pairing skipped")
+        self._pairing = PairingChecker(decode) if callable(decode) else None
+        self._progress = progress
+        self._suite: HashSuite | None = None
+        self._origin: str | None = None
+        self._parts: dict[int, _Partition] = {}
+        self._checkpoint: Any = None  # the previous parsed checkpoint
+        self._stats = self.report.stats
+        for k in ("partitions", "segments", "leaves", "checkpoints", "signed_leaves", "keys"):
+            self._stats[k] = 0
+        self._stats["schemas"] = 0
+        self._stopped = False
+
+    # ------------------------------------------------------------------ findings
+
+    def fail(self, verdict: str, check: str, message: str, **where: Any) -> None:
+        if _SEVERITY[verdict] > _SEVERITY[self.report.verdict]:
+            self.report.verdict = verdict
+        for k in ("expected", "found"):
+            if isinstance(where.get(k), bytes):
+                where[k] = where[k].hex()
+            elif where.get(k) is not None:
+                where[k] = str(where[k])
+        if len(self.report.findings) < MAX_FINDINGS:
+            self.report.findings.append(Finding(verdict, check, message, **where))
+        else:
+            self.report.suppressed += 1
+
+    def stop(self, verdict: str, check: str, message: str, **where: Any) -> None:
+        """A failure after which the input cannot be read further."""
+        self.fail(verdict, check, message, **where)
+        self._stopped = True
+
+    # ------------------------------------------------------------------ feed
+
+    def begin(self, origin: str, suite: str) -> None:
+        self._origin = origin
+        self.report.origin = origin
+        self.report.suite = suite
+        try:
+            self._suite = suite_named(suite)
+        except Exception as e:
+            self.stop(UNUSABLE, "meta.suite", str(e), found=suite)
+
+    def add_key(self, vkey: str) -> None:
+        self._stats["keys"] += 1
+        try:
+            self._bundle_keys.append(parse_vkey(vkey))
+        except FormatError as e:
+            self.fail(TAMPERED, "key.format", f"public key {vkey!r}: {e}")
+
+    def add_schema(self, fingerprint: bytes, canonical_form: bytes) -> None:
+        from .schemafp import crc64_avro
+
+        self._stats["schemas"] += 1
+        got = crc64_avro(canonical_form)
+        if got != fingerprint:
+            self.fail(
+                TAMPERED,
+                "schema.fingerprint",
+                "schema text does not have the fingerprint it is filed under",
+                expected=fingerprint,
+                found=got,
+            )
+
+    def add_segment(self, raw: bytes, entries: Sequence[tuple[bytes | None, bytes]]) -> None:
+        """One segment header (raw bytes) and its (stored leaf hash or None, leaf bytes)."""
+        suite = self._suite
+        if suite is None:
+            self.stop(UNUSABLE, "meta.missing", "segment before the ledger's suite is known")
+            return
+        self._stats["segments"] += 1
+        try:
+            h = SegmentHeader.from_bytes(raw)
+        except FormatError as e:
+            self.fail(TAMPERED, "segment.format", str(e), field="version/suite")
+            self._stats["leaves"] += len(entries)
+            return
+        p, n = h.partition, h.segment_number
+        at = {"partition": p, "segment": n}
+        part = self._parts.get(p)
+        if part is None:
+            part = self._parts[p] = _Partition(suite)
+            self._stats["partitions"] += 1
+        if h.suite_code != suite.code:
+            self.fail(
+                TAMPERED,
+                "segment.suite",
+                "header names another hash suite",
+                **at,
+                field="suite",
+                expected=suite.code,
+                found=h.suite_code,
+            )
+        # header-time checks: position in the chain
+        if n != part.next_number:
+            self.fail(
+                TAMPERED,
+                "segment.number",
+                "segment number breaks the sequence",
+                **at,
+                field="segment_number",
+                expected=part.next_number,
+                found=n,
+            )
+        if h.prev_hash != part.prev_hash:
+            self.fail(
+                TAMPERED,
+                "segment.chain",
+                "previous-header hash does not name the segment before it",
+                **at,
+                field="prev_hash",
+                expected=part.prev_hash,
+                found=h.prev_hash,
+            )
+        if not part.diverged and h.first_leaf_index != part.tree.size:
+            self.fail(
+                TAMPERED,
+                "segment.first_leaf_index",
+                "segment does not start where the previous one ended",
+                **at,
+                field="first_leaf_index",
+                expected=part.tree.size,
+                found=h.first_leaf_index,
+            )
+            part.diverged = True
+        # entries: the hot loop
+        new = suite.new
+        leaf_prefix = LEAF_PREFIX
+        unpack = _LEAF_FIXED.unpack_from
+        hashes: list[bytes] = []
+        append = hashes.append
+        last_offset = part.last_offset
+        first_offset = None
+        tmin = tmax = None
+        pairing = self._pairing
+        base = h.first_leaf_index
+        for i, (stored, leaf) in enumerate(entries):
+            lh = new(leaf_prefix + leaf).digest()
+            append(lh)
+            if stored is not None and stored != lh:
+                self.fail(
+                    TAMPERED,
+                    "entry.leaf_hash",
+                    "leaf bytes do not hash to the stored leaf hash",
+                    **at,
+                    leaf_index=base + i,
+                    expected=stored,
+                    found=lh,
+                )
+            if len(leaf) < 21:
+                self.fail(
+                    TAMPERED,
+                    "entry.format",
+                    "leaf is shorter than its fixed fields",
+                    **at,
+                    leaf_index=base + i,
+                )
+                continue
+            version, lp, off, ts = unpack(leaf)
+            if version != LEAF_VERSION or lp != p:
+                self.fail(
+                    TAMPERED,
+                    "entry.partition" if version == LEAF_VERSION else "entry.format",
+                    "leaf belongs to another partition or format",
+                    **at,
+                    leaf_index=base + i,
+                    offset=off,
+                    expected=f"v{LEAF_VERSION} p{p}",
+                    found=f"v{version} p{lp}",
+                )
+            if off <= last_offset:
+                self.fail(
+                    TAMPERED,
+                    "entry.offset_order",
+                    "offsets are not strictly increasing",
+                    **at,
+                    leaf_index=base + i,
+                    offset=off,
+                    expected=f"> {last_offset}",
+                    found=off,
+                )
+            last_offset = off
+            if first_offset is None:
+                first_offset = off
+                tmin = tmax = ts
+            elif ts < tmin:  # type: ignore[operator]
+                tmin = ts
+            elif ts > tmax:  # type: ignore[operator]
+                tmax = ts
+            if pairing is not None:
+                issue = pairing.add(Position(p, base + i, off), _leaf_value(leaf))
+                if issue is not None:
+                    w = issue.where
+                    self.fail(
+                        issue.verdict,
+                        issue.check,
+                        issue.message,
+                        partition=w.partition,
+                        leaf_index=w.leaf_index,
+                        offset=w.offset,
+                        event_id=w.event_id,
+                        expected=issue.expected,
+                        found=issue.found,
+                    )
+        part.last_offset = last_offset
+        k = len(hashes)
+        self._stats["leaves"] += k
+        # segment-end checks: what the header claims about its leaves
+        if k != h.leaf_count:
+            self.fail(
+                TAMPERED,
+                "segment.leaf_count",
+                "segment holds another number of leaves than its header commits to",
+                **at,
+                field="leaf_count",
+                expected=h.leaf_count,
+                found=k,
+            )
+            part.diverged = True
+        elif k:
+            if (first_offset, last_offset) != (h.first_offset, h.last_offset):
+                self.fail(
+                    TAMPERED,
+                    "segment.offsets",
+                    "first/last offset differ from the header",
+                    **at,
+                    field="first_offset/last_offset",
+                    expected=f"{h.first_offset}..{h.last_offset}",
+                    found=f"{first_offset}..{last_offset}",
+                )
+            if (tmin, tmax) != (h.min_timestamp, h.max_timestamp):
+                self.fail(
+                    TAMPERED,
+                    "segment.time_range",
+                    "time range differs from the header",
+                    **at,
+                    field="min_timestamp/max_timestamp",
+                    expected=f"{h.min_timestamp}..{h.max_timestamp}",
+                    found=f"{tmin}..{tmax}",
+                )
+        levels = perfect_levels(suite, hashes)
+        seg_root = root_from_levels(suite, levels, k)
+        if seg_root != h.segment_root:
+            self.fail(
+                TAMPERED,
+                "segment.root",
+                "root of the segment's leaves differs from the header",
+                **at,
+                field="segment_root",
+                expected=h.segment_root,
+                found=seg_root,
+            )
+        part.tree.extend(hashes, levels)
+        hh = header_hash(suite, raw)
+        if not part.diverged:
+            if h.tree_size != part.tree.size:
+                self.fail(
+                    TAMPERED,
+                    "segment.tree_size",
+                    "cumulative tree size differs from the header",
+                    **at,
+                    field="tree_size",
+                    expected=h.tree_size,
+                    found=part.tree.size,
+                )
+                part.diverged = True
+            else:
+                root = part.tree.root()
+                if root != h.tree_root:
+                    self.fail(
+                        TAMPERED,
+                        "segment.tree_root",
+                        "cumulative tree root differs from the header",
+                        **at,
+                        field="tree_root",
+                        expected=h.tree_root,
+                        found=root,
+                    )
+                    part.diverged = True
+                else:
+                    part.ends[h.tree_size] = (h.tree_root, hh)
+        part.next_number = n + 1
+        part.prev_hash = hh
+        part.claimed = h.tree_size
+        if self._progress is not None:
+            self._progress(k)
+
+    def add_checkpoint(self, note: bytes) -> None:
+        suite = self._suite
+        if suite is None:
+            self.stop(UNUSABLE, "meta.missing", "checkpoint before the ledger's suite is known")
+            return
+        self._stats["checkpoints"] += 1
+        idx = self._stats["checkpoints"] - 1
+        keys = self._pinned or self._bundle_keys
+        try:
+            body, _ = open_note(note, keys)
+            cp = parse_body(body)
+        except SignatureError as e:
+            self.fail(TAMPERED, "checkpoint.signature", str(e), field=f"checkpoint #{idx}")
+            return
+        except FormatError as e:
+            self.fail(TAMPERED, "checkpoint.format", str(e), field=f"checkpoint #{idx}")
+            return
+        at = {"field": f"checkpoint seq {cp.seq}"}
+        if cp.origin != self._origin:
+            self.fail(
+                TAMPERED,
+                "checkpoint.origin",
+                "checkpoint is for another log",
+                **at,
+                expected=self._origin,
+                found=cp.origin,
+            )
+        if cp.suite != suite.name:
+            self.fail(
+                TAMPERED,
+                "checkpoint.suite",
+                "checkpoint uses another hash suite",
+                **at,
+                expected=suite.name,
+                found=cp.suite,
+            )
+        prev = self._checkpoint
+        if prev is None:
+            if cp.seq == 0 and cp.prev is not None:
+                self.fail(
+                    TAMPERED, "checkpoint.chain", "first checkpoint names a previous one", **at
+                )
+        elif cp.seq != prev.seq + 1 or cp.prev != prev.hash():
+            self.fail(
+                TAMPERED,
+                "checkpoint.chain",
+                "checkpoint does not follow the previous one (seq and prev hash)",
+                **at,
+                expected=f"seq {prev.seq + 1}",
+                found=f"seq {cp.seq}",
+            )
+        for head in cp.heads:
+            hat = {"partition": head.partition, **at}
+            old = prev.head(head.partition) if prev is not None else None
+            if old is not None and head.tree_size < old.tree_size:
+                self.fail(
+                    TAMPERED,
+                    "checkpoint.consistency",
+                    "partition shrank between consecutive checkpoints",
+                    **hat,
+                    expected=f">= {old.tree_size}",
+                    found=head.tree_size,
+                )
+            if old is not None and head.tree_size == old.tree_size and head.root != old.root:
+                self.fail(
+                    TAMPERED,
+                    "checkpoint.consistency",
+                    "same size, another root than the previous checkpoint",
+                    **hat,
+                    expected=old.root,
+                    found=head.root,
+                )
+            part = self._parts.get(head.partition)
+            if head.tree_size == 0:
+                continue
+            if part is None or head.tree_size > part.claimed:
+                have = part.claimed if part else 0
+                self.fail(
+                    INCOMPLETE,
+                    "checkpoint.coverage",
+                    "checkpoint commits to leaves the input does not hold",
+                    **hat,
+                    expected=head.tree_size,
+                    found=have,
+                )
+                continue
+            end = part.ends.get(head.tree_size)
+            if end is None:
+                if not part.diverged:
+                    self.fail(
+                        TAMPERED,
+                        "checkpoint.head",
+                        "checkpoint tree size is not the end of a segment",
+                        **hat,
+                        found=head.tree_size,
+                    )
+                continue
+            if end[0] != head.root:
+                self.fail(
+                    TAMPERED,
+                    "checkpoint.root",
+                    "checkpoint root differs from the tree recomputed from the leaves",
+                    **hat,
+                    expected=end[0],
+                    found=head.root,
+                )
+            if end[1] != head.header_hash:
+                self.fail(
+                    TAMPERED,
+                    "checkpoint.header_hash",
+                    "checkpoint names another segment header than the chain holds",
+                    **hat,
+                    expected=end[1],
+                    found=head.header_hash,
+                )
+        self._checkpoint = cp
+
+    def finish(self, *, complete: bool = True) -> VerifyReport:
+        """End of input; `complete` is False when the source stopped short (truncation)."""
+        r = self.report
+        keys = self._pinned or self._bundle_keys
+        r.trusted_keys = [k.vkey() for k in keys]
+        if not self._pinned:
+            r.warnings.append(
+                "no pinned keys: checkpoint signatures were checked against the keys the input "
+                "itself carries; pass --trusted-key to rule out a re-signed forgery"
+            )
+        if self._pairing is not None and not self._stopped and complete:
+            for issue in self._pairing.finish():
+                w = issue.where
+                self.fail(
+                    issue.verdict,
+                    issue.check,
+                    issue.message,
+                    partition=w.partition,
+                    leaf_index=w.leaf_index,
+                    offset=w.offset,
+                    event_id=w.event_id,
+                    expected=issue.expected,
+                    found=issue.found,
+                )
+        if self._pairing is not None:
+            self._stats["undecodable_events"] = self._pairing.undecodable
+            if self._pairing.undecodable:
+                w = self._pairing.first_undecodable
+                r.warnings.append(
+                    f"{self._pairing.undecodable} event value(s) do not decode and were left out "
+                    f"of pairing (first: partition {w.partition} leaf {w.leaf_index})"  # type: ignore[union-attr]
+                )
+        cp = self._checkpoint
+        if cp is None and not self._stopped and complete:
+            self.fail(
+                INCOMPLETE, "checkpoint.missing", "no valid signed checkpoint covers the ledger"
+            )
+        if cp is not None:
+            signed = sum(h.tree_size for h in cp.heads)
+            self._stats["signed_leaves"] = signed
+            unsigned = self._stats["leaves"] - signed
+            if unsigned > 0:
+                r.warnings.append(
+                    f"{unsigned} leaves after the newest checkpoint are chained but not signed"
+                )
+        return r
+
+
+def _leaf_value(leaf: bytes) -> bytes | None:
+    """The record value inside leaf bytes (after the fixed fields and the key)."""
+    try:
+        (kn,) = _I32.unpack_from(leaf, 21)
+        pos = 25 + max(kn, 0)
+        (vn,) = _I32.unpack_from(leaf, pos)
+    except struct.error:
+        return None
+    if vn < 0 or pos + 4 + vn > len(leaf):
+        return None
+    return leaf[pos + 4 : pos + 4 + vn]
+
+
+__all__ = [
+    "EXIT_CODES",
+    "FIELD_OFFSETS",
+    "INCOMPLETE",
+    "SOUND",
+    "TAMPERED",
+    "UNUSABLE",
+    "Finding",
+    "LedgerVerifier",
+    "VerifyReport",
+    "split_note",
+]
