@@ -2,3 +2,82 @@
 
 Never imports faust or the compensator: an agent that only emits events stays light.
 """
+
+from __future__ import annotations
+
+from wakeline.producers.canonical import (
+    REDACTED,
+    Canonical,
+    canonical_json,
+    canonical_result,
+    canonicalise,
+    digest,
+)
+from wakeline.producers.emitter import Emitter, ToolCall, WorkflowContext
+from wakeline.producers.errors import (
+    ApprovalRequired,
+    EmitterClosed,
+    GateRefused,
+    LoopRefused,
+    MissingWorkflow,
+    NotSerialisable,
+    PayloadTooLarge,
+    PolicyDenied,
+    SdkError,
+    SpoolError,
+    UnknownTool,
+    WorkflowQuarantined,
+)
+from wakeline.producers.gates import (
+    LoopGuard,
+    PolicyDecision,
+    PolicyHook,
+    PolicyRequest,
+    QuarantineGate,
+    allow_all,
+)
+from wakeline.producers.registry import (
+    ToolRegistry,
+    ToolSpec,
+    default_spec,
+    from_mcp_annotations,
+)
+from wakeline.producers.spool import Spool, SpoolRecord
+from wakeline.producers.transport import TransportOptions
+
+__all__ = [
+    "REDACTED",
+    "ApprovalRequired",
+    "Canonical",
+    "Emitter",
+    "EmitterClosed",
+    "GateRefused",
+    "LoopGuard",
+    "LoopRefused",
+    "MissingWorkflow",
+    "NotSerialisable",
+    "PayloadTooLarge",
+    "PolicyDecision",
+    "PolicyDenied",
+    "PolicyHook",
+    "PolicyRequest",
+    "QuarantineGate",
+    "SdkError",
+    "Spool",
+    "SpoolError",
+    "SpoolRecord",
+    "ToolCall",
+    "ToolRegistry",
+    "ToolSpec",
+    "TransportOptions",
+    "UnknownTool",
+    "WorkflowContext",
+    "WorkflowQuarantined",
+    "allow_all",
+    "canonical_json",
+    "canonical_result",
+    "canonicalise",
+    "default_spec",
+    "digest",
+    "from_mcp_annotations",
+]

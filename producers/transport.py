@@ -1,0 +1,371 @@
+"""One Kafka producer per emitter, shared by every call; the spool behind it (issue 4 §3-4).
+
+Every event is produced with `on_delivery` bound to a `_Pending`. A background thread polls
+the producer, so delivery reports resolve waiters as they arrive: many concurrent strict
+calls ride the same produce request (batching), each waiting only for its own report.
+
+- sync strict waiters block on a per-message lock the delivery report releases;
+- async strict waiters await a future; reports are handed to each event loop in one
+  `call_soon_threadsafe` per poll round, not one per message;
+- relaxed events are fire-and-forget here; their reports are counted, failures spooled.
+
+Spooling: a failed delivery, a strict wait that times out, or a full local queue switches
+the transport to *spooling*: from then on every event is appended to the spool (strict ones
+fsync'd before the call proceeds) and queued messages are purged into it, so the spool holds
+one ordered run. A drainer thread waits for the producer to be empty and the broker to answer,
+then produces the spooled records in emit order (`seq`), and deletes segments only after every
+record in them is acknowledged. When the spool is empty again the transport goes direct.
+An event may reach the broker twice (an unacknowledged send later delivered and also
+spooled); every event has its own `event_id`, so readers dedupe.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from wakeline.infra.settings import KafkaSettings
+from wakeline.producers.errors import EmitterClosed, SpoolError
+from wakeline.producers.spool import Header, Spool, SpoolRecord
+
+log = logging.getLogger(__name__)
+
+PENDING, DELIVERED, SPOOLED = 0, 1, 2
+_TIMED_OUT = object()
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    """Producer tuning. `linger_ms` trades single-call latency for batching."""
+
+    linger_ms: float = 0.2
+    #: librdkafka gives up on a message after this long (then it is spooled)
+    delivery_timeout_s: float = 30.0
+    #: a strict call waits this long for the broker, then fsyncs the intent to the spool
+    strict_timeout_s: float = 5.0
+    drain_interval_s: float = 0.5
+    producer_config: Mapping[str, Any] | None = None
+
+
+class _Pending:
+    __slots__ = ("rec", "transport", "lock", "loop", "future", "state", "from_spool", "error")
+
+    def __init__(self, rec: SpoolRecord, transport: Transport) -> None:
+        self.rec = rec
+        self.transport = transport
+        self.lock: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.future: asyncio.Future[Any] | None = None
+        self.state = PENDING
+        self.from_spool = False
+        self.error: KafkaError | None = None
+
+    def __call__(self, err: KafkaError | None, _msg: Any) -> None:  # delivery report
+        t = self.transport
+        if err is None:
+            if self.state == PENDING:
+                self.state = DELIVERED
+            t.delivered += 1
+            self._wake()
+        else:
+            self.error = err
+            t._failures.append(self)
+
+    def _wake(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        elif self.future is not None:
+            self.transport._async_done.append(self)
+
+
+def _set_done(items: list[_Pending]) -> None:
+    for p in items:
+        fut = p.future
+        if fut is not None and not fut.done():
+            fut.set_result(p.state)
+
+
+class Transport:
+    def __init__(
+        self, kafka: KafkaSettings, spool: Spool, options: TransportOptions | None = None
+    ) -> None:
+        self.options = options or TransportOptions()
+        self.spool = spool
+        conf = kafka.client_config(
+            **{
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": self.options.linger_ms,
+                "message.timeout.ms": int(self.options.delivery_timeout_s * 1000),
+                "reconnect.backoff.max.ms": 1000,
+                "socket.connection.setup.timeout.ms": 5000,
+                "logger": logging.getLogger("wakeline.producers.librdkafka"),
+                **dict(self.options.producer_config or {}),
+            }
+        )
+        self.producer = Producer(conf)
+        self._seq = itertools.count(spool.max_seq() + 1)
+        self._lock = threading.Lock()
+        self._spooling = not spool.is_empty()
+        self._purge_needed = False
+        self._failures: deque[_Pending] = deque()
+        self._async_done: deque[_Pending] = deque()
+        self._stop = threading.Event()
+        self._closed = False
+        self.delivered = 0
+        self.spooled = 0
+        self.drained = 0
+        self._poller = threading.Thread(target=self._poll_loop, name="wakeline-poll", daemon=True)
+        self._drainer = threading.Thread(target=self._drain_loop, name="wakeline-drain",
+                                         daemon=True)
+        self._poller.start()
+        self._drainer.start()
+
+    # -- sending --------------------------------------------------------------------------
+    @property
+    def spooling(self) -> bool:
+        return self._spooling
+
+    def _record(self, topic: str, key: bytes, value: bytes,
+                headers: Sequence[Header]) -> SpoolRecord:
+        if self._closed:
+            raise EmitterClosed("the emitter is closed")
+        return SpoolRecord(next(self._seq), topic, key, value, tuple(headers))
+
+    def _to_spool_if_spooling(self, rec: SpoolRecord, sync: bool) -> bool:
+        if not self._spooling:
+            return False
+        with self._lock:
+            if not self._spooling:
+                return False
+            self.spool.append([rec], sync=sync)
+            self.spooled += 1
+            return True
+
+    def _produce(self, p: _Pending) -> bool:
+        rec = p.rec
+        try:
+            self.producer.produce(
+                rec.topic, rec.value, rec.key, headers=list(rec.headers), on_delivery=p
+            )
+            return True
+        except BufferError:
+            self._enter_spooling("local producer queue is full")
+        except KafkaException as e:
+            self._enter_spooling(f"produce failed: {e}")
+        with self._lock:
+            self.spool.append([rec], sync=True)
+            self.spooled += 1
+            p.state = SPOOLED
+        return False
+
+    def send(self, topic: str, key: bytes, value: bytes, headers: Sequence[Header],
+             *, wait: bool) -> None:
+        """Produce; with `wait`, return only once acknowledged by the broker or fsync'd."""
+        rec = self._record(topic, key, value, headers)
+        if self._to_spool_if_spooling(rec, sync=wait):
+            return
+        p = _Pending(rec, self)
+        if wait:
+            p.lock = _thread.allocate_lock()
+            p.lock.acquire()
+        if not self._produce(p) or not wait:
+            return
+        if not p.lock.acquire(timeout=self.options.strict_timeout_s):
+            self._spool_unacknowledged(p)
+
+    async def send_async(self, topic: str, key: bytes, value: bytes,
+                         headers: Sequence[Header], *, wait: bool) -> None:
+        if not wait:
+            self.send(topic, key, value, headers, wait=False)
+            return
+        rec = self._record(topic, key, value, headers)
+        if self._to_spool_if_spooling(rec, sync=True):
+            return
+        loop = asyncio.get_running_loop()
+        p = _Pending(rec, self)
+        p.loop = loop
+        fut = p.future = loop.create_future()
+        if not self._produce(p):
+            return
+        timer = loop.call_later(self.options.strict_timeout_s, _expire, fut)
+        state = await fut
+        timer.cancel()
+        if state is _TIMED_OUT:
+            self._spool_unacknowledged(p)
+
+    def _spool_unacknowledged(self, p: _Pending) -> None:
+        """A strict send the broker did not acknowledge in time: make it durable locally."""
+        with self._lock:
+            if p.state != PENDING:
+                return  # delivered meanwhile, or already spooled by its failure report
+            self.spool.append([p.rec], sync=True)
+            self.spooled += 1
+            p.state = SPOOLED
+        self._enter_spooling(f"no acknowledgement within {self.options.strict_timeout_s}s")
+
+    def _enter_spooling(self, why: str) -> None:
+        if not self._spooling:
+            log.warning("broker unavailable (%s): spooling events to %s", why,
+                        self.spool.directory)
+            self._spooling = True
+            self._purge_needed = True
+
+    # -- background: delivery reports -----------------------------------------------------
+    def _poll_loop(self) -> None:
+        poll = self.producer.poll
+        while not self._stop.is_set():
+            try:
+                poll(0.05)
+                self._after_poll()
+            except Exception:  # noqa: BLE001 - the poller must survive anything
+                log.exception("delivery poller error")
+
+    def _after_poll(self) -> None:
+        if self._failures:
+            self._handle_failures()
+        if self._async_done:
+            by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+            done = self._async_done
+            while done:
+                p = done.popleft()
+                by_loop.setdefault(p.loop, []).append(p)  # type: ignore[arg-type]
+            for loop, items in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # loop closed: nobody waits
+                    loop.call_soon_threadsafe(_set_done, items)
+        if self._purge_needed:
+            self._purge_needed = False
+            self.producer.purge(in_queue=True, in_flight=False, blocking=False)
+
+    def _handle_failures(self) -> None:
+        failed: list[_Pending] = []
+        while self._failures:
+            failed.append(self._failures.popleft())
+        fresh = [p for p in failed if not p.from_spool and p.state == PENDING]
+        for p in failed:
+            if p.from_spool:
+                continue
+            code = p.error.code() if p.error is not None else None
+            if code not in (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT):
+                self._enter_spooling(str(p.error))
+        if fresh:
+            with self._lock:
+                try:
+                    self.spool.append([p.rec for p in fresh], sync=True)
+                except SpoolError:
+                    log.exception("cannot spool %d undelivered events", len(fresh))
+                    raise
+                self.spooled += len(fresh)
+                self._spooling = True
+                for p in fresh:
+                    p.state = SPOOLED
+        for p in failed:
+            if not p.from_spool:
+                p._wake()
+
+    # -- background: draining the spool ---------------------------------------------------
+    def _drain_loop(self) -> None:
+        while not self._stop.wait(self.options.drain_interval_s):
+            try:
+                while self._spooling and not self._stop.is_set() and self._drain_once():
+                    pass
+            except Exception:  # noqa: BLE001
+                log.exception("spool drain error")
+
+    def _broker_reachable(self) -> bool:
+        try:
+            self.producer.list_topics(timeout=1.0)
+            return True
+        except KafkaException:
+            return False
+
+    def _drain_once(self) -> bool:
+        """One round; True when it made progress and another round may follow at once."""
+        if len(self.producer) > 0 or not self._broker_reachable():
+            return False
+        segments = self.spool.rotate()
+        records = self.spool.read(segments)
+        seen: set[int] = set()
+        pendings: list[_Pending] = []
+        for rec in records:
+            if rec.seq in seen:
+                continue
+            seen.add(rec.seq)
+            p = _Pending(rec, self)
+            p.from_spool = True
+            while True:
+                try:
+                    self.producer.produce(rec.topic, rec.value, rec.key,
+                                          headers=list(rec.headers), on_delivery=p)
+                    break
+                except BufferError:
+                    self.producer.poll(0.1)
+            pendings.append(p)
+        deadline = time.monotonic() + self.options.delivery_timeout_s + 5
+        while time.monotonic() < deadline and any(
+            p.state == PENDING and p.error is None for p in pendings
+        ):
+            time.sleep(0.01)
+        if any(p.state != DELIVERED for p in pendings):
+            log.warning("spool drain: %d of %d not acknowledged; will retry",
+                        sum(p.state != DELIVERED for p in pendings), len(pendings))
+            return False
+        self.spool.discard(segments)
+        self.drained += len(pendings)
+        with self._lock:
+            if self.spool.is_empty():
+                self._spooling = False
+                log.info("spool drained (%d events); sending directly again", self.drained)
+                return False
+        return True
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def pending_count(self) -> int:
+        """Events not yet acknowledged: in the producer, plus whether the spool holds any."""
+        return len(self.producer) + (0 if self.spool.is_empty() else 1)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait until everything is on the broker; returns how many events are not (0 = all)."""
+        deadline = time.monotonic() + timeout
+        self.producer.flush(max(0.0, deadline - time.monotonic()))
+        while self._spooling and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self._after_poll()
+        left = len(self.producer)
+        if self._spooling:
+            left += len(self.spool.read())
+        return left
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Flush for up to `timeout`; whatever is still undelivered stays in the spool."""
+        if self._closed:
+            return 0
+        left = self.flush(timeout)
+        self._closed = True
+        if len(self.producer) > 0:
+            self._enter_spooling("closing with undelivered events")
+            self.producer.purge(in_queue=True, in_flight=True, blocking=True)
+            self.producer.poll(0)
+            self._after_poll()
+        self._stop.set()
+        self._poller.join(timeout=5)
+        self._drainer.join(timeout=5)
+        self._after_poll()
+        self.spool.close()
+        return left
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(_TIMED_OUT)

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import pytest
+
+from wakeline.infra.settings import KafkaSettings, Topics
+from wakeline.producers import LoopGuard, PolicyDecision, QuarantineGate
+from wakeline.producers.gates import parse_quarantine_value
+from wakeline.schemas import encode_event, new_event_id
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_loop_guard_refuses_the_kth_identical_call_within_the_window():
+    clock = Clock()
+    guard = LoopGuard(max_repeats=3, window_s=10, clock=clock)
+    d = b"\x01" * 32
+    assert guard.check("a", "t", d).allowed
+    assert guard.check("a", "t", d).allowed
+    third = guard.check("a", "t", d)
+    assert not third.allowed and third.alert and third.count == 3
+    again = guard.check("a", "t", d)
+    assert not again.allowed and not again.alert  # one alert per window, not one per retry
+    assert guard.check("a", "t", b"\x02" * 32).allowed  # other args
+    assert guard.check("b", "t", d).allowed  # other agent
+    assert guard.check("a", "u", d).allowed  # other tool
+    clock.now += 10.01
+    assert guard.check("a", "t", d).allowed  # the window has passed
+
+
+def test_loop_guard_window_slides():
+    clock = Clock()
+    guard = LoopGuard(max_repeats=3, window_s=10, clock=clock)
+    d = b"d"
+    guard.check("a", "t", d)
+    clock.now += 6
+    guard.check("a", "t", d)
+    clock.now += 6  # the first call left the window
+    assert guard.check("a", "t", d).allowed
+    assert not guard.check("a", "t", d).allowed
+
+
+def test_loop_guard_rejects_nonsense_settings():
+    with pytest.raises(ValueError):
+        LoopGuard(max_repeats=1)
+    with pytest.raises(ValueError):
+        LoopGuard(window_s=0)
+
+
+def test_policy_decision_outcomes_are_checked():
+    assert PolicyDecision("require_approval").outcome == "require_approval"
+    with pytest.raises(ValueError):
+        PolicyDecision("maybe")  # type: ignore[arg-type]
+
+
+def _event(type_name: str, **fields) -> bytes:
+    base = dict(event_id=new_event_id(), type=type_name, time=1, source="test",
+                workflow_id="wf-q", run_id="r", agent_id="compensator", principal="ops")
+    base.update(fields)
+    return encode_event(base)
+
+
+def test_quarantine_state_follows_the_compacted_topic_semantics():
+    q = _event("Quarantine", scope="workflow", reason="runaway loop", by="loop-detector")
+    assert parse_quarantine_value("wf-q", q).reason == "runaway loop"
+    assert parse_quarantine_value("wf-q", None) is None  # tombstone
+    assert parse_quarantine_value("wf-q", _event("Release", reason="ok", by="alice")) is None
+    garbage = parse_quarantine_value("wf-q", b"not an event")
+    assert garbage is not None and "undecodable" in garbage.reason  # fails closed
+
+
+def test_gate_apply_tracks_current_state_per_workflow():
+    gate = QuarantineGate.__new__(QuarantineGate)  # no consumer thread: only the state logic
+    gate._state = {}
+    gate.apply(b"wf-1", _event("Quarantine", scope="workflow", reason="r", by="b", workflow_id="wf-1"))
+    gate.apply(b"wf-2", _event("Quarantine", scope="workflow", reason="r", by="b", workflow_id="wf-2"))
+    gate.apply(b"wf-1", None)
+    assert set(gate._state) == {"wf-2"}
+
+
+def test_gate_without_broker_fails_open_by_default_and_closed_when_asked():
+    kafka = KafkaSettings(bootstrap="127.0.0.1:1", topics=Topics("unit."))
+    open_gate = QuarantineGate(kafka, startup_timeout_s=0.05)
+    closed_gate = QuarantineGate(kafka, startup_timeout_s=0.05, fail_closed=True)
+    try:
+        assert open_gate.check("wf") is None
+        assert closed_gate.check("wf") is not None
+    finally:
+        open_gate.close()
+        closed_gate.close()
