@@ -101,8 +101,9 @@ def canonicalise(
 ) -> Canonical:
     """Redact, digest and canonicalise tool arguments; refuse them if too large."""
     if not isinstance(args, Mapping):
-        raise NotSerialisable("$", f"{what} must be a mapping of names to values, "
-                                   f"got {type(args).__name__}")
+        raise NotSerialisable(
+            "$", f"{what} must be a mapping of names to values, got {type(args).__name__}"
+        )
     redact = tuple(redact)
     digest_only = tuple(digest_only)
     if redact or digest_only:
@@ -185,8 +186,7 @@ def _find_bad(value: Any, path: str) -> tuple[str, str] | None:
             for k, child in v.items():
                 if not isinstance(k, str):
                     return f"{p}[{k!r}]", f"object keys must be strings, got {type(k).__name__}"
-                items.append((child, f"{p}.{k}" if k.isidentifier() else f"{p}[{k!r}]",
-                              depth + 1))
+                items.append((child, f"{p}.{k}" if k.isidentifier() else f"{p}[{k!r}]", depth + 1))
             stack.extend(reversed(items))
             continue
         if isinstance(v, list | tuple):

@@ -111,10 +111,10 @@ class Emitter:
         home = StackSettings.from_env().home
         return cls(KafkaSettings.from_env(), spool_dir=home / "spool" / spool_name, **kwargs)
 
-    def workflow(self, workflow_id: str | None, *, agent_id: str, principal: str,
-                 **fields: Any) -> WorkflowContext:
-        return WorkflowContext(self, workflow_id, agent_id=agent_id, principal=principal,
-                               **fields)
+    def workflow(
+        self, workflow_id: str | None, *, agent_id: str, principal: str, **fields: Any
+    ) -> WorkflowContext:
+        return WorkflowContext(self, workflow_id, agent_id=agent_id, principal=principal, **fields)
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait until every event is on the broker; returns how many are not (0 = all)."""
@@ -185,8 +185,9 @@ class WorkflowContext:
         self._lock = threading.Lock()
 
     # -- events ---------------------------------------------------------------------------
-    def envelope(self, type_name: str, *, step_id: str | None = None,
-                 parents: Iterable[str] = ()) -> dict[str, Any]:
+    def envelope(
+        self, type_name: str, *, step_id: str | None = None, parents: Iterable[str] = ()
+    ) -> dict[str, Any]:
         return {
             "event_id": new_event_id(),
             "type": type_name,
@@ -217,14 +218,14 @@ class WorkflowContext:
     def emit(self, event: dict[str, Any], *, wait: bool = False) -> str:
         """Encode and send one event of this run on the events topic; returns its id."""
         value, headers = self._counted(event)
-        self.emitter.transport.send(self.emitter.events_topic, self.key, value, headers,
-                                    wait=wait)
+        self.emitter.transport.send(self.emitter.events_topic, self.key, value, headers, wait=wait)
         return event["event_id"]
 
     async def aemit(self, event: dict[str, Any], *, wait: bool = False) -> str:
         value, headers = self._counted(event)
-        await self.emitter.transport.send_async(self.emitter.events_topic, self.key, value,
-                                                headers, wait=wait)
+        await self.emitter.transport.send_async(
+            self.emitter.events_topic, self.key, value, headers, wait=wait
+        )
         return event["event_id"]
 
     def _alert(self, event: dict[str, Any]) -> None:
@@ -235,9 +236,15 @@ class WorkflowContext:
             self.emitter.transport.send(topic, self.key, value, headers, wait=False)
 
     # -- the call path --------------------------------------------------------------------
-    def begin(self, tool: str | ToolSpec, args: Mapping[str, Any] | None = None, *,
-              parents: Iterable[str] = (), step_id: str | None = None,
-              durability: Durability | None = None) -> ToolCall:
+    def begin(
+        self,
+        tool: str | ToolSpec,
+        args: Mapping[str, Any] | None = None,
+        *,
+        parents: Iterable[str] = (),
+        step_id: str | None = None,
+        durability: Durability | None = None,
+    ) -> ToolCall:
         """Gates, then the intent (acknowledged first when strict). Refusals raise."""
         call = self._prepare(tool, args, parents, step_id, durability)
         self.emit(call.intent, wait=call.strict)
@@ -245,17 +252,28 @@ class WorkflowContext:
             call._refuse()
         return call
 
-    async def abegin(self, tool: str | ToolSpec, args: Mapping[str, Any] | None = None, *,
-                     parents: Iterable[str] = (), step_id: str | None = None,
-                     durability: Durability | None = None) -> ToolCall:
+    async def abegin(
+        self,
+        tool: str | ToolSpec,
+        args: Mapping[str, Any] | None = None,
+        *,
+        parents: Iterable[str] = (),
+        step_id: str | None = None,
+        durability: Durability | None = None,
+    ) -> ToolCall:
         call = self._prepare(tool, args, parents, step_id, durability)
         await self.aemit(call.intent, wait=call.strict)
         if call.refusal is not None:
             call._refuse()
         return call
 
-    def call(self, tool: str | ToolSpec, fn: Callable[..., T],
-             args: Mapping[str, Any] | None = None, **options: Any) -> T:
+    def call(
+        self,
+        tool: str | ToolSpec,
+        fn: Callable[..., T],
+        args: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> T:
         """Run `fn(**args)` as an audited tool call; returns what it returns."""
         call = self.begin(tool, args, **options)
         started = time.perf_counter_ns()
@@ -267,8 +285,13 @@ class WorkflowContext:
         call.ok(result, (time.perf_counter_ns() - started) // 1000)
         return result
 
-    async def acall(self, tool: str | ToolSpec, fn: Callable[..., Awaitable[T] | T],
-                    args: Mapping[str, Any] | None = None, **options: Any) -> T:
+    async def acall(
+        self,
+        tool: str | ToolSpec,
+        fn: Callable[..., Awaitable[T] | T],
+        args: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> T:
         """Async twin of `call`: `fn` may be a coroutine function or a plain one."""
         call = await self.abegin(tool, args, **options)
         started = time.perf_counter_ns()
@@ -297,20 +320,25 @@ class WorkflowContext:
             event["outcome"] = outcome
             value, headers = self.emitter._frame(event)
             self.sealed = True
-        self.emitter.transport.send(self.emitter.events_topic, self.key, value, headers,
-                                    wait=wait)
+        self.emitter.transport.send(self.emitter.events_topic, self.key, value, headers, wait=wait)
         return event["event_id"]
 
-    def _prepare(self, tool: str | ToolSpec, args: Mapping[str, Any] | None,
-                 parents: Iterable[str], step_id: str | None,
-                 durability: Durability | None) -> ToolCall:
+    def _prepare(
+        self,
+        tool: str | ToolSpec,
+        args: Mapping[str, Any] | None,
+        parents: Iterable[str],
+        step_id: str | None,
+        durability: Durability | None,
+    ) -> ToolCall:
         if self.sealed:
             raise SdkError(f"workflow {self.workflow_id} run {self.run_id} is sealed")
         em = self.emitter
         spec = tool if isinstance(tool, ToolSpec) else em.registry.get(tool)
         args = {} if args is None else args
-        canonical = canonicalise(args, redact=spec.redact, digest_only=spec.digest_only,
-                                 max_bytes=em.max_payload_bytes)
+        canonical = canonicalise(
+            args, redact=spec.redact, digest_only=spec.digest_only, max_bytes=em.max_payload_bytes
+        )
         reads = spec.resources_read(args)
         writes = spec.resources_written(args)
         decision, refusal, loop_count = self._gates(spec, args, canonical)
@@ -326,16 +354,19 @@ class WorkflowContext:
             impact=spec.impact,
             compensation=spec.compensation,
             policy_decision=decision.outcome,
-            policy_reason=f"{decision.policy}: {decision.reason}" if decision.reason
+            policy_reason=f"{decision.policy}: {decision.reason}"
+            if decision.reason
             else decision.policy,
             durability=mode,
             redacted_fields=sorted(spec.redact | spec.digest_only),
         )
-        return ToolCall(self, spec, args, canonical, intent, mode == "strict", step_id,
-                        refusal, loop_count)
+        return ToolCall(
+            self, spec, args, canonical, intent, mode == "strict", step_id, refusal, loop_count
+        )
 
-    def _gates(self, spec: ToolSpec, args: Mapping[str, Any], canonical: Canonical
-               ) -> tuple[PolicyDecision, GateRefused | None, int]:
+    def _gates(
+        self, spec: ToolSpec, args: Mapping[str, Any], canonical: Canonical
+    ) -> tuple[PolicyDecision, GateRefused | None, int]:
         em = self.emitter
         if em.gate is not None:
             q = em.gate.check(self.workflow_id)
@@ -345,32 +376,72 @@ class WorkflowContext:
         if em.loop_guard is not None:
             verdict = em.loop_guard.check(self.agent_id, spec.name, canonical.digest)
             if not verdict.allowed:
-                why = (f"{spec.name} called with the same arguments {verdict.count} times "
-                       f"within {em.loop_guard.window_s:g}s by agent {self.agent_id}")
+                why = (
+                    f"{spec.name} called with the same arguments {verdict.count} times "
+                    f"within {em.loop_guard.window_s:g}s by agent {self.agent_id}"
+                )
                 count = verdict.count if verdict.alert else -verdict.count
                 return PolicyDecision("deny", why, "loop-guard"), LoopRefused(why), count
-        decision = em.policy(PolicyRequest(
-            spec, args, canonical.text, canonical.digest, self.workflow_id, self.agent_id,
-            self.principal, self.tenant, self.boundary))
+        decision = em.policy(
+            PolicyRequest(
+                spec,
+                args,
+                canonical.text,
+                canonical.digest,
+                self.workflow_id,
+                self.agent_id,
+                self.principal,
+                self.tenant,
+                self.boundary,
+            )
+        )
         if decision.outcome == "deny":
-            return decision, PolicyDenied(f"policy {decision.policy} denied {spec.name}: "
-                                          f"{decision.reason}"), 0
+            return (
+                decision,
+                PolicyDenied(f"policy {decision.policy} denied {spec.name}: {decision.reason}"),
+                0,
+            )
         if decision.outcome == "require_approval":
-            return decision, ApprovalRequired(
-                f"policy {decision.policy} requires approval for {spec.name} ({decision.reason});"
-                " approvals are not available in this SDK version, so the call is refused"), 0
+            return (
+                decision,
+                ApprovalRequired(
+                    f"policy {decision.policy} requires approval for {spec.name} "
+                    f"({decision.reason}); approvals are not available in this SDK version, "
+                    "so the call is refused"
+                ),
+                0,
+            )
         return decision, None, 0
 
 
 class ToolCall:
     """One call between its intent and its result. `ok`/`fail`/`abort` emit the result."""
 
-    __slots__ = ("ctx", "spec", "args", "canonical", "intent", "strict", "step_id",
-                 "refusal", "loop_count", "done")
+    __slots__ = (
+        "ctx",
+        "spec",
+        "args",
+        "canonical",
+        "intent",
+        "strict",
+        "step_id",
+        "refusal",
+        "loop_count",
+        "done",
+    )
 
-    def __init__(self, ctx: WorkflowContext, spec: ToolSpec, args: Mapping[str, Any],
-                 canonical: Canonical, intent: dict[str, Any], strict: bool,
-                 step_id: str | None, refusal: GateRefused | None, loop_count: int) -> None:
+    def __init__(
+        self,
+        ctx: WorkflowContext,
+        spec: ToolSpec,
+        args: Mapping[str, Any],
+        canonical: Canonical,
+        intent: dict[str, Any],
+        strict: bool,
+        step_id: str | None,
+        refusal: GateRefused | None,
+        loop_count: int,
+    ) -> None:
         self.ctx = ctx
         self.spec = spec
         self.args = args
@@ -404,16 +475,25 @@ class ToolCall:
             if spec.external_ids is not None:
                 ids = {str(k): str(v) for k, v in dict(spec.external_ids(result)).items()}
         except Exception:  # noqa: BLE001 - the tool ran; never lose its result over a summary
-            log.exception("tool %s: summarise/external_ids failed (intent %s)",
-                          spec.name, self.intent_id)
-        return self._result("ok", duration_us,
-                            result_digest=None if canonical is None else canonical.digest,
-                            result_summary=summary, external_ids=ids or {})
+            log.exception(
+                "tool %s: summarise/external_ids failed (intent %s)", spec.name, self.intent_id
+            )
+        return self._result(
+            "ok",
+            duration_us,
+            result_digest=None if canonical is None else canonical.digest,
+            result_summary=summary,
+            external_ids=ids or {},
+        )
 
     def fail(self, error: BaseException, duration_us: int = 0) -> str:
         status = "aborted" if isinstance(error, _ABORTS) else "error"
-        return self._result(status, duration_us, error_type=_type_name(error),
-                            error_message=str(error)[:MAX_ERROR_MESSAGE])
+        return self._result(
+            status,
+            duration_us,
+            error_type=_type_name(error),
+            error_message=str(error)[:MAX_ERROR_MESSAGE],
+        )
 
     def abort(self, reason: str = "aborted") -> str:
         return self._result("aborted", error_type="Aborted", error_message=reason)
@@ -422,8 +502,11 @@ class ToolCall:
         refusal = self.refusal
         assert refusal is not None
         refusal.intent_id = self.intent_id
-        self._result("denied", error_type=type(refusal).__name__,
-                     error_message=str(refusal)[:MAX_ERROR_MESSAGE])
+        self._result(
+            "denied",
+            error_type=type(refusal).__name__,
+            error_message=str(refusal)[:MAX_ERROR_MESSAGE],
+        )
         if isinstance(refusal, LoopRefused) and self.loop_count > 0:
             guard = self.ctx.emitter.loop_guard
             alert = self.ctx.envelope("Alert", step_id=self.step_id)

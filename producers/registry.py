@@ -94,9 +94,7 @@ class ToolSpec:
         return _resource_keys(self.name, "writes", self.writes, args)
 
 
-def _resource_keys(
-    tool: str, which: str, keys: ResourceKeys, args: Mapping[str, Any]
-) -> list[str]:
+def _resource_keys(tool: str, which: str, keys: ResourceKeys, args: Mapping[str, Any]) -> list[str]:
     if not keys:
         return []
     try:

@@ -127,8 +127,9 @@ class Transport:
         self.spooled = 0
         self.drained = 0
         self._poller = threading.Thread(target=self._poll_loop, name="wakeline-poll", daemon=True)
-        self._drainer = threading.Thread(target=self._drain_loop, name="wakeline-drain",
-                                         daemon=True)
+        self._drainer = threading.Thread(
+            target=self._drain_loop, name="wakeline-drain", daemon=True
+        )
         self._poller.start()
         self._drainer.start()
 
@@ -137,8 +138,9 @@ class Transport:
     def spooling(self) -> bool:
         return self._spooling
 
-    def _record(self, topic: str, key: bytes, value: bytes,
-                headers: Sequence[Header]) -> SpoolRecord:
+    def _record(
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[Header]
+    ) -> SpoolRecord:
         if self._closed:
             raise EmitterClosed("the emitter is closed")
         return SpoolRecord(next(self._seq), topic, key, value, tuple(headers))
@@ -170,8 +172,9 @@ class Transport:
             p.state = SPOOLED
         return False
 
-    def send(self, topic: str, key: bytes, value: bytes, headers: Sequence[Header],
-             *, wait: bool) -> None:
+    def send(
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[Header], *, wait: bool
+    ) -> None:
         """Produce; with `wait`, return only once acknowledged by the broker or fsync'd."""
         rec = self._record(topic, key, value, headers)
         if self._to_spool_if_spooling(rec, sync=wait):
@@ -185,8 +188,9 @@ class Transport:
         if not p.lock.acquire(timeout=self.options.strict_timeout_s):
             self._spool_unacknowledged(p)
 
-    async def send_async(self, topic: str, key: bytes, value: bytes,
-                         headers: Sequence[Header], *, wait: bool) -> None:
+    async def send_async(
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[Header], *, wait: bool
+    ) -> None:
         if not wait:
             self.send(topic, key, value, headers, wait=False)
             return
@@ -217,8 +221,7 @@ class Transport:
 
     def _enter_spooling(self, why: str) -> None:
         if not self._spooling:
-            log.warning("broker unavailable (%s): spooling events to %s", why,
-                        self.spool.directory)
+            log.warning("broker unavailable (%s): spooling events to %s", why, self.spool.directory)
             self._spooling = True
             self._purge_needed = True
 
@@ -306,8 +309,9 @@ class Transport:
             p.from_spool = True
             while True:
                 try:
-                    self.producer.produce(rec.topic, rec.value, rec.key,
-                                          headers=list(rec.headers), on_delivery=p)
+                    self.producer.produce(
+                        rec.topic, rec.value, rec.key, headers=list(rec.headers), on_delivery=p
+                    )
                     break
                 except BufferError:
                     self.producer.poll(0.1)
@@ -318,8 +322,11 @@ class Transport:
         ):
             time.sleep(0.01)
         if any(p.state != DELIVERED for p in pendings):
-            log.warning("spool drain: %d of %d not acknowledged; will retry",
-                        sum(p.state != DELIVERED for p in pendings), len(pendings))
+            log.warning(
+                "spool drain: %d of %d not acknowledged; will retry",
+                sum(p.state != DELIVERED for p in pendings),
+                len(pendings),
+            )
             return False
         self.spool.discard(segments)
         self.drained += len(pendings)

@@ -33,18 +33,33 @@ class Recorder:
 def registry() -> ToolRegistry:
     reg = ToolRegistry()
     reg.declare("kv.get", reversibility="read", impact="low", reads=("kv:{key}",))
-    reg.declare("kv.put", reversibility="reversible", impact="medium", writes=("kv:{key}",),
-                compensation="kv.restore")
-    reg.declare("pay", reversibility="irreversible", impact="high",
-                redact={"card.cvc"}, digest_only={"card.number", "api_key"})
+    reg.declare(
+        "kv.put",
+        reversibility="reversible",
+        impact="medium",
+        writes=("kv:{key}",),
+        compensation="kv.restore",
+    )
+    reg.declare(
+        "pay",
+        reversibility="irreversible",
+        impact="high",
+        redact={"card.cvc"},
+        digest_only={"card.number", "api_key"},
+    )
     return reg
 
 
 @pytest.fixture
 def recorded(tmp_path: Path, registry: ToolRegistry) -> Iterator[tuple[Emitter, Recorder]]:
     kafka = KafkaSettings(bootstrap="127.0.0.1:1", topics=Topics("unit."))
-    emitter = Emitter(kafka, spool_dir=tmp_path / "spool", registry=registry,
-                      quarantine_gate=False, loop_guard=LoopGuard(max_repeats=3, window_s=60))
+    emitter = Emitter(
+        kafka,
+        spool_dir=tmp_path / "spool",
+        registry=registry,
+        quarantine_gate=False,
+        loop_guard=LoopGuard(max_repeats=3, window_s=60),
+    )
     real = emitter.transport
     rec = Recorder()
     emitter.transport = rec  # type: ignore[assignment]

@@ -19,8 +19,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -52,8 +53,12 @@ def test_known_digest_is_stable():
 
 
 def test_redacted_and_digested_fields_never_appear_in_the_canonical_args():
-    args = {"card": {"number": "4111111111111111", "cvc": "737"}, "token": "sk_live_SECRET",
-            "items": [{"pin": "0000"}, {"pin": "1234"}], "amount": 5}
+    args = {
+        "card": {"number": "4111111111111111", "cvc": "737"},
+        "token": "sk_live_SECRET",
+        "items": [{"pin": "0000"}, {"pin": "1234"}],
+        "amount": 5,
+    }
     c = canonicalise(args, redact=["card.cvc", "items.pin"], digest_only=["token", "card.number"])
     text = c.text
     for secret in ("4111111111111111", "737", "sk_live_SECRET", "0000", "1234"):

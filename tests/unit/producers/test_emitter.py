@@ -62,9 +62,16 @@ def test_read_only_tools_are_relaxed(recorded):
 
 def test_envelope_carries_the_workflow_context(recorded):
     emitter, rec = recorded
-    ctx = ctx_of(emitter, run_id="run-9", tenant="acme", boundary="eu", correlation_id="req-1",
-                 parent_event_ids=["p-1"], trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
-                 span_id="00f067aa0ba902b7")
+    ctx = ctx_of(
+        emitter,
+        run_id="run-9",
+        tenant="acme",
+        boundary="eu",
+        correlation_id="req-1",
+        parent_event_ids=["p-1"],
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        span_id="00f067aa0ba902b7",
+    )
     ctx.call("kv.get", lambda key: 1, {"key": "a"}, parents=["p-2"], step_id="s1")
     intent = rec.events()[0]
     assert intent["run_id"] == "run-9"
@@ -113,8 +120,11 @@ def test_interrupt_is_recorded_as_aborted(recorded):
 
 def test_secrets_never_reach_the_encoded_events(recorded):
     emitter, rec = recorded
-    args = {"card": {"number": "4111111111111111", "cvc": "737"}, "api_key": "sk_live_XYZZY",
-            "amount": 1299}
+    args = {
+        "card": {"number": "4111111111111111", "cvc": "737"},
+        "api_key": "sk_live_XYZZY",
+        "amount": 1299,
+    }
     ctx_of(emitter).call("pay", lambda **a: {"id": "ch_1"}, args)
     frames = b"".join(v + b"".join(h for _, h in hs) for _, _, v, hs, _ in rec.records)
     for secret in (b"4111111111111111", b"737", b"sk_live_XYZZY"):
@@ -158,8 +168,11 @@ def test_bad_trace_context_is_refused(recorded):
 
 def test_policy_deny_is_recorded_in_the_intent_and_as_a_denied_result(recorded):
     emitter, rec = recorded
-    emitter.policy = lambda req: (PolicyDecision("deny", "over limit", "limits")
-                                  if req.args.get("value", 0) > 100 else PolicyDecision("allow"))
+    emitter.policy = lambda req: (
+        PolicyDecision("deny", "over limit", "limits")
+        if req.args.get("value", 0) > 100
+        else PolicyDecision("allow")
+    )
     ran = []
     with pytest.raises(PolicyDenied) as e:
         ctx_of(emitter).call("kv.put", lambda **a: ran.append(a), {"key": "a", "value": 500})
@@ -192,7 +205,12 @@ def test_loop_guard_refuses_records_and_alerts_once(recorded):
     assert len(ran) == 2
     events = rec.events()
     assert [e["type"] for e in events] == ["ToolIntent", "ToolResult"] * 2 + [
-        "ToolIntent", "ToolResult", "Alert", "ToolIntent", "ToolResult"]
+        "ToolIntent",
+        "ToolResult",
+        "Alert",
+        "ToolIntent",
+        "ToolResult",
+    ]
     alert = events[6]
     assert alert["kind"] == "runaway_loop"
     assert alert["related_event_ids"] == [events[4]["event_id"]]
@@ -210,7 +228,8 @@ def test_async_call_awaits_coroutines_and_plain_functions(recorded):
 
     async def main():
         return await ctx.acall("kv.get", coro, {"key": "a"}), await ctx.acall(
-            "kv.put", lambda key: key, {"key": "b"})
+            "kv.put", lambda key: key, {"key": "b"}
+        )
 
     assert asyncio.run(main()) == ("A", "b")
     assert [e["status"] for e in rec.events() if e["type"] == "ToolResult"] == ["ok", "ok"]

@@ -59,8 +59,16 @@ def test_policy_decision_outcomes_are_checked():
 
 
 def _event(type_name: str, **fields) -> bytes:
-    base = dict(event_id=new_event_id(), type=type_name, time=1, source="test",
-                workflow_id="wf-q", run_id="r", agent_id="compensator", principal="ops")
+    base = dict(
+        event_id=new_event_id(),
+        type=type_name,
+        time=1,
+        source="test",
+        workflow_id="wf-q",
+        run_id="r",
+        agent_id="compensator",
+        principal="ops",
+    )
     base.update(fields)
     return encode_event(base)
 
@@ -77,8 +85,10 @@ def test_quarantine_state_follows_the_compacted_topic_semantics():
 def test_gate_apply_tracks_current_state_per_workflow():
     gate = QuarantineGate.__new__(QuarantineGate)  # no consumer thread: only the state logic
     gate._state = {}
-    gate.apply(b"wf-1", _event("Quarantine", scope="workflow", reason="r", by="b", workflow_id="wf-1"))
-    gate.apply(b"wf-2", _event("Quarantine", scope="workflow", reason="r", by="b", workflow_id="wf-2"))
+    for wf in ("wf-1", "wf-2"):
+        gate.apply(
+            wf.encode(), _event("Quarantine", scope="workflow", reason="r", by="b", workflow_id=wf)
+        )
     gate.apply(b"wf-1", None)
     assert set(gate._state) == {"wf-2"}
 

@@ -13,8 +13,9 @@ from wakeline.producers.spool import MAGIC, encode_record, read_segment
 
 
 def rec(seq: int, value: bytes = b"v", key: bytes | None = b"wf-1") -> SpoolRecord:
-    return SpoolRecord(seq, "t.events", key, value, (("ce_id", f"id-{seq}".encode()),
-                                                      ("none", None)))
+    return SpoolRecord(
+        seq, "t.events", key, value, (("ce_id", f"id-{seq}".encode()), ("none", None))
+    )
 
 
 def test_records_round_trip_in_seq_order(tmp_path: Path):
@@ -129,8 +130,9 @@ def test_survives_a_killed_writer(tmp_path: Path):
                 os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=os.environ.copy())
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy()
+    )
     assert proc.returncode == -9
     acked = [int(line) for line in proc.stdout.split()]
     assert acked[-1] == 150
