@@ -14,6 +14,7 @@ partitions between them, and each partition resumes from PostgreSQL when it move
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -89,10 +90,9 @@ def create_worker(
         async def on_start(self) -> None:
             builder.start()
             loop = asyncio.get_running_loop()
-            try:  # `kill -USR1 <pid>` signs a checkpoint now
+            # `kill -USR1 <pid>` signs a checkpoint now
+            with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGUSR1, lambda: self.add_future(_checkpoint()))
-            except (NotImplementedError, RuntimeError):
-                pass
 
         async def on_stop(self) -> None:
             await asyncio.get_running_loop().run_in_executor(None, builder.stop)
