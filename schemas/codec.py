@@ -116,6 +116,7 @@ class SchemaInfo:
     """One writer schema as the registry knows it."""
 
     type_name: str  # the record's simple name = the event type
+    full_name: str  # with namespace, e.g. dev.wakeline.v1.ToolIntent
     fingerprint: bytes  # 8 bytes, as in the frame
     canonical_form: str
     schema_json: str  # the full schema (docs, defaults, logical types), compact JSON
@@ -135,8 +136,11 @@ class SchemaInfo:
         except Exception as e:  # fastavro raises many kinds for a bad schema
             raise SchemaError(f"not a valid Avro schema: {e}") from e
         full_name = str(raw["name"])
+        if "." not in full_name and raw.get("namespace"):
+            full_name = f"{raw['namespace']}.{full_name}"
         return cls(
             type_name=full_name.rsplit(".", 1)[-1],
+            full_name=full_name,
             fingerprint=fingerprint_bytes(canonical),
             canonical_form=canonical,
             schema_json=json.dumps(raw, separators=(",", ":"), sort_keys=False),
@@ -156,8 +160,16 @@ def packaged_schemas() -> dict[str, SchemaInfo]:
     return found
 
 
+def packaged_avsc() -> list[SchemaInfo]:
+    """Every ``*.avsc`` shipped in the package: the event types and any other record framed
+    the same way (e.g. the audit topic's AuditRecord). What ``wakeline init`` publishes."""
+    folder = resources.files("wakeline.schemas")
+    names = sorted(e.name for e in folder.iterdir() if e.name.endswith(".avsc"))
+    return [SchemaInfo.from_json((folder / name).read_text()) for name in names]
+
+
 #: resolver hook: fingerprint -> schema JSON (or None) for writer schemas not yet known
-Resolver = Callable[[bytes], "str | Mapping[str, Any] | None"]
+Resolver = Callable[[bytes], "SchemaInfo | str | Mapping[str, Any] | None"]
 
 
 class Codec:
@@ -193,6 +205,8 @@ class Codec:
         """Teach the decoder a writer schema (any version); returns its fingerprint."""
         info = schema if isinstance(schema, SchemaInfo) else SchemaInfo.from_json(schema)
         reader = self._current.get(info.type_name)
+        if reader is not None and reader.full_name != info.full_name:
+            reader = None  # another record that shares the simple name: decode as written
         resolved = None if reader is None or reader.fingerprint == info.fingerprint else reader
         with self._lock:
             self._writers[info.fingerprint] = info

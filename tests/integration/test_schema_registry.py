@@ -1,0 +1,115 @@
+"""Schemas land in PostgreSQL and on the compacted schemas topic, and decode frames from there."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from wakeline.infra.settings import KafkaSettings
+from wakeline.producers.schema_registry import (
+    PostgresSchemaResolver,
+    learn_schemas,
+    load_schemas_from_kafka,
+    load_schemas_from_postgres,
+    publish_schemas,
+)
+from wakeline.schemas import (
+    EVENT_TYPES,
+    Codec,
+    SchemaInfo,
+    UnknownFingerprint,
+    encode_event,
+    new_event_id,
+    packaged_avsc,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _event() -> dict:
+    return {
+        "event_id": new_event_id(),
+        "type": "ToolResult",
+        "time": 1_795_851_564_123_456,
+        "source": "it/schema-registry",
+        "workflow_id": "wf-schemas",
+        "run_id": "run-1",
+        "agent_id": "agent",
+        "principal": "user:it",
+        "intent_id": new_event_id(),
+        "status": "ok",
+        "external_ids": {"charge_id": "ch_1"},
+    }
+
+
+def _bare_codec() -> Codec:
+    """A consumer that knows no schema at all until it loads them."""
+    return Codec({})
+
+
+def test_publish_lands_in_postgres_and_is_idempotent(dsn: str) -> None:
+    first = publish_schemas(None, dsn)
+    again = publish_schemas(None, dsn)
+    assert {row["type"] for row in first} >= set(EVENT_TYPES)
+    assert all(row["new_in_postgres"] is False for row in again)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT fingerprint, type_name, canonical_form FROM schemas").fetchall()
+    by_fp = {bytes(fp): (name, canonical) for fp, name, canonical in rows}
+    for info in packaged_avsc():
+        assert by_fp[info.fingerprint] == (info.type_name, info.canonical_form)
+
+
+def test_schemas_table_is_append_only(dsn: str) -> None:
+    publish_schemas(None, dsn)
+    for statement in (
+        "UPDATE schemas SET type_name = 'x'",
+        "DELETE FROM schemas",
+        "TRUNCATE schemas",
+    ):
+        with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(statement)
+
+
+def test_a_consumer_decodes_with_schemas_loaded_from_postgres(dsn: str) -> None:
+    publish_schemas(None, dsn)
+    event = _event()
+    frame = encode_event(event)
+    consumer = _bare_codec()
+    with pytest.raises(UnknownFingerprint):
+        consumer.decode(frame)
+    learn_schemas(load_schemas_from_postgres(dsn), consumer)
+    decoded = consumer.decode(frame)
+    assert {k: decoded[k] for k in event} == event
+
+
+def test_a_resolver_looks_unknown_fingerprints_up_in_postgres(dsn: str) -> None:
+    publish_schemas(None, dsn)
+    event = _event()
+    consumer = Codec({}, resolver=PostgresSchemaResolver(dsn))
+    decoded = consumer.decode(encode_event(event))
+    assert {k: decoded[k] for k in event} == event
+    with pytest.raises(UnknownFingerprint):
+        consumer.decode(b"\xc3\x01" + bytes(8) + b"\x00")
+
+
+def test_schemas_are_on_the_compacted_topic_keyed_by_fingerprint(
+    kafka: KafkaSettings, dsn: str
+) -> None:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    publish_schemas(kafka, dsn)
+    loaded = load_schemas_from_kafka(kafka)
+    assert {i.fingerprint for i in loaded} >= {i.fingerprint for i in packaged_avsc()}
+    for info in loaded:
+        assert SchemaInfo.from_json(info.schema_json).fingerprint == info.fingerprint
+
+    admin = AdminClient(kafka.client_config())
+    resource = ConfigResource("topic", kafka.topics.schemas)
+    config = admin.describe_configs([resource])[resource].result(timeout=30)
+    assert config["cleanup.policy"].value == "compact"
+
+    event = _event()
+    consumer = _bare_codec()
+    learn_schemas(loaded, consumer)
+    decoded = consumer.decode(encode_event(event))
+    assert {k: decoded[k] for k in event} == event
