@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from .errors import FormatError, SignatureError
-from .hashing import CHECKPOINT_PREFIX, HASH_SIZE, HashSuite, suite_named
+from .hashing import CHECKPOINT_PREFIX, HASH_SIZE, SUITES, HashSuite, suite_named
 
 FORMAT_LINE = "wakeline-checkpoint/v1"
 ALG_ED25519 = 1
@@ -130,7 +130,8 @@ def parse_body(body: bytes) -> Checkpoint:
         if name != key:
             raise FormatError(f"checkpoint line {line!r}, want {key!r}")
         fields[key] = value
-    suite_named(fields["suite"])
+    if fields["suite"] not in SUITES:
+        raise FormatError(f"checkpoint names unknown suite {fields['suite']!r}")
     prev = None if fields["prev"] == "-" else _unb64(fields["prev"], "prev hash", HASH_SIZE)
     heads = []
     for line in lines[6:]:

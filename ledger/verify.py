@@ -88,11 +88,14 @@ class VerifyReport:
 
     @property
     def first(self) -> Finding | None:
-        """The first finding of the worst kind: what the auditor should look at first."""
-        for f in self.findings:
-            if f.verdict == self.verdict:
-                return f
-        return None
+        """The first finding of the worst kind: what the auditor should look at first.
+
+        Integrity findings outrank pairing findings of the same kind: a deleted leaf also
+        orphans a result, but the broken commitment is the cause."""
+        worst = [f for f in self.findings if f.verdict == self.verdict]
+        if not worst:
+            return None
+        return min(worst, key=lambda f: f.check.startswith("pairing."))
 
     @property
     def exit_code(self) -> int:
@@ -250,17 +253,8 @@ class LedgerVerifier:
                 expected=suite.code,
                 found=h.suite_code,
             )
-        # header-time checks: position in the chain
-        if n != part.next_number:
-            self.fail(
-                TAMPERED,
-                "segment.number",
-                "segment number breaks the sequence",
-                **at,
-                field="segment_number",
-                expected=part.next_number,
-                found=n,
-            )
+        # header-time checks: the link to the previous header first, as it is the one a
+        # forger cannot fake; then the position it claims
         if h.prev_hash != part.prev_hash:
             self.fail(
                 TAMPERED,
@@ -270,6 +264,16 @@ class LedgerVerifier:
                 field="prev_hash",
                 expected=part.prev_hash,
                 found=h.prev_hash,
+            )
+        if n != part.next_number:
+            self.fail(
+                TAMPERED,
+                "segment.number",
+                "segment number breaks the sequence",
+                **at,
+                field="segment_number",
+                expected=part.next_number,
+                found=n,
             )
         if not part.diverged and h.first_leaf_index != part.tree.size:
             self.fail(

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from wakeline.ledger import SHA256, ProofError, verify_consistency, verify_inclusion
 
 VECTORS = Path(__file__).resolve().parents[3] / ".." / "shared" / "vectors" / "rfc6962"
