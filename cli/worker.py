@@ -1,0 +1,59 @@
+"""`wakeline worker`: the faust worker hosting the ledger builder and audit publisher."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("worker")
+@click.option(
+    "--segment-max-leaves",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Close a segment at this many leaves (WAKELINE_SEGMENT_MAX_LEAVES).",
+)
+@click.option(
+    "--segment-max-age-ms",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Close a segment when its first leaf is this old (WAKELINE_SEGMENT_MAX_AGE_MS).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Records per consume call (WAKELINE_BUILDER_BATCH).",
+)
+@click.option(
+    "--checkpoint-interval-s",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Sign a checkpoint this often; 0 = only on SIGUSR1.",
+)
+@click.option("--no-audit", is_flag=True, help="Do not publish audit records.")
+@click.option("-l", "--loglevel", default="warn",
+              type=click.Choice(["crit", "error", "warn", "info", "debug"]),
+              help="faust worker log level.")  # fmt: skip
+def worker(
+    segment_max_leaves: int | None,
+    segment_max_age_ms: int | None,
+    batch: int | None,
+    checkpoint_interval_s: float | None,
+    no_audit: bool,
+    loglevel: str,
+) -> None:
+    """Run the stream processors until stopped (SIGTERM/SIGINT; SIGUSR1 signs a checkpoint).
+
+    Run several for more throughput: they share the events topic's partitions.
+    """
+    from wakeline.cli.main import run_guarded
+    from wakeline.processors.runner import run_from_env
+
+    overrides = {
+        "segment_max_leaves": segment_max_leaves,
+        "segment_max_age_s": segment_max_age_ms / 1000 if segment_max_age_ms else None,
+        "batch_size": batch,
+        "checkpoint_interval_s": checkpoint_interval_s,
+        "audit": False if no_audit else None,
+    }
+    run_guarded(lambda: run_from_env(overrides, loglevel=loglevel))
