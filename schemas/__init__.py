@@ -27,15 +27,14 @@ from wakeline.schemas.codec import (
     encode_event,
     fingerprint_bytes,
     fingerprint_of,
-    new_event_id,
     packaged_avsc,
     packaged_schemas,
     register_schema,
     rfc3339_micros,
     schema_for,
     schema_info,
-    uuid7_unix_ms,
 )
+from wakeline.schemas.event_ids import new_event_id, uuid7_unix_ms
 
 __all__ = [
     "CONTENT_TYPE",

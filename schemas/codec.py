@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import threading
 import time as _time
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from wakeline.errors import SchemaError
+from wakeline.schemas.compiled import Decoder, compile_decoder, compile_encoder
 
 MAGIC = b"\xc3\x01"
 FINGERPRINT_SIZE = 8
@@ -75,6 +75,7 @@ ENVELOPE_FIELDS = (
 )
 
 Event = dict[str, Any]
+_Reader = tuple[dict[str, Any], "dict[str, Any] | None", "Decoder | None"]
 
 
 class MalformedFrame(SchemaError):
@@ -187,8 +188,9 @@ class Codec:
     ) -> None:
         self._current = dict(current)
         self._writers: dict[bytes, SchemaInfo] = {}
-        # fingerprint -> (writer parsed, reader parsed or None when identical)
-        self._readers: dict[bytes, tuple[dict[str, Any], dict[str, Any] | None]] = {}
+        # fingerprint -> (writer parsed, reader parsed or None when identical, compiled
+        # decoder when no resolution is needed and the shape compiles)
+        self._readers: dict[bytes, _Reader] = {}
         # type name -> (header bytes, parsed schema, compiled encoder or None): the hot path
         self._encoders = {
             name: (MAGIC + info.fingerprint, info.parsed, compile_encoder(info.parsed))
@@ -213,6 +215,7 @@ class Codec:
             self._readers[info.fingerprint] = (
                 info.parsed,
                 None if resolved is None else resolved.parsed,
+                compile_decoder(info.parsed) if resolved is None else None,
             )
         return info.fingerprint
 
@@ -277,13 +280,23 @@ class Codec:
         if frame[:2] != MAGIC:
             raise MalformedFrame(f"frame starts with {bytes(frame[:2]).hex()}, want c301")
         fp = bytes(frame[2:HEADER_SIZE])
-        schemas = self._readers.get(fp)
-        if schemas is None:
-            schemas = self._resolve(fp)
+        reader = self._readers.get(fp)
+        if reader is None:
+            reader = self._resolve(fp)
+        if reader[2] is not None:
+            try:
+                return reader[2](frame if type(frame) is bytes else bytes(frame), HEADER_SIZE)
+            except Exception:  # fastavro below gives the verdict and the message
+                pass
+        return self._decode_with_fastavro(frame, fp, reader)
+
+    def _decode_with_fastavro(
+        self, frame: bytes | bytearray | memoryview, fp: bytes, reader: _Reader
+    ) -> Event:
         buf = BytesIO(frame)
         buf.seek(HEADER_SIZE)
         try:
-            event = schemaless_reader(buf, schemas[0], schemas[1])
+            event = schemaless_reader(buf, reader[0], reader[1])
         except Exception as e:  # EOFError, UnicodeDecodeError, IndexError, ... on garbage
             raise MalformedFrame(
                 f"body of {len(frame) - HEADER_SIZE} bytes does not decode with schema "
@@ -295,7 +308,7 @@ class Codec:
             )
         return event
 
-    def _resolve(self, fp: bytes) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def _resolve(self, fp: bytes) -> _Reader:
         found = self.resolver(fp) if self.resolver is not None else None
         if found is not None:
             info = found if isinstance(found, SchemaInfo) else SchemaInfo.from_json(found)
@@ -333,137 +346,6 @@ def _explain(event: Event, info: SchemaInfo, error: Exception) -> str:
     if unknown:
         return f"{where}: unknown field(s) {', '.join(unknown)}; the schema has no such field"
     return f"{where}: a value does not match the schema: {error}"
-
-
-# -- the compiled encoder: the SDK's hot path -----------------------------------------------
-#
-# fastavro's generic writer spends ~0.5 µs on every nullable union (it validates each branch)
-# and ~12 µs on a ToolIntent. For the record shapes the envelope uses (string, bytes, int,
-# long, boolean, enum, ["null", X], array/map of string) we generate one straight-line
-# function per schema, which writes the same bytes in about a third of the time. fastavro
-# stays the reference: whenever the compiled function refuses an event, the event is
-# re-encoded by fastavro, which either accepts it (the same bytes) or explains the error.
-# A property test holds the two to byte equality.
-
-_MISSING = object()
-_SMALL = [bytes([i]) for i in range(128)]
-
-
-def _zigzag(n: int) -> bytes:
-    """Avro long: zig-zag, then little-endian base-128 varint."""
-    n = (n << 1) ^ (n >> 63)
-    if n < 0x80:
-        return _SMALL[n]
-    out = []
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_LENGTH = [_zigzag(i) for i in range(64)]  # one-byte length prefixes
-
-
-class _Refused(Exception):
-    """The compiled encoder cannot write this value; fastavro will decide."""
-
-
-def _len_prefix(ind: str, var: str) -> list[str]:
-    return [
-        f"{ind}n = len({var})",
-        f"{ind}ap(_LENGTH[n] if n < 64 else _zigzag(n))",
-        f"{ind}ap({var})",
-    ]
-
-
-def _value_lines(kind: Any, ind: str, env: dict[str, Any], tag: str) -> list[str] | None:
-    """Lines writing `v` of Avro type `kind`, or None when this type is not compiled."""
-    name = kind if isinstance(kind, str) else kind.get("type")
-    if name == "string":
-        return [f"{ind}b = v.encode()", *_len_prefix(ind, "b")]
-    if name == "bytes":
-        return [f"{ind}if type(v) is not bytes: raise _Refused", *_len_prefix(ind, "v")]
-    if name in ("long", "int"):
-        lo, hi = (-(1 << 63), (1 << 63) - 1) if name == "long" else (-(1 << 31), (1 << 31) - 1)
-        return [
-            f"{ind}if type(v) is not int or not {lo} <= v <= {hi}: raise _Refused",
-            f"{ind}ap(_zigzag(v))",
-        ]
-    if name == "boolean":
-        return [
-            f"{ind}if v is True: ap(b'\\x01')",
-            f"{ind}elif v is False: ap(b'\\x00')",
-            f"{ind}else: raise _Refused",
-        ]
-    if name == "enum":
-        env[f"_E{tag}"] = {sym: _zigzag(i) for i, sym in enumerate(kind["symbols"])}
-        return [f"{ind}ap(_E{tag}[v])"]
-    if name == "array" and kind["items"] == "string":
-        return [
-            f"{ind}if v:",
-            f"{ind}    if type(v) is str: raise _Refused",
-            f"{ind}    ap(_zigzag(len(v)))",
-            f"{ind}    for s in v:",
-            f"{ind}        b = s.encode()",
-            *_len_prefix(ind + "        ", "b"),
-            f"{ind}ap(b'\\x00')",
-        ]
-    if name == "map" and kind["values"] == "string":
-        return [
-            f"{ind}if v:",
-            f"{ind}    ap(_zigzag(len(v)))",
-            f"{ind}    for k, s in v.items():",
-            f"{ind}        b = k.encode()",
-            *_len_prefix(ind + "        ", "b"),
-            f"{ind}        b = s.encode()",
-            *_len_prefix(ind + "        ", "b"),
-            f"{ind}ap(b'\\x00')",
-        ]
-    return None
-
-
-def compile_encoder(parsed: dict[str, Any]) -> Callable[[Event, bytes], bytes] | None:
-    """A function (event, header) -> frame for a flat record schema, or None if unsupported.
-
-    It raises _Refused (or any TypeError/AttributeError/...) for anything it does not write
-    exactly as fastavro would; the caller then falls back to fastavro.
-    """
-    env: dict[str, Any] = {
-        "_zigzag": _zigzag,
-        "_LENGTH": _LENGTH,
-        "_MISSING": _MISSING,
-        "_Refused": _Refused,
-    }
-    lines = [
-        "def encode(event, header):",
-        "    parts = [header]",
-        "    ap = parts.append",
-        "    present = 0",
-    ]
-    for i, field in enumerate(parsed["fields"]):
-        lines.append(f"    v = event.get({field['name']!r}, _MISSING)")
-        if "default" in field:
-            env[f"_D{i}"] = field["default"]
-            lines += [f"    if v is _MISSING: v = _D{i}", "    else: present += 1"]
-        else:
-            lines += ["    if v is _MISSING: raise _Refused", "    present += 1"]
-        kind = field["type"]
-        if isinstance(kind, list):
-            if len(kind) != 2 or kind[0] != "null":
-                return None
-            body = _value_lines(kind[1], "        ", env, str(i))
-            if body is None:
-                return None
-            lines += ["    if v is None: ap(b'\\x00')", "    else:", "        ap(b'\\x02')", *body]
-        else:
-            body = _value_lines(kind, "    ", env, str(i))
-            if body is None:
-                return None
-            lines += body
-    lines += ["    if present != len(event): raise _Refused", "    return b''.join(parts)"]
-    exec(compile("\n".join(lines), f"<wakeline encoder {parsed['name']}>", "exec"), env)
-    return env["encode"]
 
 
 # -- the process-wide default codec --------------------------------------------------------
@@ -534,58 +416,3 @@ def cloudevents_headers(event: Event) -> list[tuple[str, bytes]]:
         raise SchemaError(f"event lacks {e.args[0]!r}, needed for the CloudEvents headers") from e
     except (AttributeError, TypeError, ValueError, OverflowError) as e:
         raise SchemaError(f"event envelope does not fit the CloudEvents headers: {e}") from e
-
-
-# -- UUIDv7 (RFC 9562 §5.7), monotonic within the process ---------------------------------
-
-_COUNTER_BITS = 42  # RFC 9562 §6.2 method 1: 12 bits rand_a + top 30 bits of rand_b
-_COUNTER_MAX = (1 << _COUNTER_BITS) - 1
-_uuid_lock = threading.Lock()
-_uuid_state = [0, 0]  # last unix ms, last counter
-
-
-def _reset_uuid_state() -> None:
-    _uuid_state[0] = 0
-    _uuid_state[1] = 0
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_uuid_state)
-
-
-def new_event_id() -> str:
-    """A UUIDv7: 48-bit unix ms, version 7, a 42-bit counter, variant 10, 32 random bits.
-
-    Ids from one process strictly increase (as strings too): within one millisecond the
-    counter increments; when the clock stands still or steps back the last timestamp is
-    reused; if the counter would overflow the timestamp advances by one ms (RFC 9562 §6.2).
-    """
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits: 41 for a seed, 32 for the tail
-    now_ms = _time.time_ns() // 1_000_000
-    with _uuid_lock:
-        last_ms, counter = _uuid_state
-        if now_ms > last_ms:
-            counter = rand >> 39  # fresh 41-bit seed: leaves >= 2**41 increments of headroom
-        else:
-            now_ms = last_ms
-            counter += 1
-            if counter > _COUNTER_MAX:
-                now_ms += 1
-                counter = rand >> 39
-        _uuid_state[0] = now_ms
-        _uuid_state[1] = counter
-    value = (
-        (now_ms & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76
-        | (counter >> 30) << 64
-        | 0b10 << 62
-        | (counter & 0x3FFF_FFFF) << 32
-        | (rand & 0xFFFF_FFFF)
-    )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def uuid7_unix_ms(event_id: str) -> int:
-    """The millisecond timestamp of a UUIDv7 string."""
-    return int(event_id.replace("-", "")[:12], 16)

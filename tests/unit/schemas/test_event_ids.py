@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from wakeline.schemas import codec as codec_module
+from wakeline.schemas import event_ids as codec_module
 from wakeline.schemas import new_event_id, uuid7_unix_ms
 
 
