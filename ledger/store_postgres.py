@@ -1,0 +1,232 @@
+"""PostgresLedgerStore: the ledger tables of infra/migrations/0002_ledger.sql, via psycopg 3.
+
+Appends run in one transaction under a per-partition advisory lock, so two builders racing
+on a partition serialise and the loser sees a duplicate or a conflict. Driver errors become
+`StoreError` in exactly one place, `_driver_errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import psycopg
+
+from wakeline.errors import StoreError
+
+from .checkpoints import parse_body, split_note
+from .errors import ChainConflict
+from .hashing import HASH_SIZE
+from .segments import SegmentHeader
+from .store import Entry, LedgerStore, check_append, check_checkpoint
+
+_LOCK = 0x57414B4C  # "WAKL": advisory lock class for ledger appends
+_CHECKPOINT_LOCK = -1  # second key for the checkpoint chain
+_PAGE = 5000
+
+_ENTRY_COLUMNS = "partition, leaf_index, kafka_offset, leaf_hash, leaf, event_id, workflow_id"
+
+
+@contextmanager
+def _driver_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except psycopg.Error as e:
+        raise StoreError(f"ledger store: {what} failed: {e}") from e
+
+
+def _entry(row: tuple) -> Entry:
+    p, i, off, h, leaf, ev, wf = row
+    return Entry(p, i, off, bytes(h), bytes(leaf), ev, wf)
+
+
+class PostgresLedgerStore(LedgerStore):
+    def __init__(self, dsn: str, *, connect_timeout: int = 10) -> None:
+        with _driver_errors("connect"):
+            self._conn = psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # ------------------------------------------------------------------ writes
+
+    def append_segment(
+        self, header: SegmentHeader, entries: Sequence[Entry], frontier: Sequence[bytes]
+    ) -> bool:
+        p = header.partition
+        raw = header.to_bytes()
+        with (
+            _driver_errors(f"append partition {p} segment {header.segment_number}"),
+            self._conn.transaction(),
+            self._conn.cursor() as cur,
+        ):
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK, p))
+            cur.execute(
+                "SELECT header FROM ledger_segments WHERE partition = %s AND segment_number = %s",
+                (p, header.segment_number),
+            )
+            row = cur.fetchone()
+            if row is not None:
+                if bytes(row[0]) == raw:
+                    return False
+                raise ChainConflict(
+                    f"partition {p} segment {header.segment_number} is already stored with "
+                    "a different header"
+                )
+            cur.execute(
+                "SELECT header FROM ledger_segments WHERE partition = %s "
+                "ORDER BY segment_number DESC LIMIT 1",
+                (p,),
+            )
+            row = cur.fetchone()
+            check_append(header, entries, SegmentHeader.from_bytes(bytes(row[0])) if row else None)
+            cur.execute(
+                "INSERT INTO ledger_segments (partition, segment_number, first_leaf_index, "
+                "leaf_count, first_offset, last_offset, tree_size, header, header_hash, "
+                "frontier) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    p,
+                    header.segment_number,
+                    header.first_leaf_index,
+                    header.leaf_count,
+                    header.first_offset,
+                    header.last_offset,
+                    header.tree_size,
+                    raw,
+                    header.hash(),
+                    b"".join(frontier),
+                ),
+            )
+            with cur.copy(
+                f"COPY ledger_entries ({_ENTRY_COLUMNS}, segment_number) FROM STDIN"
+            ) as copy:
+                n = header.segment_number
+                for e in entries:
+                    copy.write_row(
+                        (
+                            e.partition,
+                            e.leaf_index,
+                            e.offset,
+                            e.leaf_hash,
+                            e.leaf,
+                            e.event_id,
+                            e.workflow_id,
+                            n,
+                        )  # fmt: skip
+                    )
+        return True
+
+    def add_checkpoint(self, note: bytes) -> bool:
+        cp = parse_body(split_note(note)[0])
+        with (
+            _driver_errors(f"add checkpoint seq {cp.seq}"),
+            self._conn.transaction(),
+            self._conn.cursor() as cur,
+        ):
+            cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK, _CHECKPOINT_LOCK))
+            cur.execute("SELECT note FROM ledger_checkpoints WHERE seq = %s", (cp.seq,))
+            row = cur.fetchone()
+            if row is not None:
+                if bytes(row[0]) == note:
+                    return False
+                raise ChainConflict(f"checkpoint seq {cp.seq} is already stored")
+            check_checkpoint(note, self.latest_checkpoint())
+            cur.execute(
+                "INSERT INTO ledger_checkpoints (seq, checkpoint_hash, note) VALUES (%s, %s, %s)",
+                (cp.seq, cp.hash(), note),
+            )
+        return True
+
+    # ------------------------------------------------------------------ reads
+
+    def _rows(self, sql: str, params: tuple) -> list[tuple]:
+        with _driver_errors("read"):
+            return self._conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+
+    def partitions(self) -> list[int]:
+        return [
+            r[0]
+            for r in self._rows("SELECT DISTINCT partition FROM ledger_segments ORDER BY 1", ())
+        ]
+
+    def last_segment(self, partition: int) -> tuple[SegmentHeader, list[bytes]] | None:
+        rows = self._rows(
+            "SELECT header, frontier FROM ledger_segments WHERE partition = %s "
+            "ORDER BY segment_number DESC LIMIT 1",
+            (partition,),
+        )
+        if not rows:
+            return None
+        header, frontier = bytes(rows[0][0]), bytes(rows[0][1])
+        nodes = [frontier[i : i + HASH_SIZE] for i in range(0, len(frontier), HASH_SIZE)]
+        return SegmentHeader.from_bytes(header), nodes
+
+    def headers(self, partition: int) -> Iterator[SegmentHeader]:
+        after = -1
+        while True:
+            rows = self._rows(
+                "SELECT segment_number, header FROM ledger_segments WHERE partition = %s "
+                "AND segment_number > %s ORDER BY segment_number LIMIT %s",
+                (partition, after, _PAGE),
+            )
+            for n, raw in rows:
+                yield SegmentHeader.from_bytes(bytes(raw))
+                after = n
+            if len(rows) < _PAGE:
+                return
+
+    def entries(self, partition: int, start: int = 0, stop: int | None = None) -> Iterator[Entry]:
+        stop_at = stop if stop is not None else 2**63 - 1
+        while start < stop_at:
+            rows = self._rows(
+                f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries WHERE partition = %s "
+                "AND leaf_index >= %s AND leaf_index < %s ORDER BY leaf_index LIMIT %s",
+                (partition, start, stop_at, _PAGE),
+            )
+            for row in rows:
+                yield _entry(row)
+            if len(rows) < _PAGE:
+                return
+            start = rows[-1][1] + 1
+
+    def entry_by_event_id(self, event_id: str) -> Entry | None:
+        rows = self._rows(
+            f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries WHERE event_id = %s "
+            "ORDER BY partition, leaf_index LIMIT 1",
+            (event_id,),
+        )
+        return _entry(rows[0]) if rows else None
+
+    def entries_for_workflow(self, workflow_id: str) -> list[Entry]:
+        rows = self._rows(
+            f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries WHERE workflow_id = %s "
+            "ORDER BY partition, leaf_index",
+            (workflow_id,),
+        )
+        return [_entry(r) for r in rows]
+
+    def checkpoints(self) -> Iterator[bytes]:
+        after = -1
+        while True:
+            rows = self._rows(
+                "SELECT seq, note FROM ledger_checkpoints WHERE seq > %s ORDER BY seq LIMIT %s",
+                (after, _PAGE),
+            )
+            for seq, note in rows:
+                yield bytes(note)
+                after = seq
+            if len(rows) < _PAGE:
+                return
+
+    def latest_checkpoint(self) -> bytes | None:
+        rows = self._rows("SELECT note FROM ledger_checkpoints ORDER BY seq DESC LIMIT 1", ())
+        return bytes(rows[0][0]) if rows else None
+
+    def leaf_hashes(self, partition: int, stop: int | None = None) -> list[bytes]:
+        stop_at = stop if stop is not None else 2**63 - 1
+        rows = self._rows(
+            "SELECT leaf_hash FROM ledger_entries WHERE partition = %s AND leaf_index < %s "
+            "ORDER BY leaf_index",
+            (partition, stop_at),
+        )
+        return [bytes(r[0]) for r in rows]

@@ -1,0 +1,146 @@
+"""The LedgerStore contract: one abstract test class, subclassed once per backend.
+
+`TestMemoryLedgerStore` (test_store_memory.py) and the PostgreSQL subclass in
+tests/integration/test_ledger_postgres.py hold both backends to the same behaviour.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+
+import pytest
+
+from wakeline.ledger import BLAKE3, ChainConflict
+from wakeline.ledger.checkpoints import generate_signer, parse_body, split_note
+from wakeline.ledger.records import LedgerRecord
+from wakeline.ledger.segments import PartitionChain
+from wakeline.ledger.service import check_event_proof, checkpoint_now, event_proof, export_bundle
+from wakeline.ledger.sources import verify_bundle, verify_store
+from wakeline.ledger.store import LedgerStore, make_entries
+
+ORIGIN = "wakeline.test/contract"
+
+
+def record(p: int, offset: int, wf: str = "wf-1", event_id: str | None = None) -> LedgerRecord:
+    headers = (("ce_id", (event_id or f"ev-{p}-{offset}").encode()), ("ce_type", b"x"))
+    return LedgerRecord(
+        p, offset, 1_700_000_000_000 + offset, wf.encode(), b"v%d" % offset, headers
+    )
+
+
+def seal(store: LedgerStore, chain: PartitionChain, offsets: list[int], wf: str = "wf-1"):
+    leaves = [record(chain.partition, o, wf).leaf_bytes() for o in offsets]
+    header, hashes = chain.seal(leaves)
+    entries = make_entries(header, leaves, hashes)
+    return header, entries, list(chain.tree.nodes)
+
+
+class LedgerStoreContract(ABC):
+    @abstractmethod
+    def make_store(self) -> LedgerStore: ...
+
+    @pytest.fixture
+    def store(self):
+        s = self.make_store()
+        yield s
+        s.close()
+
+    def test_empty_store(self, store: LedgerStore) -> None:
+        assert store.partitions() == []
+        assert store.last_segment(0) is None
+        assert list(store.headers(0)) == []
+        assert list(store.entries(0)) == []
+        assert store.entry_by_event_id("nope") is None
+        assert store.latest_checkpoint() is None
+        assert list(store.checkpoints()) == []
+
+    def test_segments_round_trip_in_order(self, store: LedgerStore) -> None:
+        c0, c1 = PartitionChain(BLAKE3, 0), PartitionChain(BLAKE3, 1)
+        h1, e1, f1 = seal(store, c0, [0, 1, 2])
+        assert store.append_segment(h1, e1, f1) is True
+        h2, e2, f2 = seal(store, c0, [5, 7])
+        assert store.append_segment(h2, e2, f2) is True
+        h3, e3, f3 = seal(store, c1, [0], wf="wf-2")
+        assert store.append_segment(h3, e3, f3) is True
+        assert store.partitions() == [0, 1]
+        assert [h.to_bytes() for h in store.headers(0)] == [h1.to_bytes(), h2.to_bytes()]
+        assert list(store.entries(0)) == e1 + e2
+        assert list(store.entries(0, 1, 4)) == e1[1:] + e2[:1]
+        last, frontier = store.last_segment(0)
+        assert last.to_bytes() == h2.to_bytes() and frontier == f2
+        assert store.leaf_hashes(0) == [e.leaf_hash for e in e1 + e2]
+        assert store.entry_by_event_id("ev-0-5") == e2[0]
+        assert store.entries_for_workflow("wf-2") == e3
+        assert store.entries_for_workflow("wf-1") == e1 + e2
+
+    def test_resume_continues_the_chain(self, store: LedgerStore) -> None:
+        chain = PartitionChain(BLAKE3, 0)
+        store.append_segment(*seal(store, chain, [0, 1, 2]))
+        last, frontier = store.last_segment(0)
+        resumed = PartitionChain.after(last, frontier)
+        h, e, f = seal(store, resumed, [3, 4])
+        twin = PartitionChain(BLAKE3, 0)
+        seal(store, twin, [0, 1, 2])
+        assert seal(store, twin, [3, 4])[0] == h  # same leaves, same header, bit for bit
+        assert store.append_segment(h, e, f) is True
+
+    def test_reprocessing_a_segment_is_recognised_not_appended_twice(self, store) -> None:
+        chain = PartitionChain(BLAKE3, 0)
+        seg = seal(store, chain, [0, 1])
+        assert store.append_segment(*seg) is True
+        assert store.append_segment(*seg) is False
+        assert len(list(store.entries(0))) == 2
+
+    def test_a_different_segment_at_a_taken_number_conflicts(self, store) -> None:
+        store.append_segment(*seal(store, PartitionChain(BLAKE3, 0), [0, 1]))
+        with pytest.raises(ChainConflict):
+            store.append_segment(*seal(store, PartitionChain(BLAKE3, 0), [0, 2]))
+
+    def test_segments_that_do_not_extend_the_chain_are_refused(self, store) -> None:
+        chain = PartitionChain(BLAKE3, 0)
+        store.append_segment(*seal(store, chain, [0, 1]))
+        skipped = PartitionChain(BLAKE3, 0)
+        seal(store, skipped, [0, 1])
+        seal(store, skipped, [2])
+        with pytest.raises(ChainConflict):  # segment 2 while 1 is missing
+            store.append_segment(*seal(store, skipped, [3]))
+        other = PartitionChain(BLAKE3, 0)
+        seal(store, other, [0, 9])  # another history: prev hash will not match
+        with pytest.raises(ChainConflict):
+            store.append_segment(*seal(store, other, [10]))
+        h, e, f = seal(store, chain, [2, 3])
+        with pytest.raises(ChainConflict):  # fewer entries than the header says
+            store.append_segment(h, e[:1], f)
+        assert [x.segment_number for x in store.headers(0)] == [0]
+        assert len(list(store.entries(0))) == 2
+
+    def test_checkpoints_chain_and_are_idempotent(self, store) -> None:
+        signer = generate_signer(ORIGIN)
+        store.append_segment(*seal(store, PartitionChain(BLAKE3, 0), [0, 1]))
+        n0 = checkpoint_now(store, [signer], ORIGIN, time_ms=1)
+        n1 = checkpoint_now(store, [signer], ORIGIN, time_ms=2)
+        assert list(store.checkpoints()) == [n0, n1]
+        assert store.latest_checkpoint() == n1
+        assert store.add_checkpoint(n1) is False
+        cp1 = parse_body(split_note(n1)[0])
+        assert cp1.seq == 1 and cp1.prev == parse_body(split_note(n0)[0]).hash()
+        with pytest.raises(ChainConflict):
+            store.add_checkpoint(n0.replace(b"time 1", b"time 9"))
+
+    def test_what_a_store_holds_verifies_exports_and_proves(self, store) -> None:
+        signer = generate_signer(ORIGIN)
+        chain = PartitionChain(BLAKE3, 3)
+        for offsets in ([0, 1, 2], [3], [4, 6, 8, 9]):
+            store.append_segment(*seal(store, chain, offsets))
+            checkpoint_now(store, [signer], ORIGIN, time_ms=offsets[0])
+        vkey = signer.verifier.vkey()
+        report = verify_store(store, trusted_keys=[vkey], decode=False)
+        assert report.ok, [f.describe() for f in report.findings]
+        out = io.BytesIO()
+        counts = export_bundle(store, out, public_keys=[vkey], schemas=[])
+        assert counts == {"segments": 3, "entries": 8, "checkpoints": 3}
+        assert verify_bundle(io.BytesIO(out.getvalue()), trusted_keys=[vkey], decode=False).ok
+        doc = event_proof(store, "ev-3-1")
+        assert doc["leaf_index"] == 1 and doc["tree_size"] == 8
+        check_event_proof(doc, [vkey])
