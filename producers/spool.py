@@ -26,8 +26,8 @@ import struct
 import threading
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from wakeline.producers.errors import SpoolError
 
@@ -45,15 +45,14 @@ _NONE = 0xFFFFFFFF
 Header = tuple[str, bytes | None]
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolRecord:
+class SpoolRecord(NamedTuple):
     """One Kafka record waiting to be produced, with the emitter's sequence number."""
 
     seq: int
     topic: str
     key: bytes | None
     value: bytes
-    headers: tuple[Header, ...] = ()
+    headers: Sequence[Header] = ()
 
 
 def encode_record(rec: SpoolRecord) -> bytes:

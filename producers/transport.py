@@ -49,7 +49,7 @@ _TIMED_OUT = object()
 class TransportOptions:
     """Producer tuning. `linger_ms` trades single-call latency for batching."""
 
-    linger_ms: float = 0.2
+    linger_ms: float = 0.0
     #: librdkafka gives up on a message after this long (then it is spooled)
     delivery_timeout_s: float = 30.0
     #: a strict call waits this long for the broker, then fsyncs the intent to the spool
@@ -121,6 +121,8 @@ class Transport:
         self._purge_needed = False
         self._failures: deque[_Pending] = deque()
         self._async_done: deque[_Pending] = deque()
+        #: async strict waiters in send order; the poller expires those past their deadline
+        self._async_deadlines: deque[tuple[float, _Pending]] = deque()
         self._stop = threading.Event()
         self._closed = False
         self.delivered = 0
@@ -143,7 +145,7 @@ class Transport:
     ) -> SpoolRecord:
         if self._closed:
             raise EmitterClosed("the emitter is closed")
-        return SpoolRecord(next(self._seq), topic, key, value, tuple(headers))
+        return SpoolRecord(next(self._seq), topic, key, value, headers)
 
     def _to_spool_if_spooling(self, rec: SpoolRecord, sync: bool) -> bool:
         if not self._spooling:
@@ -158,9 +160,7 @@ class Transport:
     def _produce(self, p: _Pending) -> bool:
         rec = p.rec
         try:
-            self.producer.produce(
-                rec.topic, rec.value, rec.key, headers=list(rec.headers), on_delivery=p
-            )
+            self.producer.produce(rec.topic, rec.value, rec.key, headers=rec.headers, on_delivery=p)
             return True
         except BufferError:
             self._enter_spooling("local producer queue is full")
@@ -203,10 +203,8 @@ class Transport:
         fut = p.future = loop.create_future()
         if not self._produce(p):
             return
-        timer = loop.call_later(self.options.strict_timeout_s, _expire, fut)
-        state = await fut
-        timer.cancel()
-        if state is _TIMED_OUT:
+        self._async_deadlines.append((time.monotonic() + self.options.strict_timeout_s, p))
+        if await fut is _TIMED_OUT:
             self._spool_unacknowledged(p)
 
     def _spool_unacknowledged(self, p: _Pending) -> None:
@@ -247,9 +245,21 @@ class Transport:
             for loop, items in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # loop closed: nobody waits
                     loop.call_soon_threadsafe(_set_done, items)
+        deadlines = self._async_deadlines
+        if deadlines and deadlines[0][0] <= time.monotonic():
+            self._expire_async(deadlines)
         if self._purge_needed:
             self._purge_needed = False
             self.producer.purge(in_queue=True, in_flight=False, blocking=False)
+
+    def _expire_async(self, deadlines: deque[tuple[float, _Pending]]) -> None:
+        now = time.monotonic()
+        while deadlines and deadlines[0][0] <= now:
+            _, p = deadlines.popleft()
+            fut, loop = p.future, p.loop
+            if p.state == PENDING and fut is not None and loop is not None and not fut.done():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_expire, fut)
 
     def _handle_failures(self) -> None:
         failed: list[_Pending] = []

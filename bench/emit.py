@@ -1,0 +1,183 @@
+"""Benchmark of the agent-side SDK against the broker (issue 4 item 7; `make bench`).
+
+1. Overhead added to a no-op tool call (intent + result), per call, sequential, one
+   workflow: p50 / p99 in microseconds, relaxed (read-only tool) and strict (mutating tool).
+2. Sustained tool calls per second from this one process: sequential, and with 64
+   concurrent workflows on one asyncio loop; strict and relaxed. Throughput counts a call
+   when its result is handed to the producer; the run ends with `flush()`, which is included.
+
+Broker from `KafkaSettings.from_env()`; topics under a fresh prefix, deleted afterwards.
+Options: --calls N (per latency series), --seconds S (per throughput run), --profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from wakeline.infra import topics
+from wakeline.infra.settings import KafkaSettings, Topics
+from wakeline.producers import Emitter, ToolRegistry
+
+TARGETS = {
+    "relaxed p50": 50.0,
+    "relaxed p99": 500.0,
+    "strict p50": 500.0,
+    "strict 64-wf calls/s": 30_000.0,
+}
+
+
+def noop(**_: object) -> None:
+    return None
+
+
+async def anoop(**_: object) -> None:
+    return None
+
+
+def pct(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))]
+
+
+def latency(emitter: Emitter, tool: str, calls: int) -> tuple[float, float, float]:
+    ctx = emitter.workflow(f"bench-lat-{uuid.uuid4()}", agent_id="bench", principal="bench")
+    for i in range(min(2000, calls)):  # warm up: connections, caches, branch predictors
+        ctx.call(tool, noop, {"i": i, "op": "warmup"})
+    bare = []
+    for _ in range(10_000):
+        t0 = time.perf_counter_ns()
+        noop(i=1)
+        bare.append(time.perf_counter_ns() - t0)
+    base_ns = statistics.median(bare)
+    out = []
+    for i in range(calls):
+        t0 = time.perf_counter_ns()
+        ctx.call(tool, noop, {"i": i, "op": "bench"})
+        out.append((time.perf_counter_ns() - t0 - base_ns) / 1000)
+    out.sort()
+    return pct(out, 0.50), pct(out, 0.99), statistics.fmean(out)
+
+
+def sequential_rate(emitter: Emitter, tool: str, seconds: float) -> float:
+    ctx = emitter.workflow(f"bench-seq-{uuid.uuid4()}", agent_id="bench", principal="bench")
+    n, t0 = 0, time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        for _ in range(100):
+            ctx.call(tool, noop, {"i": n})
+            n += 1
+        if time.perf_counter() >= deadline:
+            break
+    emitter.flush(60)
+    return n / (time.perf_counter() - t0)
+
+
+def concurrent_rate(emitter: Emitter, tool: str, seconds: float, workflows: int) -> float:
+    async def agent(k: int, deadline: float, counts: list[int]) -> None:
+        ctx = emitter.workflow(
+            f"bench-c{k}-{uuid.uuid4()}", agent_id=f"bench-{k}", principal="bench"
+        )
+        n = 0
+        while time.perf_counter() < deadline:
+            for _ in range(20):
+                await ctx.acall(tool, anoop, {"i": n})
+                n += 1
+        counts[k] = n
+
+    async def main() -> int:
+        counts = [0] * workflows
+        deadline = time.perf_counter() + seconds
+        await asyncio.gather(*(agent(k, deadline, counts) for k in range(workflows)))
+        return sum(counts)
+
+    t0 = time.perf_counter()
+    total = asyncio.run(main())
+    emitter.flush(60)
+    return total / (time.perf_counter() - t0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20_000)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--workflows", type=int, default=64)
+    parser.add_argument("--profile", action="store_true", help="cProfile the 64-wf strict run")
+    args = parser.parse_args(argv)
+
+    base = KafkaSettings.from_env()
+    kafka = replace(base, topics=Topics(f"bench{uuid.uuid4().hex[:8]}.wakeline."), partitions=12)
+    topics.ensure_topics(kafka)
+    registry = ToolRegistry()
+    registry.declare("noop.read", reversibility="read", impact="low")
+    registry.declare("noop.write", reversibility="reversible", impact="low")
+    rows: list[tuple[str, str, float, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        emitter = Emitter(kafka, spool_dir=Path(tmp) / "spool", registry=registry)
+        try:
+            if emitter.gate is not None:
+                emitter.gate.wait_ready(10)
+            gc.collect()
+            for mode, tool in (("relaxed", "noop.read"), ("strict", "noop.write")):
+                p50, p99, mean = latency(emitter, tool, args.calls)
+                rows.append((f"{mode} p50", "µs", p50, f"mean {mean:.0f}"))
+                rows.append((f"{mode} p99", "µs", p99, ""))
+            emitter.flush(60)
+            for mode, tool in (("relaxed", "noop.read"), ("strict", "noop.write")):
+                rate = sequential_rate(emitter, tool, args.seconds)
+                rows.append((f"{mode} sequential calls/s", "calls/s", rate, "1 workflow"))
+            for mode, tool in (("relaxed", "noop.read"), ("strict", "noop.write")):
+                if args.profile and mode == "strict":
+                    import cProfile
+                    import pstats
+
+                    prof = cProfile.Profile()
+                    prof.enable()
+                rate = concurrent_rate(emitter, tool, args.seconds, args.workflows)
+                if args.profile and mode == "strict":
+                    prof.disable()
+                    pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(30)
+                rows.append(
+                    (
+                        f"{mode} {args.workflows}-wf calls/s",
+                        "calls/s",
+                        rate,
+                        f"{args.workflows} asyncio workflows",
+                    )
+                )
+            stats = emitter.transport
+            spooled = stats.spooled
+        finally:
+            left = emitter.close(60)
+            with contextlib.suppress(Exception):
+                topics.delete_topics(kafka)
+
+    print(
+        f"wakeline SDK emit benchmark  broker={kafka.bootstrap}  "
+        f"calls/series={args.calls}  seconds/run={args.seconds:g}"
+    )
+    print(f"{'measure':<28} {'value':>12}  {'unit':<8} {'target':>10}  {'ok':<4} note")
+    print("-" * 84)
+    for name, unit, value, note in rows:
+        target = TARGETS.get(name)
+        if target is None:
+            verdict, tgt = "", ""
+        elif unit == "µs":
+            verdict, tgt = ("yes" if value <= target else "NO"), f"<= {target:g}"
+        else:
+            verdict, tgt = ("yes" if value >= target else "NO"), f">= {target:,.0f}"
+        print(f"{name:<28} {value:>12,.1f}  {unit:<8} {tgt:>10}  {verdict:<4} {note}")
+    print(f"events spooled during the run: {spooled}; undelivered at close: {left}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
