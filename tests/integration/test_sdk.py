@@ -269,3 +269,39 @@ def test_events_spool_while_the_broker_is_unreachable_and_arrive_exactly_once(
         assert len(spooled) == 20  # 10 intents + 10 results, none lost
         if n == 0:
             assert events[-1]["run_id"] == "run-2"  # new events come after the spooled ones
+
+
+def test_langchain_tools_are_audited_end_to_end(kafka, registry, emitter):
+    from langchain_core.tools import tool
+
+    from wakeline.producers.adapters.langchain import audit_tools
+
+    @tool
+    def lookup(key: str) -> str:
+        """Read a value."""
+        return f"value-of-{key}"
+
+    @tool
+    def store(key: str, value: str) -> str:
+        """Write a value."""
+        return "stored"
+
+    registry.declare("lookup", reversibility="read", impact="low")
+    registry.declare("store", reversibility="reversible", impact="medium", writes=("kv:{key}",))
+    wf = new_wf()
+    ctx = emitter.workflow(wf, agent_id="lc-agent", principal="alice")
+    tools = {t.name: t for t in audit_tools([lookup, store], ctx)}
+    assert tools["lookup"].invoke({"key": "a"}) == "value-of-a"
+    assert asyncio.run(tools["store"].ainvoke({"key": "a", "value": "b"})) == "stored"
+    assert emitter.flush(10) == 0
+    events = events_of(kafka, wf)
+    assert [(e["type"], e.get("tool")) for e in events] == [
+        ("ToolIntent", "lookup"),
+        ("ToolResult", None),
+        ("ToolIntent", "store"),
+        ("ToolResult", None),
+    ]
+    assert events[0]["durability"] == "relaxed"
+    assert events[2]["durability"] == "strict"
+    assert events[2]["resources_written"] == ["kv:a"]
+    assert events[3]["intent_id"] == events[2]["event_id"]
