@@ -85,7 +85,7 @@ class MerkleTree:
 
     def append(self, leaf: bytes) -> bytes:
         """Append raw leaf bytes; return their leaf hash."""
-        h = self.suite.leaf_hash(leaf)
+        h = self.suite.leaf_hashes((leaf,))[0]
         self.append_hash(h)
         return h
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from .errors import FormatError
 from .hashing import HASH_SIZE, SEGMENT_PREFIX, SUITES_BY_CODE, HashSuite
 from .merkle import MerkleTree, perfect_levels, root_from_levels
-from .records import leaf_position
+from .records import LEAF_VERSION
+
+_FIXED = struct.Struct(">BIQq")  # leaf version, partition, offset, timestamp
 
 HEADER_VERSION = 1
 GENESIS = b"\x00" * HASH_SIZE
@@ -128,23 +130,28 @@ def seal_segment(
         raise ValueError("a segment holds at least one leaf")
     suite = tree.suite
     if leaf_hashes is None:
-        leaf_hashes = [suite.leaf_hash(leaf) for leaf in leaves]
-    positions = [leaf_position(leaf) for leaf in leaves]
-    for p, _, _ in positions:
-        if p != partition:
-            raise ValueError(f"leaf of partition {p} in a segment of partition {partition}")
+        leaf_hashes = suite.leaf_hashes(leaves)
+    try:
+        versions, parts, offsets, stamps = zip(
+            *[_FIXED.unpack_from(x) for x in leaves], strict=True
+        )
+    except struct.error:
+        raise FormatError("a leaf is shorter than its fixed fields") from None
+    if set(versions) != {LEAF_VERSION}:
+        raise FormatError(f"leaf versions {sorted(set(versions))}, want {LEAF_VERSION}")
+    if set(parts) != {partition}:
+        raise ValueError(f"leaves of partitions {sorted(set(parts))} in a segment of {partition}")
     levels = perfect_levels(suite, leaf_hashes)
     first = tree.size
     tree.extend(leaf_hashes, levels)
-    stamps = [t for _, _, t in positions]
     header = SegmentHeader(
         suite_code=suite.code,
         partition=partition,
         segment_number=segment_number,
         first_leaf_index=first,
         leaf_count=len(leaves),
-        first_offset=positions[0][1],
-        last_offset=positions[-1][1],
+        first_offset=offsets[0],
+        last_offset=offsets[-1],
         min_timestamp=min(stamps),
         max_timestamp=max(stamps),
         segment_root=root_from_levels(suite, levels, len(leaf_hashes)),

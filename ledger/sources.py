@@ -18,17 +18,16 @@ from .bundle import (
     META,
     SCHEMA,
     SEGMENT,
+    BundleReader,
     Truncated,
     parse_end,
     parse_meta,
-    read_frames,
 )
 from .checkpoints import parse_body, split_note
 from .errors import FormatError
-from .hashing import DEFAULT_SUITE, HASH_SIZE
+from .hashing import DEFAULT_SUITE
 from .store import LedgerStore
 from .verify import INCOMPLETE, TAMPERED, UNUSABLE, LedgerVerifier, Progress, VerifyReport
-from .verify import Decode as Decode  # noqa: F401  (re-export for callers)
 
 _ORDER = {META: 0, KEY: 1, SCHEMA: 2, SEGMENT: 3, ENTRY: 3, CHECKPOINT: 4, END: 5}
 
@@ -52,29 +51,14 @@ def verify_bundle(
     v = LedgerVerifier(trusted_keys=trusted_keys, decode=decode, progress=progress)  # type: ignore[arg-type]
     counts = dict.fromkeys((KEY, SCHEMA, SEGMENT, ENTRY, CHECKPOINT), 0)
     stage = -1
-    header: bytes | None = None
-    entries: list[tuple[bytes | None, bytes]] = []
     complete = False
-    pos = 0
+    pending = 0  # leaves read of a segment that the stream cut short
     try:
-        for kind, payload, pos in read_frames(src):
-            if kind == ENTRY:
-                counts[ENTRY] += 1
-                if header is None:
-                    v.stop(
-                        UNUSABLE, "bundle.format", f"entry frame outside a segment at byte {pos}"
-                    )
-                    break
-                if len(payload) < HASH_SIZE:
-                    entries.append((b"", payload))  # fails entry.leaf_hash
-                else:
-                    entries.append((payload[:HASH_SIZE], payload[HASH_SIZE:]))
-                continue
-            if header is not None:
-                v.add_segment(header, entries)
-                header, entries = None, []
+        reader = BundleReader(src)
+        while not reader.done and not v.stopped:
+            kind, payload, pos = reader.frame()
             order = _ORDER[kind]
-            if order < stage or (stage == -1 and kind != META) or (kind == META and stage != -1):
+            if kind == ENTRY or order < stage or (stage == -1) != (kind == META):
                 v.stop(
                     UNUSABLE,
                     "bundle.format",
@@ -91,17 +75,23 @@ def verify_bundle(
             elif kind == SCHEMA:
                 v.add_schema(payload[:8], payload[8:])
             elif kind == SEGMENT:
-                header = payload
+                stored: list[bytes] = []
+                leaves: list[bytes] = []
+                try:
+                    reader.entries(stored, leaves)
+                except Truncated:
+                    pending = len(leaves)
+                    raise
+                counts[ENTRY] += len(leaves)
+                v.add_segment(payload, leaves, stored)
             elif kind == CHECKPOINT:
                 v.add_checkpoint(payload)
             elif kind == END:
                 _check_end(v, parse_end(payload), counts)
                 complete = True
-            if v._stopped:
-                break
     except Truncated as e:
-        if header is not None:
-            v.report.stats["leaves_unchecked"] = len(entries)
+        if pending:
+            v.report.stats["leaves_unchecked"] = pending
         v.fail(INCOMPLETE, "bundle.truncated", str(e))
         return v.finish(complete=False)
     except FormatError as e:
@@ -140,8 +130,8 @@ def verify_store(
     for p in store.partitions():
         for h in store.headers(p):
             first = h.first_leaf_index
-            entries = [(e.leaf_hash, e.leaf) for e in store.entries(p, first, first + h.leaf_count)]
-            v.add_segment(h.to_bytes(), entries)
+            entries = list(store.entries(p, first, first + h.leaf_count))
+            v.add_segment(h.to_bytes(), [e.leaf for e in entries], [e.leaf_hash for e in entries])
     for note in store.checkpoints():
         v.add_checkpoint(note)
     return v.finish()
