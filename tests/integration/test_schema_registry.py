@@ -113,3 +113,22 @@ def test_schemas_are_on_the_compacted_topic_keyed_by_fingerprint(
     learn_schemas(loaded, consumer)
     decoded = consumer.decode(encode_event(event))
     assert {k: decoded[k] for k in event} == event
+
+
+def test_a_row_whose_schema_does_not_hash_to_its_key_is_refused(
+    fresh_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish_schemas(None, fresh_dsn)
+    release = next(i for i in packaged_avsc() if i.type_name == "Release")
+    forged_key = bytes.fromhex("00112233445566ff")
+    with psycopg.connect(fresh_dsn) as conn:
+        conn.execute(
+            "INSERT INTO schemas (fingerprint, type_name, full_name, canonical_form, schema_json)"
+            " VALUES (%s, 'Release', %s, %s, %s)",
+            (forged_key, release.full_name, release.canonical_form, release.schema_json),
+        )
+    loaded = load_schemas_from_postgres(fresh_dsn)
+    assert forged_key not in {i.fingerprint for i in loaded}
+    assert {i.fingerprint for i in loaded} == {i.fingerprint for i in packaged_avsc()}
+    assert forged_key.hex() in caplog.text
+    assert PostgresSchemaResolver(fresh_dsn)(forged_key) is None
