@@ -48,6 +48,7 @@ from wakeline.producers.errors import (
     WorkflowQuarantined,
 )
 from wakeline.producers.gates import (
+    ALLOW_ALL,
     LoopGuard,
     PolicyDecision,
     PolicyHook,
@@ -207,7 +208,8 @@ class WorkflowContext:
         }
 
     def _counted(self, event: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
-        value, headers = self.emitter._frame(event)  # encode first: a bad event writes nothing
+        value = encode_event(event)  # encode first: a bad event writes nothing
+        headers = cloudevents_headers(event)
         with self._lock:
             if self.sealed:
                 raise SdkError(f"workflow {self.workflow_id} run {self.run_id} is sealed")
@@ -354,11 +356,9 @@ class WorkflowContext:
             impact=spec.impact,
             compensation=spec.compensation,
             policy_decision=decision.outcome,
-            policy_reason=f"{decision.policy}: {decision.reason}"
-            if decision.reason
-            else decision.policy,
+            policy_reason=_reason(decision),
             durability=mode,
-            redacted_fields=sorted(spec.redact | spec.digest_only),
+            redacted_fields=spec.redacted_fields,
         )
         return ToolCall(
             self, spec, args, canonical, intent, mode == "strict", step_id, refusal, loop_count
@@ -382,6 +382,8 @@ class WorkflowContext:
                 )
                 count = verdict.count if verdict.alert else -verdict.count
                 return PolicyDecision("deny", why, "loop-guard"), LoopRefused(why), count
+        if em.policy is allow_all:  # the default: no request object to build
+            return ALLOW_ALL, None, 0
         decision = em.policy(
             PolicyRequest(
                 spec,
@@ -526,6 +528,12 @@ class ToolCall:
             )
             self.ctx._alert(alert)
         raise refusal
+
+
+def _reason(decision: PolicyDecision) -> str:
+    if decision.reason:
+        return f"{decision.policy}: {decision.reason}"
+    return decision.policy
 
 
 def _type_name(error: BaseException) -> str:

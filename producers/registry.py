@@ -53,6 +53,8 @@ class ToolSpec:
     external_ids: Callable[[Any], Mapping[str, str]] | None = None
     description: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: redact + digest_only, sorted (derived; recorded in every intent)
+    redacted_fields: list[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -73,6 +75,7 @@ class ToolSpec:
             )
         object.__setattr__(self, "redact", frozenset(self.redact))
         object.__setattr__(self, "digest_only", frozenset(self.digest_only))
+        object.__setattr__(self, "redacted_fields", sorted(self.redact | self.digest_only))
         both = self.redact & self.digest_only
         if both:
             raise SdkError(f"tool {self.name}: {sorted(both)[0]} is both redacted and digested")

@@ -80,6 +80,8 @@ class _Pending:
             self._wake()
         else:
             self.error = err
+            if err.fatal():
+                t._fatal = err
             t._failures.append(self)
 
     def _wake(self) -> None:
@@ -114,7 +116,10 @@ class Transport:
                 **dict(self.options.producer_config or {}),
             }
         )
+        self._conf = conf
         self.producer = Producer(conf)
+        #: set when the producer hit a fatal error (idempotence broken): the drainer replaces it
+        self._fatal: KafkaError | None = None
         self._seq = itertools.count(spool.max_seq() + 1)
         self._lock = threading.Lock()
         self._spooling = not spool.is_empty()
@@ -165,6 +170,8 @@ class Transport:
         except BufferError:
             self._enter_spooling("local producer queue is full")
         except KafkaException as e:
+            if e.args and isinstance(e.args[0], KafkaError) and e.args[0].fatal():
+                self._fatal = e.args[0]
             self._enter_spooling(f"produce failed: {e}")
         with self._lock:
             self.spool.append([rec], sync=True)
@@ -176,8 +183,10 @@ class Transport:
         self, topic: str, key: bytes, value: bytes, headers: Sequence[Header], *, wait: bool
     ) -> None:
         """Produce; with `wait`, return only once acknowledged by the broker or fsync'd."""
-        rec = self._record(topic, key, value, headers)
-        if self._to_spool_if_spooling(rec, sync=wait):
+        if self._closed:
+            raise EmitterClosed("the emitter is closed")
+        rec = SpoolRecord(next(self._seq), topic, key, value, headers)
+        if self._spooling and self._to_spool_if_spooling(rec, sync=wait):
             return
         p = _Pending(rec, self)
         if wait:
@@ -225,10 +234,9 @@ class Transport:
 
     # -- background: delivery reports -----------------------------------------------------
     def _poll_loop(self) -> None:
-        poll = self.producer.poll
         while not self._stop.is_set():
             try:
-                poll(0.05)
+                self.producer.poll(0.05)
                 self._after_poll()
             except Exception:  # noqa: BLE001 - the poller must survive anything
                 log.exception("delivery poller error")
@@ -291,10 +299,28 @@ class Transport:
     def _drain_loop(self) -> None:
         while not self._stop.wait(self.options.drain_interval_s):
             try:
+                if self._fatal is not None:
+                    self._replace_producer()
                 while self._spooling and not self._stop.is_set() and self._drain_once():
                     pass
             except Exception:  # noqa: BLE001
                 log.exception("spool drain error")
+
+    def _replace_producer(self) -> None:
+        """After a fatal error the producer refuses everything: swap in a new one.
+
+        What the old one still holds is purged; the purge reports route it to the spool,
+        from where the new producer delivers it in order.
+        """
+        log.error("producer fatal error (%s): replacing the producer", self._fatal)
+        self._enter_spooling(f"fatal producer error: {self._fatal}")
+        old = self.producer
+        with self._lock:
+            self.producer = Producer(self._conf)
+            self._fatal = None
+        old.purge(in_queue=True, in_flight=True, blocking=True)
+        old.poll(0)
+        self._after_poll()
 
     def _broker_reachable(self) -> bool:
         try:

@@ -1,0 +1,62 @@
+"""The transport with no broker at all: events must end up durable in the spool, in order."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from wakeline.infra.settings import KafkaSettings, Topics
+from wakeline.producers import Emitter, Spool, ToolRegistry, TransportOptions
+from wakeline.schemas import decode_event
+
+NOBODY = KafkaSettings(bootstrap="127.0.0.1:1", topics=Topics("offline."))
+
+
+def test_without_a_broker_calls_proceed_and_every_event_is_spooled_in_order(tmp_path: Path):
+    reg = ToolRegistry()
+    reg.declare("w", reversibility="compensable", impact="low")
+    reg.declare("r", reversibility="read", impact="low")
+    em = Emitter(
+        NOBODY,
+        spool_dir=tmp_path,
+        registry=reg,
+        quarantine_gate=False,
+        transport=TransportOptions(strict_timeout_s=0.2, delivery_timeout_s=0.5),
+    )
+    ctx = em.workflow("wf-off", agent_id="a", principal="p")
+    started = time.monotonic()
+    ran = []
+    for i in range(10):
+        ctx.call("w" if i % 2 == 0 else "r", lambda i: ran.append(i), {"i": i})
+    assert ran == list(range(10))
+    assert time.monotonic() - started < 3  # only the first strict call waited
+    ctx.complete_workflow()
+    assert em.close(timeout=0.5) > 0
+
+    spool = Spool(tmp_path)
+    events = [decode_event(r.value) for r in spool.read()]
+    spool.close()
+    assert [e["type"] for e in events] == ["ToolIntent", "ToolResult"] * 10 + ["WorkflowCompleted"]
+    assert [e["args"] for e in events[:20:2]] == [f'{{"i":{i}}}' for i in range(10)]
+    assert events[-1]["event_count"] == 20
+    assert len({e["event_id"] for e in events}) == 21
+
+
+def test_a_restarted_emitter_keeps_spooled_events_ahead_of_new_ones(tmp_path: Path):
+    reg = ToolRegistry()
+    reg.declare("w", reversibility="compensable", impact="low")
+    opts = TransportOptions(strict_timeout_s=0.2, delivery_timeout_s=0.5)
+    em = Emitter(NOBODY, spool_dir=tmp_path, registry=reg, quarantine_gate=False, transport=opts)
+    em.workflow("wf", agent_id="a", principal="p").call("w", lambda: None)
+    em.close(timeout=0.2)
+    em2 = Emitter(NOBODY, spool_dir=tmp_path, registry=reg, quarantine_gate=False, transport=opts)
+    assert em2.transport.spooling  # starts spooling: older events wait in the spool
+    em2.workflow("wf", agent_id="a", principal="p").call("w", lambda: None)
+    em2.close(timeout=0.2)
+    spool = Spool(tmp_path)
+    records = spool.read()
+    spool.close()
+    assert len(records) == 4
+    assert [r.seq for r in records] == sorted(r.seq for r in records)
+    first, second = records[0], records[2]
+    assert decode_event(first.value)["time"] < decode_event(second.value)["time"]
