@@ -30,7 +30,8 @@ import click
     default=None,
     help="Sign a checkpoint this often; 0 = only on SIGUSR1.",
 )
-@click.option("--no-audit", is_flag=True, help="Do not publish audit records.")
+@click.option("--no-audit", is_flag=True, help="Do not run the audit publisher here.")
+@click.option("--no-builder", is_flag=True, help="Do not run the ledger builder here.")
 @click.option("-l", "--loglevel", default="warn",
               type=click.Choice(["crit", "error", "warn", "info", "debug"]),
               help="faust worker log level.")  # fmt: skip
@@ -40,11 +41,14 @@ def worker(
     batch: int | None,
     checkpoint_interval_s: float | None,
     no_audit: bool,
+    no_builder: bool,
     loglevel: str,
 ) -> None:
     """Run the stream processors until stopped (SIGTERM/SIGINT; SIGUSR1 signs a checkpoint).
 
-    Run several for more throughput: they share the events topic's partitions.
+    Run several for more throughput: they share the events topic's partitions (builder)
+    and the ledger topic's (audit publisher). `--no-audit` / `--no-builder` split the two
+    roles into separate processes, one core each.
     """
     from wakeline.cli.main import run_guarded
     from wakeline.processors.runner import run_from_env
@@ -55,5 +59,6 @@ def worker(
         "batch_size": batch,
         "checkpoint_interval_s": checkpoint_interval_s,
         "audit": False if no_audit else None,
+        "builder": False if no_builder else None,
     }
     run_guarded(lambda: run_from_env(overrides, loglevel=loglevel))

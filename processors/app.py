@@ -3,9 +3,11 @@
 The ledger builder is the hot path and does not run as a faust agent: faust's per-event
 machinery costs ~70 µs an event (NOTES.md; measured again in docs/decisions.md), so the
 builder is a batch consumer (confluent-kafka, its own consumer group) hosted in the worker
-as a mode Service, on its own thread. Checkpoints are a faust timer. Per-event processors
-(loop and race detectors) register as agents through `agent()`, which pins concurrency=1
-(faust issue #606 loses messages above 1).
+as a mode Service, on its own thread. The audit publisher is a faust agent over the ledger
+topic: one event per segment header (thousands of records), so faust's per-event cost is
+negligible there; the work per header runs on a thread of its own. Checkpoints are a faust
+timer. Per-event processors (loop and race detectors) register as agents through `agent()`,
+which pins concurrency=1 (faust issue #606 loses messages above 1).
 
 Several workers can run at once: the builder's consumer group shares the events topic's
 partitions between them, and each partition resumes from PostgreSQL when it moves.
@@ -24,7 +26,7 @@ from typing import Any
 import faust
 from mode import Service
 
-from wakeline.errors import ConfigError
+from wakeline.errors import ConfigError, WakelineError
 from wakeline.infra.settings import KafkaSettings
 from wakeline.ledger.checkpoints import Signer
 from wakeline.ledger.store import LedgerStore
@@ -73,6 +75,8 @@ def create_worker(
     )
     builder = LedgerBuilderService(kafka, settings, store_factory, dsn)
     lock = asyncio.Lock()
+    if settings.audit:
+        _add_audit_agent(app, kafka, settings, store_factory)
 
     def checkpoint_now() -> bytes | None:
         if signer is None:
@@ -88,7 +92,8 @@ def create_worker(
         """Starts the builder thread with the worker and stops it first on shutdown."""
 
         async def on_start(self) -> None:
-            builder.start()
+            if settings.builder:
+                builder.start()
             loop = asyncio.get_running_loop()
             # `kill -USR1 <pid>` signs a checkpoint now
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -120,6 +125,86 @@ def create_worker(
             await _checkpoint()
 
     return Worker(app, builder, checkpoint_now)
+
+
+def _add_audit_agent(
+    app: faust.App,
+    kafka: KafkaSettings,
+    settings: BuilderSettings,
+    store_factory: Callable[[], LedgerStore],
+) -> None:
+    """A faust agent over the ledger topic: each segment header -> audit and DLQ records."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from confluent_kafka import Producer
+
+    from wakeline.ledger.segments import SegmentHeader
+
+    from .auditor import Auditor
+
+    stores: list[LedgerStore] = []
+
+    def store() -> LedgerStore:
+        if not stores:
+            stores.append(store_factory())
+        return stores[0]
+
+    auditor = Auditor(
+        None,
+        events_topic=kafka.topics.events,
+        audit_topic=kafka.topics.audit,
+        dlq_topic=kafka.topics.dlq,
+        store=store,
+        intent_cache_size=settings.intent_cache_size,
+    )
+    auditor.producer = Producer(
+        kafka.client_config(
+            **{
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "queue.buffering.max.messages": 1_000_000,
+                "delivery.report.only.error": True,
+                "on_delivery": auditor.on_delivery,
+            }
+        )
+    )
+    # one thread: the store connection and the intent cache are used from it alone
+    executor = ThreadPoolExecutor(1, thread_name_prefix="auditor")
+    ledger_topic = app.topic(
+        kafka.topics.ledger, key_type=bytes, value_type=bytes,
+        key_serializer="raw", value_serializer="raw",
+    )  # fmt: skip
+    done: dict[int, int] = {}
+
+    def audit(header: SegmentHeader, at_us: int) -> None:
+        try:
+            auditor.audit_segment(header, at_us)
+        except WakelineError:
+            stores.clear()  # reconnect on the next try
+            raise
+
+    @agent(app, ledger_topic, name="audit-publisher")
+    async def audit_publisher(stream: Any) -> None:
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            header = SegmentHeader.from_bytes(event.value)
+            if done.get(header.partition, -1) >= header.segment_number:
+                continue  # a republished header this worker has audited already
+            at_us = int(event.message.timestamp * 1_000_000)
+            delay = 0.5
+            while True:  # the agent must not die: faust does not restart crashed agents
+                try:
+                    await loop.run_in_executor(executor, audit, header, at_us)
+                    break
+                except WakelineError as e:
+                    log.warning(
+                        "audit failed, retrying partition=%d segment=%d reason=%s",
+                        header.partition, header.segment_number, e,
+                    )  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            done[header.partition] = header.segment_number
 
 
 def run_worker(worker: Worker, loglevel: str = "warn") -> None:

@@ -18,7 +18,6 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from wakeline.errors import LedgerError
 from wakeline.ledger.errors import ChainConflict
@@ -26,7 +25,6 @@ from wakeline.ledger.hashing import HashSuite
 from wakeline.ledger.records import LedgerRecord, leaf_bytes
 from wakeline.ledger.segments import PartitionChain, SegmentHeader
 from wakeline.ledger.store import Entry, LedgerStore
-from wakeline.schemas import decode_event
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +38,15 @@ class LedgerDivergence(LedgerError):
 
 @dataclass(slots=True)
 class Ingested:
-    """One record with its leaf bytes and, when it decodes, its event."""
+    """One record with its leaf bytes. The builder never decodes values: the leaf commits to
+    the raw bytes, and decoding (for audit records and the DLQ) is the auditor's work."""
 
     record: LedgerRecord
     leaf: bytes
-    event: dict[str, Any] | None
-    error: str | None
 
 
 def ingest(record: LedgerRecord) -> Ingested:
-    try:
-        event = decode_event(record.value) if record.value is not None else None
-        error = None if event is not None else "record has no value (tombstone)"
-    except LedgerError:
-        raise
-    except Exception as e:  # SchemaError and anything fastavro throws on garbage
-        event, error = None, f"{type(e).__name__}: {e}"
-    return Ingested(record, leaf_bytes(record), event, error)
+    return Ingested(record, leaf_bytes(record))
 
 
 @dataclass(frozen=True)

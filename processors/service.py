@@ -3,8 +3,11 @@
 One loop, on its own thread inside the faust worker (see app.py):
 
     consume(batch) -> builder.add -> builder.seal (PostgreSQL transaction per segment)
-        -> publish headers, audit and DLQ records, wait for the broker
+        -> publish the segment headers, wait for the broker
         -> record the publication -> commit the consumer offsets
+
+It never decodes a value: audit and DLQ records are the auditor's work (auditor.py), which
+follows the published headers, so the hot path is leaf bytes, hashes and one transaction.
 
 Positions come from PostgreSQL: on assignment every partition is loaded from the store and
 the consumer seeks to the offset after its last stored segment; committed consumer offsets
@@ -29,8 +32,8 @@ from wakeline.ledger.hashing import suite_named
 from wakeline.ledger.records import LedgerRecord
 from wakeline.ledger.store import LedgerStore
 
-from .builder import FROM_BEGINNING, LedgerBuilder, LedgerDivergence, SealedSegment, ingest
-from .publisher import PublicationLog, Publisher
+from .builder import FROM_BEGINNING, LedgerBuilder, LedgerDivergence, SealedSegment
+from .publisher import HeaderPublisher, PublicationLog
 from .settings import BuilderSettings
 
 log = logging.getLogger(__name__)
@@ -114,24 +117,13 @@ class LedgerBuilderService:
         self.builder = LedgerBuilder(
             self.store(), self.suite, max_leaves=s.segment_max_leaves, max_age_s=s.segment_max_age_s
         )
-        self.publisher = Publisher(
-            None,
-            events_topic=self.topic,
-            ledger_topic=self.kafka.topics.ledger,
-            audit_topic=self.kafka.topics.audit,
-            dlq_topic=self.kafka.topics.dlq,
-            suite_name=self.suite.name,
-            audit=s.audit,
-            intent_cache_size=s.intent_cache_size,
-            store=self.store,
-        )
+        self.publisher = HeaderPublisher(None, self.kafka.topics.ledger)
         self.producer = Producer(
             self.kafka.client_config(
                 **{
                     "enable.idempotence": True,
                     "acks": "all",
-                    "linger.ms": 5,
-                    "queue.buffering.max.messages": 1_000_000,
+                    "linger.ms": 1,
                     "delivery.report.only.error": True,
                     "on_delivery": self.publisher.on_delivery,
                 }
@@ -215,22 +207,10 @@ class LedgerBuilderService:
         done = self.publications.last_published(partition)
         if done >= last[0].segment_number:
             return
-        batch: list[SealedSegment] = []
-        for h in store.headers(partition):
-            if h.segment_number <= done:
-                continue
-            entries = list(
-                store.entries(partition, h.first_leaf_index, h.first_leaf_index + h.leaf_count)
-            )
-            items = [ingest(e.record()) for e in entries]
-            batch.append(
-                SealedSegment(
-                    h, items, [e.leaf_hash for e in entries], time.time_ns() // 1000, False
-                )
-            )
-        log.info("republishing segments partition=%d count=%d", partition, len(batch))
+        batch = [h for h in store.headers(partition) if h.segment_number > done]
+        log.info("republishing headers partition=%d count=%d", partition, len(batch))
         self.publisher.publish(batch)
-        self.publications.mark([s.header for s in batch])
+        self.publications.mark(batch)
 
     def _retry_loads(self) -> None:
         if not self._to_load:
@@ -280,8 +260,9 @@ class LedgerBuilderService:
     def _seal_and_publish(self, segments: list[SealedSegment]) -> None:
         if not segments:
             return
-        self.publisher.publish(segments)
-        self.publications.mark([s.header for s in segments])
+        headers = [s.header for s in segments]
+        self.publisher.publish(headers)
+        self.publications.mark(headers)
         last: dict[int, int] = {}
         for s in segments:
             last[s.header.partition] = s.header.last_offset + 1

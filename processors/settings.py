@@ -38,7 +38,9 @@ class BuilderSettings:
     #: sign a checkpoint this often (0 = only on demand)
     checkpoint_interval_s: float = 60.0
     hash_suite: str = "blake3"
-    #: publish one audit record per ledgered event
+    #: run the ledger builder in this worker
+    builder: bool = True
+    #: run the audit publisher (audit + DLQ records per ledgered record) in this worker
     audit: bool = True
     #: results whose intent is remembered for the summary ("called X for Y: ok")
     intent_cache_size: int = 200_000
@@ -50,6 +52,8 @@ class BuilderSettings:
             raise ConfigError(f"segment_max_leaves={self.segment_max_leaves}, want >= 1")
         if self.segment_max_age_s <= 0:
             raise ConfigError(f"segment_max_age_s={self.segment_max_age_s}, want > 0")
+        if not (self.builder or self.audit):
+            raise ConfigError("a worker with neither the builder nor the auditor does nothing")
         if self.checkpoint_interval_s < 0:
             raise ConfigError(f"checkpoint_interval_s={self.checkpoint_interval_s}, want >= 0")
 

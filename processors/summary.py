@@ -97,15 +97,21 @@ def _agent(event: Mapping[str, Any]) -> str:
     return f"agent {event.get('agent_id', '?')}"
 
 
-def _intent(e: Mapping[str, Any], _: Callable[[str], IntentMemo | None]) -> str:
-    memo = intent_memo(e)
+def intent_summary(e: Mapping[str, Any], memo: IntentMemo) -> str:
     decision = e.get("policy_decision", "allow")
     tail = "" if decision == "allow" else f" (policy: {decision})"
     return f"{_agent(e)} is about to call {memo.phrase}{tail}"
 
 
+def _intent(e: Mapping[str, Any], _: Callable[[str], IntentMemo | None]) -> str:
+    return intent_summary(e, intent_memo(e))
+
+
 def _result(e: Mapping[str, Any], lookup: Callable[[str], IntentMemo | None]) -> str:
-    memo = lookup(e.get("intent_id") or "")
+    return result_summary(e, lookup(e.get("intent_id") or ""))
+
+
+def result_summary(e: Mapping[str, Any], memo: IntentMemo | None) -> str:
     what = memo.phrase if memo else f"a tool (intent {e.get('intent_id')})"
     status = e.get("status", "?")
     verb = {"denied": "was denied", "aborted": "aborted"}.get(status, "called")

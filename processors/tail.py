@@ -61,7 +61,7 @@ def follow_audit(
                 try:
                     rec = decode_audit(m.value())
                 except SchemaError as e:
-                    rec = {"summary": f"(unreadable audit record: {e})", "ledger": None}
+                    rec = {"summary": f"(unreadable audit record: {e})"}
                 if workflow is not None and rec.get("workflow_id") != workflow:
                     continue
                 if agent is not None and rec.get("agent_id") != agent:
@@ -83,8 +83,7 @@ def _when(rec: dict[str, Any]) -> str:
 
 def format_line(rec: dict[str, Any]) -> str:
     """`2026-11-28 07:39:24.123  wf-42  p3#1187  agent billing-bot called ...: ok`"""
-    pos = rec.get("ledger") or {}
-    where = f"p{pos.get('partition', '?')}#{pos.get('leaf_index', '?')}"
+    where = f"p{rec.get('partition', '?')}#{rec.get('leaf_index', '?')}"
     by = f"  [{rec['principal']}]" if rec.get("principal") else ""
     return f"{_when(rec)}  {rec.get('workflow_id') or '-'}  {where}  {rec['summary']}{by}"
 

@@ -16,15 +16,17 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from wakeline.infra import topics
 from wakeline.infra.settings import KafkaSettings, Topics
+from wakeline.ledger.checkpoints import generate_signer
 from wakeline.ledger.hashing import BLAKE3
 from wakeline.ledger.merkle import root_of
 from wakeline.ledger.records import LedgerRecord, leaf_bytes
 from wakeline.ledger.segments import SegmentHeader
+from wakeline.ledger.sources import verify_store
 from wakeline.ledger.store import LedgerStore
+from wakeline.processors.checkpointing import sign_checkpoint
+from wakeline.processors.harness import start_worker, stop_worker
 from wakeline.processors.runner import postgres_store_factory
 from wakeline.processors.samples import frames, traffic
-from wakeline.processors.service import LedgerBuilderService
-from wakeline.processors.settings import BuilderSettings
 
 pytestmark = pytest.mark.integration
 
@@ -88,8 +90,14 @@ def check_against_topic(kafka: KafkaSettings, store: LedgerStore) -> int:
     by_part: dict[int, list[LedgerRecord]] = {}
     for m in sorted(msgs, key=lambda m: (m.partition(), m.offset())):
         by_part.setdefault(m.partition(), []).append(
-            LedgerRecord(m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
-                         tuple(m.headers() or ()))  # fmt: skip
+            LedgerRecord(
+                m.partition(),
+                m.offset(),
+                m.timestamp()[1],
+                m.key(),
+                m.value(),
+                tuple(m.headers() or ()),
+            )  # fmt: skip
         )
     for p, recs in by_part.items():
         leaves = [leaf_bytes(r) for r in recs]
@@ -106,31 +114,45 @@ def check_against_topic(kafka: KafkaSettings, store: LedgerStore) -> int:
     return len(msgs)
 
 
-def run_service(kafka: KafkaSettings, dsn: str, **kw) -> LedgerBuilderService:
-    settings = BuilderSettings(
-        segment_max_leaves=kw.pop("max_leaves", 500), segment_max_age_s=0.2,
-        checkpoint_interval_s=0, **kw,
-    )  # fmt: skip
-    svc = LedgerBuilderService(kafka, settings, postgres_store_factory(dsn), dsn)
-    svc.start()
-    return svc
+@pytest.fixture
+def worker_log(tmp_path: Path) -> Path:
+    return tmp_path / "worker.log"
 
 
-def test_every_record_is_ledgered_published_and_audited(fresh_kafka, fresh_dsn) -> None:
+def wait_for_audit(kafka: KafkaSettings, want: int, timeout: float = 60) -> list:
+    deadline = time.monotonic() + timeout
+    got: list = []
+    while time.monotonic() < deadline:
+        got = read_topic(kafka, kafka.topics.audit, idle=1.0)
+        if len(got) >= want:
+            return got
+    raise AssertionError(f"{len(got)} audit records after {timeout}s, want {want}")
+
+
+def test_worker_ledgers_publishes_and_audits_every_record(
+    fresh_kafka, fresh_dsn, worker_log
+) -> None:
     kafka = fresh_kafka
     events = list(traffic(1500, workflows=40))
     garbage = [(b"wf-bad", b"\xc3\x01 definitely not avro", [("ce_id", b"x")])]
     produce(kafka, events[:1000], garbage)
-    svc = run_service(kafka, fresh_dsn)
+    proc = start_worker(
+        kafka, fresh_dsn, "--segment-max-leaves", "300", "--segment-max-age-ms", "200",
+        "--checkpoint-interval-s", "0", log_path=str(worker_log),
+    )  # fmt: skip
     store = postgres_store_factory(fresh_dsn)()
     try:
         wait_for(store, kafka.partitions, 1001)
-        produce(kafka, events[1000:])
+        produce(kafka, events[1000:])  # while it runs
         wait_for(store, kafka.partitions, 1501)
+        audit = wait_for_audit(kafka, 1501)
     finally:
-        svc.stop()
-    assert svc.failure is None
+        assert stop_worker(proc) == 0, worker_log.read_text()[-3000:]
     assert check_against_topic(kafka, store) == 1501
+    signer = generate_signer("test-ledger")
+    assert sign_checkpoint(store, signer) is not None
+    report = verify_store(store, trusted_keys=[signer.verifier.vkey()], decode=False)
+    assert report.ok, report.findings
 
     headers = read_topic(kafka, kafka.topics.ledger)
     stored = {(p, h.segment_number): h.to_bytes() for p in range(3) for h in store.headers(p)}
@@ -143,18 +165,113 @@ def test_every_record_is_ledgered_published_and_audited(fresh_kafka, fresh_dsn) 
 
     dlq = read_topic(kafka, kafka.topics.dlq)
     assert [m.value() for m in dlq] == [garbage[0][1]]
-    assert b"MalformedFrame" in dict(dlq[0].headers())["wakeline_dlq_reason"]
+    assert b"UnknownFingerprint" in dict(dlq[0].headers())["wakeline_dlq_reason"]
 
-    audit = read_topic(kafka, kafka.topics.audit)
-    assert len(audit) == 1501
-    positions = set()
+    positions = {}
     for m in audit:
         rec = decode_with_avsc_only(m.value())
-        positions.add((rec["ledger"]["partition"], rec["ledger"]["leaf_index"]))
-        entry = list(store.entries(rec["ledger"]["partition"], rec["ledger"]["leaf_index"],
-                                   rec["ledger"]["leaf_index"] + 1))[0]  # fmt: skip
-        assert entry.leaf_hash == rec["ledger"]["leaf_hash"]
+        pos = (rec["partition"], rec["leaf_index"])
+        (entry,) = store.entries(pos[0], pos[1], pos[1] + 1)
+        assert entry.leaf_hash == rec["leaf_hash"] and entry.offset == rec["offset"]
+        positions[pos] = rec
     assert len(positions) == 1501
+    summaries = [r["summary"] for r in positions.values()]
+    results = sum(e["type"] == "ToolResult" for e in events)
+    assert (
+        sum(": ok" in s and "called stripe.charge for customer" in s for s in summaries) == results
+    )
+    assert sum(s.startswith("undecodable record") for s in summaries) == 1
+    intents = [r for r in positions.values() if r["event_type"] == "ToolIntent"]
+    assert all(r["principal"] == "alice@example.com" and r["tool"] for r in intents)
+    assert {r["event"]["event_id"] for r in intents} == {
+        e["event_id"] for e in events if e["type"] == "ToolIntent"
+    }
+
+
+def test_two_workers_share_the_partitions_and_ledger_each_record_once(
+    fresh_kafka, fresh_dsn, tmp_path
+) -> None:
+    kafka = fresh_kafka
+    events = list(traffic(3000, workflows=60))
+    args = ("--segment-max-leaves", "200", "--segment-max-age-ms", "100",
+            "--checkpoint-interval-s", "0", "--no-audit")  # fmt: skip
+    logs = [tmp_path / f"w{i}.log" for i in range(2)]
+    procs = [start_worker(kafka, fresh_dsn, *args, log_path=str(log)) for log in logs]
+    store = postgres_store_factory(fresh_dsn)()
+    try:
+        for start in range(0, 3000, 500):
+            produce(kafka, events[start : start + 500])
+            time.sleep(0.3)
+        wait_for(store, kafka.partitions, 3000, timeout=90)
+    finally:
+        codes = [stop_worker(p) for p in procs]
+    assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
+    assert check_against_topic(kafka, store) == 3000
+
+
+def test_tail_follows_one_workflow_in_plain_language(fresh_kafka, fresh_dsn, worker_log) -> None:
+    from click.testing import CliRunner
+
+    from wakeline.cli.tail import tail
+    from wakeline.processors.tail import follow_audit
+
+    kafka = fresh_kafka
+    produce(kafka, list(traffic(200, workflows=10)))
+    proc = start_worker(kafka, fresh_dsn, "--checkpoint-interval-s", "0",
+                        log_path=str(worker_log))  # fmt: skip
+    try:
+        wait_for_audit(kafka, 200)
+    finally:
+        stop_worker(proc)
+    mine = list(follow_audit(kafka, from_beginning=True, workflow="wf-00003", idle_timeout=3))
+    assert len(mine) == 20 and {r["workflow_id"] for r in mine} == {"wf-00003"}
+    env = {"WAKELINE_TOPIC_PREFIX": kafka.topics.prefix, "WAKELINE_BOOTSTRAP": kafka.bootstrap}
+    out = CliRunner().invoke(
+        tail, ["--from-beginning", "--agent", "refund-bot", "--idle-exit", "3", "-n", "5"],
+        env=env,
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 5
+    assert all("agent refund-bot" in line and "[alice@example.com]" in line for line in lines)
+    as_json = CliRunner().invoke(
+        tail, ["--from-beginning", "--workflow", "wf-00001", "--json", "--idle-exit", "3"],
+        env=env,
+    )  # fmt: skip
+    recs = [json.loads(line) for line in as_json.output.splitlines()]
+    assert len(recs) == 20 and all(r["workflow_id"] == "wf-00001" for r in recs)
+    assert all(len(bytes.fromhex(r["leaf_hash"])) == 32 for r in recs)
+
+
+def test_sigusr1_signs_a_checkpoint_over_every_partition(
+    fresh_kafka, fresh_dsn, worker_log, tmp_path, monkeypatch
+) -> None:
+    import signal
+
+    from wakeline.ledger.checkpoints import open_note, parse_body
+    from wakeline.processors.checkpointing import load_signer
+
+    key = tmp_path / "ledger.key"
+    monkeypatch.setenv("WAKELINE_SIGNING_KEY", str(key))
+    kafka = fresh_kafka
+    produce(kafka, list(traffic(300, workflows=30)))
+    proc = start_worker(kafka, fresh_dsn, "--checkpoint-interval-s", "3600", "--no-audit",
+                        log_path=str(worker_log))  # fmt: skip
+    store = postgres_store_factory(fresh_dsn)()
+    try:
+        wait_for(store, kafka.partitions, 300)
+        deadline = time.monotonic() + 30
+        while store.latest_checkpoint() is None and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+    finally:
+        stop_worker(proc)
+    note = store.latest_checkpoint()
+    assert note is not None, worker_log.read_text()[-2000:]
+    body, _ = open_note(note, [load_signer(key).verifier])
+    cp = parse_body(body)
+    assert sum(h.tree_size for h in cp.heads) == 300
+    assert {h.partition for h in cp.heads} == {0, 1, 2}
 
 
 def decode_with_avsc_only(frame: bytes) -> dict:

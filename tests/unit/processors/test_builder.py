@@ -122,17 +122,20 @@ def test_a_different_record_at_a_stored_offset_stops_the_builder() -> None:
         b.add([forged])
 
 
-def test_undecodable_records_are_ledgered_with_their_reason() -> None:
+def test_undecodable_records_are_ledgered_byte_for_byte_and_flagged_by_the_auditor() -> None:
+    from wakeline.processors.auditor import decode_record
+
     store = MemoryLedgerStore()
     b = builder(store)
     b.assign([0])
     recs = records(0, range(6), garbage={2, 3})
     b.add(recs)
-    (seg,) = b.seal([0])
-    assert [i.error is not None for i in seg.items] == [False, False, True, True, False, False]
-    assert seg.items[2].error.startswith("MalformedFrame")
-    assert seg.items[3].error.startswith("UnknownFingerprint")
+    b.seal([0])
     assert stored_leaves(store, 0) == [leaf_bytes(r) for r in recs]
+    errors = [decode_record(e.record())[1] for e in store.entries(0)]
+    assert [e is not None for e in errors] == [False, False, True, True, False, False]
+    assert errors[2].startswith("MalformedFrame")
+    assert errors[3].startswith("UnknownFingerprint")
 
 
 def test_a_refused_segment_reloads_the_partition_from_the_store() -> None:

@@ -14,8 +14,8 @@ from wakeline.ledger.hashing import BLAKE3
 from wakeline.ledger.records import LedgerRecord
 from wakeline.ledger.store_memory import MemoryLedgerStore
 from wakeline.processors.audit import AUDIT_SCHEMA, decode_audit, encode_audit
+from wakeline.processors.auditor import Auditor
 from wakeline.processors.builder import LedgerBuilder
-from wakeline.processors.publisher import Publisher
 from wakeline.processors.samples import frames, intent, result
 from wakeline.processors.summary import describe_args, intent_memo, summarize
 
@@ -66,6 +66,7 @@ def test_arguments_without_known_fields_show_a_few_pairs() -> None:
 
 
 def _audit_for(value: bytes | None, error_value: bool = False) -> dict:
+    """Ledger an intent and its result (or junk) in a memory store, then audit the segment."""
     store = MemoryLedgerStore()
     b = LedgerBuilder(store, BLAKE3, max_leaves=10, max_age_s=1)
     b.assign([0])
@@ -88,33 +89,33 @@ def _audit_for(value: bytes | None, error_value: bool = False) -> dict:
             return 0
 
     producer = Producer()
-    pub = Publisher(
-        producer, events_topic="p.events", ledger_topic="p.ledger", audit_topic="p.audit",
-        dlq_topic="p.dlq", suite_name="blake3",
+    auditor = Auditor(
+        producer, events_topic="p.events", audit_topic="p.audit", dlq_topic="p.dlq",
+        store=lambda: store,
     )  # fmt: skip
-    pub.publish([seg])
+    assert auditor.audit_segment(seg.header, at_us=5_000_000) == 2
     return {"sent": producer.sent, "seg": seg}
 
 
-def test_publisher_sends_header_audit_per_leaf_and_dlq_for_undecodable() -> None:
+def test_auditor_sends_one_audit_per_leaf_and_dlq_for_undecodable() -> None:
     out = _audit_for(b"garbage", error_value=True)
     sent, seg = out["sent"], out["seg"]
     topics = [s[0] for s in sent]
-    assert topics == ["p.ledger", "p.audit", "p.dlq", "p.audit"]
-    assert sent[0][2] == seg.header.to_bytes() and sent[0][3] == 0
-    dlq = dict(sent[2][4])
-    assert sent[2][2] == b"garbage"
+    assert topics == ["p.audit", "p.dlq", "p.audit"]
+    dlq = dict(sent[1][4])
+    assert sent[1][2] == b"garbage"
     assert dlq["wakeline_dlq_offset"] == b"1"
     assert b"MalformedFrame" in dlq["wakeline_dlq_reason"]
-    bad = decode_audit(sent[3][2])
+    assert dlq["ce_id"] == dict(seg.items[1].record.headers)["ce_id"]  # original headers kept
+    bad = decode_audit(sent[2][2])
     assert bad["event_id"] is None and bad["decode_error"].startswith("MalformedFrame")
     assert bad["summary"].startswith("undecodable record at partition 0 offset 1")
-    assert bad["ledger"]["leaf_hash"] == seg.leaf_hashes[1]
+    assert bad["leaf_hash"] == seg.leaf_hashes[1]
 
 
 def test_audit_record_decodes_with_the_avsc_file_and_fastavro_alone() -> None:
     sent = _audit_for(None)["sent"]
-    frame = sent[2][2]
+    frame = sent[1][2]
     schema = fastavro.parse_schema(json.loads(AVSC.read_text()))
     canonical = fastavro.schema.to_parsing_canonical_form(schema)
     fp = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
@@ -125,7 +126,7 @@ def test_audit_record_decodes_with_the_avsc_file_and_fastavro_alone() -> None:
     )
     assert rec["principal"] == "alice@example.com"
     assert rec["tool"] == "stripe.charge" and rec["status"] == "ok"
-    assert rec["ledger"]["leaf_index"] == 1 and len(rec["ledger"]["leaf_hash"]) == 32
+    assert rec["leaf_index"] == 1 and len(rec["leaf_hash"]) == 32
 
 
 def test_audit_codec_refuses_foreign_frames() -> None:
@@ -134,3 +135,15 @@ def test_audit_codec_refuses_foreign_frames() -> None:
     assert AUDIT_SCHEMA.type_name == "AuditRecord"
     with pytest.raises(SchemaError):
         encode_audit({"summary": "x"})
+
+
+def test_fast_audit_encoder_writes_exactly_what_fastavro_writes() -> None:
+    from wakeline.processors import audit
+
+    for _, _, value, _, _ in _audit_for(b"junk", error_value=True)["sent"]:
+        if value[:10] != audit._HEADER:
+            continue  # the DLQ copy of the junk record
+        rec = decode_audit(value)
+        buf = BytesIO()
+        fastavro.schemaless_writer(buf, audit._PARSED, rec)
+        assert value == audit._HEADER + buf.getvalue()
