@@ -41,3 +41,95 @@ def test_ledger_tables_refuse_update_delete_and_truncate(fresh_dsn: str, table: 
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
                 conn.execute(sql)
         assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] > 0
+
+
+# ------------------------------------------------------------------ --from-kafka
+
+
+@pytest.fixture
+def own_topics(kafka):
+    """Topics of our own, so other tests' events and headers do not mix in."""
+    import contextlib
+    import uuid
+    from dataclasses import replace
+
+    from wakeline.infra import topics
+    from wakeline.infra.settings import Topics
+
+    settings = replace(kafka, topics=Topics(f"v{uuid.uuid4().hex[:10]}.wakeline."))
+    topics.ensure_topics(settings)
+    yield settings
+    with contextlib.suppress(Exception):
+        topics.delete_topics(settings)
+
+
+def _ledger_from_kafka(settings, dsn: str, signer) -> None:
+    """What the ledger builder does, minimally: events -> segments in PostgreSQL ->
+    headers on the ledger topic (docs/ledger-format.md §6) -> a checkpoint."""
+    from confluent_kafka import Producer
+
+    from tests.unit.ledger.ledgerkit import workflow_events
+    from wakeline.infra.kafka_source import _consumer, _read, _tp, record_of
+    from wakeline.ledger.service import checkpoint_now
+    from wakeline.ledger.store import make_entries
+    from wakeline.schemas import cloudevents_headers, encode_event
+
+    producer = Producer(settings.client_config())
+    for ev in workflow_events(6):
+        producer.produce(
+            settings.topics.events,
+            key=ev["workflow_id"].encode(),
+            value=encode_event(ev),
+            headers=cloudevents_headers(ev),
+            partition=int(ev["workflow_id"].split("-")[1]) % 2,
+        )
+    assert producer.flush(30) == 0
+    consumer = _consumer(settings)
+    with PostgresLedgerStore(dsn) as store:
+        for p in (0, 1):
+            low, high = consumer.get_watermark_offsets(_tp(settings.topics.events, p), timeout=10)
+            leaves = [
+                record_of(m).leaf_bytes()
+                for m in _read(consumer, settings.topics.events, p, low, high, 10)
+            ]
+            chain = PartitionChain(BLAKE3, p)
+            for i in range(0, len(leaves), 4):
+                header, hashes = chain.seal(leaves[i : i + 4])
+                store.append_segment(
+                    header, make_entries(header, leaves[i : i + 4], hashes), chain.tree.nodes
+                )
+                producer.produce(
+                    settings.topics.ledger,
+                    key=str(p).encode(),
+                    value=header.to_bytes(),
+                    partition=p,
+                )
+        checkpoint_now(store, [signer], "wakeline.test/kafka", time_ms=1)
+    consumer.close()
+    assert producer.flush(30) == 0
+
+
+def test_verify_from_kafka_replays_events_against_published_headers(own_topics, fresh_dsn) -> None:
+    from confluent_kafka import Producer
+
+    from wakeline.infra.kafka_source import verify_from_kafka
+    from wakeline.ledger.checkpoints import generate_signer
+    from wakeline.ledger.segments import SegmentHeader
+
+    signer = generate_signer("wakeline.test/kafka")
+    _ledger_from_kafka(own_topics, fresh_dsn, signer)
+    vkey = signer.verifier.vkey()
+    report = verify_from_kafka(own_topics, trusted_keys=[vkey], dsn=fresh_dsn)
+    assert report.verdict == "sound", [f.describe() for f in report.findings]
+    assert report.stats["leaves"] == 30 and report.stats["signed_leaves"] == 30
+
+    # a different header for an existing segment number on the ledger topic is tampering
+    with PostgresLedgerStore(fresh_dsn) as store:
+        real = next(store.headers(1))
+    forged = SegmentHeader.from_bytes(real.to_bytes()[:62] + b"\x00" * 32 + real.to_bytes()[94:])
+    producer = Producer(own_topics.client_config())
+    producer.produce(own_topics.topics.ledger, key=b"1", value=forged.to_bytes(), partition=1)
+    assert producer.flush(30) == 0
+    report = verify_from_kafka(own_topics, trusted_keys=[vkey], dsn=fresh_dsn)
+    assert report.verdict == "tampered"
+    assert report.first.partition == 1

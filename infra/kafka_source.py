@@ -1,0 +1,225 @@
+"""`ledger-verify --from-kafka`: the ledger as Kafka holds it (docs/ledger-format.md §6).
+
+Segment headers come from `<prefix>ledger` (value = the 166 header bytes); the leaves are
+rebuilt by replaying `<prefix>events` partition by partition, each record turned into a
+LedgerRecord exactly as the broker returns it. Checkpoints are not on Kafka: they are read
+from PostgreSQL when it can be reached. Kafka access lives here because wakeline.ledger
+never imports a Kafka client.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from wakeline.errors import StackError, WakelineError
+from wakeline.infra.settings import KafkaSettings
+from wakeline.ledger.records import LedgerRecord
+from wakeline.ledger.segments import HEADER_SIZE
+from wakeline.ledger.verify import INCOMPLETE, TAMPERED, LedgerVerifier, Progress, VerifyReport
+
+log = logging.getLogger(__name__)
+
+_BATCH = 5000
+
+
+def _consumer(settings: KafkaSettings) -> Any:
+    from confluent_kafka import Consumer
+
+    return Consumer(
+        settings.client_config(
+            **{
+                "group.id": f"wakeline-verify-{uuid.uuid4().hex[:12]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+            }
+        )
+    )
+
+
+def _partitions(consumer: Any, topic: str, timeout: float) -> list[int]:
+    md = consumer.list_topics(topic, timeout=timeout)
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        raise StackError(f"topic {topic} is not readable: {t.error if t else 'missing'}")
+    return sorted(t.partitions)
+
+
+def _read(
+    consumer: Any, topic: str, partition: int, start: int, stop: int, timeout: float
+) -> Iterator[Any]:
+    """Messages of one partition with start <= offset < stop (stop = high watermark)."""
+    from confluent_kafka import TopicPartition
+
+    if start >= stop:
+        return
+    consumer.assign([TopicPartition(topic, partition, start)])
+    try:
+        while True:
+            msgs = consumer.consume(_BATCH, timeout=timeout)
+            if not msgs:
+                raise StackError(f"{topic}[{partition}] stopped before offset {stop}")
+            for m in msgs:
+                if m.error() is not None:
+                    raise StackError(f"{topic}[{partition}]: {m.error()}")
+                if m.offset() >= stop:
+                    return
+                yield m
+                if m.offset() == stop - 1:
+                    return
+    finally:
+        consumer.unassign()
+
+
+def read_headers(settings: KafkaSettings, *, timeout: float = 10) -> dict[int, list[bytes]]:
+    """Every header on the ledger topic, by the events partition it names, deduplicated
+    (identical republished copies), in segment-number order."""
+    topic = settings.topics.ledger
+    consumer = _consumer(settings)
+    by_part: dict[int, dict[bytes, None]] = {}
+    try:
+        for lp in _partitions(consumer, topic, timeout):
+            low, high = consumer.get_watermark_offsets(_tp(topic, lp), timeout=timeout)
+            for m in _read(consumer, topic, lp, low, high, timeout):
+                raw = m.value() or b""
+                p = int.from_bytes(raw[2:6], "big") if len(raw) == HEADER_SIZE else -1
+                by_part.setdefault(p, {})[raw] = None
+    finally:
+        consumer.close()
+    return {
+        p: sorted(raws, key=lambda r: int.from_bytes(r[6:14], "big")) for p, raws in by_part.items()
+    }
+
+
+def _tp(topic: str, partition: int) -> Any:
+    from confluent_kafka import TopicPartition
+
+    return TopicPartition(topic, partition)
+
+
+def record_of(m: Any) -> LedgerRecord:
+    """A consumed message as the ledger sees it."""
+    return LedgerRecord(
+        partition=m.partition(),
+        offset=m.offset(),
+        timestamp=m.timestamp()[1],
+        key=m.key(),
+        value=m.value(),
+        headers=tuple((k, v) for k, v in (m.headers() or ())),
+    )
+
+
+def verify_from_kafka(
+    settings: KafkaSettings,
+    *,
+    trusted_keys: Sequence[str] | None = None,
+    public_keys: Sequence[str] = (),
+    decode: object = True,
+    dsn: str | None = None,
+    progress: Progress | None = None,
+    timeout: float = 10,
+) -> VerifyReport:
+    """Replay the events topic against the headers on the ledger topic, then check the
+    checkpoints PostgreSQL holds (when reachable) against what was rebuilt."""
+    from wakeline.ledger.segments import SegmentHeader
+
+    headers = read_headers(settings, timeout=timeout)
+    notes, db_note = _checkpoints(dsn)
+    v = LedgerVerifier(trusted_keys=trusted_keys, decode=decode, progress=progress)  # type: ignore[arg-type]
+    origin, suite = "wakeline/ledger", "blake3"
+    if notes:
+        from wakeline.ledger.checkpoints import parse_body, split_note
+
+        try:
+            cp = parse_body(split_note(notes[-1])[0])
+            origin, suite = cp.origin, cp.suite
+        except WakelineError:
+            pass
+    for raws in headers.values():
+        try:
+            suite = SegmentHeader.from_bytes(raws[0]).suite.name
+            break
+        except WakelineError:
+            continue
+    v.begin(origin, suite)
+    for k in public_keys:
+        v.add_key(k)
+    if db_note:
+        v.report.warnings.append(db_note)
+    for bad in headers.pop(-1, []):
+        v.fail(TAMPERED, "segment.format", f"ledger topic holds a {len(bad)}-byte header")
+    topic = settings.topics.events
+    consumer = _consumer(settings)
+    try:
+        for p in _partitions(consumer, topic, timeout):
+            low, high = consumer.get_watermark_offsets(_tp(topic, p), timeout=timeout)
+            raws = headers.get(p, [])
+            if not raws:
+                if high > low:
+                    v.report.warnings.append(f"partition {p}: {high - low} events, no segments yet")
+                continue
+            _replay(v, consumer, topic, p, raws, low, high, timeout)
+    finally:
+        consumer.close()
+    for note in notes:
+        v.add_checkpoint(note)
+    return v.finish(complete=bool(notes))
+
+
+def _replay(
+    v: LedgerVerifier,
+    consumer: Any,
+    topic: str,
+    p: int,
+    raws: list[bytes],
+    low: int,
+    high: int,
+    timeout: float,
+) -> None:
+    from wakeline.ledger.segments import SegmentHeader
+
+    spans = []
+    for raw in raws:
+        try:
+            h = SegmentHeader.from_bytes(raw)
+            spans.append((raw, h.first_offset, h.last_offset))
+        except WakelineError:
+            spans.append((raw, None, None))
+    first = next((s[1] for s in spans if s[1] is not None), low)
+    if low > first:
+        v.fail(INCOMPLETE, "kafka.retention", "events the ledger commits to are no longer on "
+               "the topic", partition=p, expected=first, found=low)  # fmt: skip
+    messages = _read(consumer, topic, p, max(low, first), high, timeout)
+    pending = next(messages, None)
+    for raw, lo, hi in spans:
+        leaves: list[bytes] = []
+        if lo is not None and hi is not None:
+            while pending is not None and pending.offset() <= hi:
+                if pending.offset() < lo:
+                    v.fail(TAMPERED, "kafka.unledgered", "an event on the topic is in no segment",
+                           partition=p, offset=pending.offset())  # fmt: skip
+                else:
+                    leaves.append(record_of(pending).leaf_bytes())
+                pending = next(messages, None)
+        v.add_segment(raw, leaves, None)
+    tail = 0
+    while pending is not None:
+        tail += 1
+        pending = next(messages, None)
+    if tail:
+        v.report.stats["unledgered_tail"] = v.report.stats.get("unledgered_tail", 0) + tail
+
+
+def _checkpoints(dsn: str | None) -> tuple[list[bytes], str | None]:
+    """(checkpoint notes from PostgreSQL, a warning when they cannot be read)."""
+    try:
+        from wakeline.infra.settings import DatabaseSettings
+        from wakeline.ledger.store_postgres import PostgresLedgerStore
+
+        with PostgresLedgerStore(dsn or DatabaseSettings.from_env().dsn, connect_timeout=5) as s:
+            return list(s.checkpoints()), None
+    except WakelineError as e:
+        return [], f"checkpoints unavailable (PostgreSQL: {e}); nothing could be authenticated"
