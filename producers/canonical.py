@@ -119,6 +119,8 @@ def canonical_result(value: Any, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Can
 
     Returns None when the result does not serialise or exceeds the limit.
     """
+    if value is None:
+        return _NULL
     try:
         data = canonical_json(value, what="result")
     except Exception:  # noqa: BLE001 - any failure means "no canonical form"
@@ -126,6 +128,9 @@ def canonical_result(value: Any, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> Can
     if len(data) > max_bytes:
         return None
     return Canonical(data, digest(data))
+
+
+_NULL = Canonical(b"null", digest(b"null"))
 
 
 def _scrub(args: Mapping[str, Any], redact: tuple[str, ...], digests: tuple[str, ...]) -> Any:

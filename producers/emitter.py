@@ -180,6 +180,24 @@ class WorkflowContext:
         self.trace_id = trace_id
         self.span_id = span_id
         self.key = self.workflow_id.encode()
+        #: the envelope fields every event of this context shares, in schema order
+        self._template: dict[str, Any] = {
+            "event_id": "",
+            "type": "",
+            "time": 0,
+            "source": emitter.source,
+            "workflow_id": self.workflow_id,
+            "run_id": self.run_id,
+            "step_id": step_id,
+            "agent_id": self.agent_id,
+            "tenant": tenant,
+            "boundary": boundary,
+            "parent_event_ids": [],
+            "correlation_id": correlation_id,
+            "principal": self.principal,
+            "trace_id": trace_id,
+            "span_id": span_id,
+        }
         self.event_count = 0
         self.last_event_id: str | None = None
         self.sealed = False
@@ -189,23 +207,14 @@ class WorkflowContext:
     def envelope(
         self, type_name: str, *, step_id: str | None = None, parents: Iterable[str] = ()
     ) -> dict[str, Any]:
-        return {
-            "event_id": new_event_id(),
-            "type": type_name,
-            "time": time.time_ns() // 1000,
-            "source": self.emitter.source,
-            "workflow_id": self.workflow_id,
-            "run_id": self.run_id,
-            "step_id": step_id if step_id is not None else self.step_id,
-            "agent_id": self.agent_id,
-            "tenant": self.tenant,
-            "boundary": self.boundary,
-            "parent_event_ids": [*self.parent_event_ids, *parents],
-            "correlation_id": self.correlation_id,
-            "principal": self.principal,
-            "trace_id": self.trace_id,
-            "span_id": self.span_id,
-        }
+        event = self._template.copy()
+        event["event_id"] = new_event_id()
+        event["type"] = type_name
+        event["time"] = time.time_ns() // 1000
+        if step_id is not None:
+            event["step_id"] = step_id
+        event["parent_event_ids"] = [*self.parent_event_ids, *parents]
+        return event
 
     def _counted(self, event: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
         value = encode_event(event)  # encode first: a bad event writes nothing
