@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import statistics
 import sys
 import tempfile
@@ -59,12 +60,14 @@ def latency(emitter: Emitter, tool: str, calls: int) -> tuple[float, float, floa
         bare.append(time.perf_counter_ns() - t0)
     base_ns = statistics.median(bare)
     out = []
+    cpu0 = time.thread_time_ns()
     for i in range(calls):
         t0 = time.perf_counter_ns()
         ctx.call(tool, noop, {"i": i, "op": "bench"})
         out.append((time.perf_counter_ns() - t0 - base_ns) / 1000)
+    cpu_us = (time.thread_time_ns() - cpu0) / calls / 1000
     out.sort()
-    return pct(out, 0.50), pct(out, 0.99), statistics.fmean(out)
+    return pct(out, 0.50), pct(out, 0.99), statistics.fmean(out), cpu_us
 
 
 def sequential_rate(emitter: Emitter, tool: str, seconds: float) -> float:
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile the 64-wf strict run")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()
     base = KafkaSettings.from_env()
     kafka = replace(base, topics=Topics(f"bench{uuid.uuid4().hex[:8]}.wakeline."), partitions=12)
     topics.ensure_topics(kafka)
@@ -127,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 emitter.gate.wait_ready(10)
             gc.collect()
             for mode, tool in (("relaxed", "noop.read"), ("strict", "noop.write")):
-                p50, p99, mean = latency(emitter, tool, args.calls)
-                rows.append((f"{mode} p50", "µs", p50, f"mean {mean:.0f}"))
+                p50, p99, mean, cpu = latency(emitter, tool, args.calls)
+                rows.append((f"{mode} p50", "µs", p50, f"mean {mean:.0f}; caller CPU {cpu:.0f}"))
                 rows.append((f"{mode} p99", "µs", p99, ""))
             emitter.flush(60)
             for mode, tool in (("relaxed", "noop.read"), ("strict", "noop.write")):
@@ -176,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             verdict, tgt = ("yes" if value >= target else "NO"), f">= {target:,.0f}"
         print(f"{name:<28} {value:>12,.1f}  {unit:<8} {tgt:>10}  {verdict:<4} {note}")
     print(f"events spooled during the run: {spooled}; undelivered at close: {left}")
+    load = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(load_before, os.getloadavg(), strict=True))
+    print(
+        f"load average before/after (1, 5, 15 min): {load} on {os.cpu_count()} CPUs "
+        "(the broker shares them)"
+    )
     return 0
 
 
