@@ -7,6 +7,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from wakeline.producers import Spool, SpoolError, SpoolRecord
 from wakeline.producers.spool import MAGIC, encode_record, read_segment
@@ -140,3 +142,36 @@ def test_survives_a_killed_writer(tmp_path: Path):
     assert [r.seq for r in spool.read()] == acked
     assert all(r.value == b"v" * r.seq for r in spool.read())
     spool.close()
+
+
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=64), st.one_of(st.none(), st.binary(max_size=8))),
+        min_size=1,
+        max_size=20,
+    ),
+    st.data(),
+)
+@settings(
+    max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
+)
+def test_any_cut_of_the_tail_recovers_a_prefix(tmp_path_factory, items, data):
+    directory = tmp_path_factory.mktemp("spool")
+    spool = Spool(directory)
+    records = [
+        SpoolRecord(i + 1, "t", key, value, (("h", key),)) for i, (value, key) in enumerate(items)
+    ]
+    for r in records:
+        spool.append([r])
+    spool.close()
+    seg = _last_segment(directory)
+    size = seg.stat().st_size
+    cut = data.draw(st.integers(min_value=len(MAGIC), max_value=size))
+    with open(seg, "r+b") as f:
+        f.truncate(cut)
+    again = Spool(directory)
+    got = again.read()
+    again.close()
+    assert got == records[: len(got)]
+    if cut == size:
+        assert len(got) == len(records)
