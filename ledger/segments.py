@@ -27,7 +27,9 @@ from .hashing import HASH_SIZE, SEGMENT_PREFIX, SUITES_BY_CODE, HashSuite
 from .merkle import MerkleTree, perfect_levels, root_from_levels
 from .records import LEAF_VERSION
 
-_FIXED = struct.Struct(">BIQq")  # leaf version, partition, offset, timestamp
+_HEAD = struct.Struct(">BI")  # leaf version, partition
+_OFFSET = struct.Struct(">Q")
+_STAMP = struct.Struct(">q")
 
 HEADER_VERSION = 1
 GENESIS = b"\x00" * HASH_SIZE
@@ -131,16 +133,17 @@ def seal_segment(
     suite = tree.suite
     if leaf_hashes is None:
         leaf_hashes = suite.leaf_hashes(leaves)
+    # every leaf must start with version 1 and this partition; offsets must increase
+    head = _HEAD.pack(LEAF_VERSION, partition)
+    if {x[:5] for x in leaves} != {head}:
+        raise ValueError(f"a leaf is not a version {LEAF_VERSION} leaf of partition {partition}")
     try:
-        versions, parts, offsets, stamps = zip(
-            *[_FIXED.unpack_from(x) for x in leaves], strict=True
-        )
+        offsets = [_OFFSET.unpack_from(x, 5)[0] for x in leaves]
+        stamps = [_STAMP.unpack_from(x, 13)[0] for x in leaves]
     except struct.error:
         raise FormatError("a leaf is shorter than its fixed fields") from None
-    if set(versions) != {LEAF_VERSION}:
-        raise FormatError(f"leaf versions {sorted(set(versions))}, want {LEAF_VERSION}")
-    if set(parts) != {partition}:
-        raise ValueError(f"leaves of partitions {sorted(set(parts))} in a segment of {partition}")
+    if sorted(offsets) != offsets or len(set(offsets)) != len(offsets):
+        raise ValueError(f"offsets of partition {partition} do not strictly increase")
     levels = perfect_levels(suite, leaf_hashes)
     first = tree.size
     tree.extend(leaf_hashes, levels)

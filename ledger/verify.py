@@ -15,114 +15,30 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .checkpoints import Verifier as KeyVerifier
-from .checkpoints import open_note, parse_body, parse_vkey, split_note
+from .checkpoints import open_note, parse_body, parse_vkey
 from .errors import FormatError, SignatureError
 from .hashing import HashSuite, suite_named
 from .merkle import MerkleTree, perfect_levels, root_from_levels
 from .pairing import Decode, PairingChecker, Position, default_decode
 from .records import LEAF_VERSION
-from .segments import FIELD_OFFSETS, GENESIS, SegmentHeader, header_hash
-
-SOUND, TAMPERED, INCOMPLETE, UNUSABLE = "sound", "tampered", "incomplete", "unusable"
-EXIT_CODES = {SOUND: 0, TAMPERED: 10, INCOMPLETE: 11, UNUSABLE: 12}
-_SEVERITY = {SOUND: 0, INCOMPLETE: 1, UNUSABLE: 2, TAMPERED: 3}
-MAX_FINDINGS = 100
+from .report import (
+    EXIT_CODES,
+    INCOMPLETE,
+    MAX_FINDINGS,
+    SEVERITY,
+    SOUND,
+    TAMPERED,
+    UNUSABLE,
+    Finding,
+    VerifyReport,
+)
+from .segments import GENESIS, SegmentHeader, header_hash
 
 _LEAF_FIXED = struct.Struct(">BIQq")
 _I32 = struct.Struct(">i")
-
-
-@dataclass(frozen=True)
-class Finding:
-    verdict: str
-    check: str
-    message: str
-    partition: int | None = None
-    segment: int | None = None
-    leaf_index: int | None = None
-    offset: int | None = None
-    event_id: str | None = None
-    field: str | None = None
-    expected: str | None = None
-    found: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    def describe(self) -> str:
-        where = [
-            f"{k} {v}"
-            for k, v in (
-                ("partition", self.partition),
-                ("segment", self.segment),
-                ("leaf", self.leaf_index),
-                ("offset", self.offset),
-                ("event", self.event_id),
-                ("field", self.field),
-            )
-            if v is not None
-        ]
-        text = f"{self.verdict}: [{self.check}] {self.message}"
-        if where:
-            text += " (" + ", ".join(where) + ")"
-        if self.expected is not None or self.found is not None:
-            text += f"; expected {self.expected}, found {self.found}"
-        return text
-
-
-@dataclass
-class VerifyReport:
-    verdict: str = SOUND
-    findings: list[Finding] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    stats: dict[str, int] = field(default_factory=dict)
-    origin: str | None = None
-    suite: str | None = None
-    trusted_keys: list[str] = field(default_factory=list)
-    keys_pinned: bool = False
-    suppressed: int = 0
-
-    @property
-    def first(self) -> Finding | None:
-        """The first finding of the worst kind: what the auditor should look at first.
-
-        Integrity findings outrank pairing findings of the same kind: a deleted leaf also
-        orphans a result, but the broken commitment is the cause."""
-        worst = [f for f in self.findings if f.verdict == self.verdict]
-        if not worst:
-            return None
-        return min(worst, key=lambda f: f.check.startswith("pairing."))
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_CODES[self.verdict]
-
-    @property
-    def ok(self) -> bool:
-        return self.verdict == SOUND
-
-    def checks(self) -> list[str]:
-        return [f.check for f in self.findings]
-
-    def to_dict(self) -> dict[str, Any]:
-        first = self.first
-        return {
-            "verdict": self.verdict,
-            "exit_code": self.exit_code,
-            "first": first.to_dict() if first else None,
-            "findings": [f.to_dict() for f in self.findings],
-            "findings_not_listed": self.suppressed,
-            "warnings": list(self.warnings),
-            "stats": dict(self.stats),
-            "origin": self.origin,
-            "suite": self.suite,
-            "trusted_keys": list(self.trusted_keys),
-            "keys_pinned": self.keys_pinned,
-        }
 
 
 class _Partition:
@@ -175,7 +91,7 @@ class LedgerVerifier:
     # ------------------------------------------------------------------ findings
 
     def fail(self, verdict: str, check: str, message: str, **where: Any) -> None:
-        if _SEVERITY[verdict] > _SEVERITY[self.report.verdict]:
+        if SEVERITY[verdict] > SEVERITY[self.report.verdict]:
             self.report.verdict = verdict
         for k in ("expected", "found"):
             if isinstance(where.get(k), bytes):
@@ -671,13 +587,13 @@ def _leaf_value(leaf: bytes) -> bytes | None:
 
 __all__ = [
     "EXIT_CODES",
-    "FIELD_OFFSETS",
     "INCOMPLETE",
     "SOUND",
     "TAMPERED",
     "UNUSABLE",
+    "Decode",
     "Finding",
     "LedgerVerifier",
+    "Progress",
     "VerifyReport",
-    "split_note",
 ]
