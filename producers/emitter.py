@@ -86,6 +86,7 @@ class Emitter:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         transport: TransportOptions | None = None,
         alerts_topic: bool = True,
+        publish_schemas: bool = True,
     ) -> None:
         self.kafka = kafka
         self.registry = registry if registry is not None else ToolRegistry()
@@ -101,6 +102,10 @@ class Emitter:
         except Exception:
             self.spool.close()
             raise
+        if publish_schemas:
+            threading.Thread(
+                target=_publish_schemas, args=(kafka,), name="wakeline-schemas", daemon=True
+            ).start()
         if quarantine_gate is True:
             self.gate: QuarantineGate | None = QuarantineGate(kafka)
         else:
@@ -136,6 +141,19 @@ class Emitter:
     # -- internals shared by every context ------------------------------------------------
     def _frame(self, event: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
         return encode_event(event), cloudevents_headers(event)
+
+
+def _publish_schemas(kafka: KafkaSettings) -> None:
+    """Best effort, in the background: the writer schemas on the compacted schemas topic
+    (DESIGN §4: written by the SDK), so any consumer can decode what this process emits.
+    Idempotent: a fingerprint names one schema forever."""
+    try:
+        from wakeline.producers.schema_registry import publish_to_kafka
+        from wakeline.schemas import default_codec
+
+        publish_to_kafka(kafka, default_codec().current().values(), timeout=60)
+    except Exception as e:  # noqa: BLE001 - never break the agent over this
+        log.warning("could not publish schemas to %s: %s", kafka.topics.schemas, e)
 
 
 def _require(name: str, value: Any, error: type[SdkError] = SdkError) -> str:

@@ -104,6 +104,19 @@ def test_intents_and_results_land_keyed_in_order_with_headers(kafka, emitter):
         assert headers["content-type"] == b"application/avro"
 
 
+def test_the_emitter_publishes_its_writer_schemas(kafka, emitter):
+    from wakeline.schemas import fingerprint_of
+
+    deadline = time.monotonic() + 20
+    want = {fingerprint_of(t) for t in ("ToolIntent", "ToolResult", "WorkflowCompleted")}
+    while True:
+        keys = {m.key() for m in read_topic(kafka, kafka.topics.schemas)}
+        if want <= keys or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert want <= keys
+
+
 def test_strict_intent_is_on_the_broker_before_the_tool_runs(kafka, emitter):
     wf = new_wf()
     ctx = emitter.workflow(wf, agent_id="agent-1", principal="alice")

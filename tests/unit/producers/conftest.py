@@ -58,6 +58,7 @@ def recorded(tmp_path: Path, registry: ToolRegistry) -> Iterator[tuple[Emitter, 
         spool_dir=tmp_path / "spool",
         registry=registry,
         quarantine_gate=False,
+        publish_schemas=False,
         loop_guard=LoopGuard(max_repeats=3, window_s=60),
     )
     real = emitter.transport

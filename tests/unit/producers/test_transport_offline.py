@@ -21,6 +21,7 @@ def test_without_a_broker_calls_proceed_and_every_event_is_spooled_in_order(tmp_
         spool_dir=tmp_path,
         registry=reg,
         quarantine_gate=False,
+        publish_schemas=False,
         transport=TransportOptions(strict_timeout_s=0.2, delivery_timeout_s=0.5),
     )
     ctx = em.workflow("wf-off", agent_id="a", principal="p")
@@ -46,10 +47,24 @@ def test_a_restarted_emitter_keeps_spooled_events_ahead_of_new_ones(tmp_path: Pa
     reg = ToolRegistry()
     reg.declare("w", reversibility="compensable", impact="low")
     opts = TransportOptions(strict_timeout_s=0.2, delivery_timeout_s=0.5)
-    em = Emitter(NOBODY, spool_dir=tmp_path, registry=reg, quarantine_gate=False, transport=opts)
+    em = Emitter(
+        NOBODY,
+        spool_dir=tmp_path,
+        registry=reg,
+        quarantine_gate=False,
+        publish_schemas=False,
+        transport=opts,
+    )
     em.workflow("wf", agent_id="a", principal="p").call("w", lambda: None)
     em.close(timeout=0.2)
-    em2 = Emitter(NOBODY, spool_dir=tmp_path, registry=reg, quarantine_gate=False, transport=opts)
+    em2 = Emitter(
+        NOBODY,
+        spool_dir=tmp_path,
+        registry=reg,
+        quarantine_gate=False,
+        publish_schemas=False,
+        transport=opts,
+    )
     assert em2.transport.spooling  # starts spooling: older events wait in the spool
     em2.workflow("wf", agent_id="a", principal="p").call("w", lambda: None)
     em2.close(timeout=0.2)
