@@ -133,3 +133,54 @@ def test_verify_from_kafka_replays_events_against_published_headers(own_topics, 
     report = verify_from_kafka(own_topics, trusted_keys=[vkey], dsn=fresh_dsn)
     assert report.verdict == "tampered"
     assert report.first.partition == 1
+
+
+# ------------------------------------------------------------------ the CLI on PostgreSQL
+
+
+def test_cli_checkpoint_verify_export_and_proof_against_postgres(fresh_dsn, tmp_path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from tests.unit.ledger.ledgerkit import build_ledger, workflow_events
+    from wakeline.cli.ledger import ledger, ledger_verify_main
+    from wakeline.ledger import MerkleTree
+    from wakeline.ledger.checkpoints import ensure_signer
+
+    key = tmp_path / "keys" / "ledger.key"
+    signer = ensure_signer(key, "wakeline-ledger")
+    events = workflow_events(3)
+    led = build_ledger(events, signer=signer)
+    with PostgresLedgerStore(fresh_dsn) as store:  # copy the ledger into PostgreSQL
+        for p in led.store.partitions():
+            tree = MerkleTree(BLAKE3)
+            for h in led.store.headers(p):
+                first = h.first_leaf_index
+                entries = list(led.store.entries(p, first, first + h.leaf_count))
+                tree.extend([e.leaf_hash for e in entries])
+                assert store.append_segment(h, entries, tree.nodes)
+    run = CliRunner().invoke
+    res = run(ledger, ["checkpoint", "--dsn", fresh_dsn, "--key", str(key), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["signed"] is True
+    vkey = signer.verifier.vkey()
+    res = run(ledger_verify_main, ["--dsn", fresh_dsn, "--trusted-key", vkey, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["stats"]["leaves"] == 15
+
+    bundle = tmp_path / "ledger.bundle"
+    res = run(ledger, ["export", "--dsn", fresh_dsn, "-o", str(bundle), "--public-key", vkey])
+    assert res.exit_code == 0, res.output
+    res = run(ledger_verify_main, ["--bundle", str(bundle), "--trusted-key", vkey])
+    assert res.exit_code == 0, res.output
+
+    res = run(ledger, ["proof", events[4]["event_id"], "--dsn", fresh_dsn])
+    assert res.exit_code == 0, res.output
+    proof = tmp_path / "proof.json"
+    proof.write_text(res.output)
+    res = run(ledger, ["proof", "--check", str(proof), "--trusted-key", vkey])
+    assert res.exit_code == 0, res.output
+
+    res = run(ledger_verify_main, ["--dsn", "postgresql://nobody@/nowhere?host=/nonexistent"])
+    assert res.exit_code == 12
