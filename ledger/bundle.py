@@ -41,6 +41,9 @@ FRAME_NAMES = {
 }
 _FRAME = struct.Struct(">BI")
 _END = struct.Struct(">QQQQQ")
+#: an ENTRY frame's head: type, length, stored leaf hash, then the leaf's fixed fields
+_ENTRY_HEAD = struct.Struct(">BI32sBIQq")
+_ENTRY_MIN = _ENTRY_HEAD.size - 5
 MAX_FRAME = 64 << 20  # a Kafka record is far smaller; anything bigger is corruption
 
 
@@ -199,28 +202,34 @@ class BundleReader:
             self.done = True
         return kind, payload, at
 
-    def entries(self, stored: list[bytes], leaves: list[bytes]) -> None:
-        """Append (stored leaf hash, leaf bytes) of consecutive ENTRY frames to the lists."""
-        unpack = _FRAME.unpack_from
-        s_append, l_append = stored.append, leaves.append
+    def entries(self, rows: list[tuple], leaves: list[bytes]) -> None:
+        """Bulk-read consecutive ENTRY frames: per entry one row (frame type, length, stored
+        leaf hash, leaf version, partition, offset, timestamp) and the leaf bytes. An entry
+        too short for those fields gets a row of Nones after its stored hash (or b"")."""
+        unpack = _ENTRY_HEAD.unpack_from
+        r_append, l_append = rows.append, leaves.append
         while True:
             buf, pos = self.buf, self.pos
-            limit = len(buf) - 5
-            while pos <= limit:
-                kind, n = unpack(buf, pos)
-                end = pos + 5 + n
-                if kind != ENTRY or end > len(buf):
+            size = len(buf)
+            while pos + _ENTRY_HEAD.size <= size:
+                row = unpack(buf, pos)
+                end = pos + 5 + row[1]
+                if row[0] != ENTRY or row[1] < _ENTRY_MIN or end > size:
                     break
-                if n >= 32:
-                    s_append(buf[pos + 5 : pos + 37])
-                    l_append(buf[pos + 37 : end])
-                else:  # too short to hold a hash: the leaf hash check will name it
-                    s_append(b"")
-                    l_append(buf[pos + 5 : end])
+                r_append(row)
+                l_append(buf[pos + 37 : end])
                 pos = end
             self.pos = pos
             if self.peek() != ENTRY:  # refills, or raises Truncated at the end of the stream
                 return
+            kind, payload, _ = self.frame()
+            if len(payload) >= _ENTRY_MIN:  # whole, just across a buffer boundary
+                r_append(_ENTRY_HEAD.unpack(_FRAME.pack(kind, len(payload)) + payload[:_ENTRY_MIN]))
+                l_append(payload[32:])
+            else:  # too short: the leaf hash check will name it
+                stored = payload[:32] if len(payload) >= 32 else b""
+                r_append((kind, len(payload), stored, None, None, None, None))
+                l_append(payload[len(stored) :])
 
 
 def read_frames(src: BinaryIO, chunk: int = 8 << 20) -> Iterator[tuple[int, bytes, int]]:

@@ -145,10 +145,16 @@ class LedgerVerifier:
             )
 
     def add_segment(
-        self, raw: bytes, leaves: Sequence[bytes], stored: Sequence[bytes] | None = None
+        self,
+        raw: bytes,
+        leaves: Sequence[bytes],
+        stored: Sequence[bytes] | None = None,
+        fixed: Sequence[Sequence[Any]] | None = None,
     ) -> None:
         """One segment header (raw bytes), its leaves, and the leaf hashes the source
-        stored for them (None when the source stores none, e.g. Kafka)."""
+        stored for them (None when the source stores none, e.g. Kafka). `fixed` may hold
+        the leaves' fixed fields already parsed, as columns (versions, partitions, offsets,
+        timestamps), entries too short for them holding None."""
         suite = self._suite
         if suite is None:
             self.stop(UNUSABLE, "meta.missing", "segment before the ledger's suite is known")
@@ -214,7 +220,7 @@ class LedgerVerifier:
         base = h.first_leaf_index
         scan = None
         if stored is None or stored == hashes:
-            scan = _fast_scan(leaves, p, part.last_offset)
+            scan = _fast_scan(leaves, p, part.last_offset, fixed)
         if scan is None:
             scan = self._slow_scan(at, base, leaves, stored, hashes, p, part.last_offset)
         first_offset, last_offset, tmin, tmax, offsets = scan
@@ -553,17 +559,23 @@ class LedgerVerifier:
 
 
 def _fast_scan(
-    leaves: Sequence[bytes], p: int, last_offset: int
+    leaves: Sequence[bytes],
+    p: int,
+    last_offset: int,
+    fixed: Sequence[Sequence[Any]] | None = None,
 ) -> tuple[int | None, int, int | None, int | None, list[int]] | None:
     """(first offset, last offset, min ts, max ts, offsets) when every leaf is well-formed,
     of partition p and strictly after `last_offset`; None when anything is off."""
     if not leaves:
         return None, last_offset, None, None, []
-    unpack = _LEAF_FIXED.unpack_from
-    try:
-        versions, parts, offs, stamps = zip(*[unpack(leaf) for leaf in leaves], strict=True)
-    except struct.error:
-        return None
+    if fixed is not None:
+        versions, parts, offs, stamps = fixed
+    else:
+        unpack = _LEAF_FIXED.unpack_from
+        try:
+            versions, parts, offs, stamps = zip(*[unpack(x) for x in leaves], strict=True)
+        except struct.error:
+            return None
     if set(versions) != {LEAF_VERSION} or set(parts) != {p} or offs[0] <= last_offset:
         return None
     offsets = list(offs)

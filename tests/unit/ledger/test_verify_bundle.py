@@ -66,3 +66,20 @@ def test_no_checkpoint_is_incomplete() -> None:
     export_bundle(led.store, out, public_keys=[led.vkey])
     report = verify_bundle(io.BytesIO(out.getvalue()), trusted_keys=[led.vkey])
     assert (report.verdict, report.first.check) == ("incomplete", "checkpoint.missing")
+
+
+def test_reading_in_small_chunks_gives_the_same_verdicts() -> None:
+    led = build_ledger(workflow_events(3))
+    raw = led.bundle()
+    pos = raw.index(b"stripe.charge")
+    tampered = raw[:pos] + b"X" + raw[pos + 1 :]
+    whole = verify_bundle(io.BytesIO(tampered), trusted_keys=[led.vkey])
+    assert whole.first.check == "entry.leaf_hash"
+    for chunk in (1, 7, 58, 59, 300, 1000):
+        r = verify_bundle(io.BytesIO(raw), trusted_keys=[led.vkey], chunk=chunk)
+        assert r.ok, (chunk, [f.describe() for f in r.findings])
+        assert r.stats["leaves"] == 15
+        t = verify_bundle(io.BytesIO(tampered), trusted_keys=[led.vkey], chunk=chunk)
+        assert t.findings == whole.findings, chunk
+        cut = verify_bundle(io.BytesIO(raw[:-3]), trusted_keys=[led.vkey], chunk=chunk)
+        assert cut.first.check == "bundle.truncated"
