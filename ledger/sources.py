@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -53,6 +55,30 @@ def verify_bundle(
             v = LedgerVerifier(trusted_keys=trusted_keys, decode=False)
             v.stop(UNUSABLE, "bundle.open", f"cannot read {src}: {e.strerror}")
             return v.finish(complete=False)
+    with _gc_paused():
+        return _verify_stream(src, trusted_keys, decode, progress, chunk)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC: reading allocates millions of short-lived tuples and builds no
+    cycles, and the collector's passes over them cost ~15% of verification time."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _verify_stream(
+    src: BinaryIO,
+    trusted_keys: Sequence[str] | None,
+    decode: object,
+    progress: Progress | None,
+    chunk: int,
+) -> VerifyReport:
     v = LedgerVerifier(trusted_keys=trusted_keys, decode=decode, progress=progress)  # type: ignore[arg-type]
     counts = dict.fromkeys((KEY, SCHEMA, SEGMENT, ENTRY, CHECKPOINT), 0)
     stage = -1
@@ -133,11 +159,13 @@ def verify_store(
     v.begin(origin, suite)
     for k in public_keys:
         v.add_key(k)
-    for p in store.partitions():
-        for h in store.headers(p):
-            first = h.first_leaf_index
-            entries = list(store.entries(p, first, first + h.leaf_count))
-            v.add_segment(h.to_bytes(), [e.leaf for e in entries], [e.leaf_hash for e in entries])
+    with _gc_paused():
+        for p in store.partitions():
+            for h in store.headers(p):
+                first = h.first_leaf_index
+                entries = list(store.entries(p, first, first + h.leaf_count))
+                leaves = [e.leaf for e in entries]
+                v.add_segment(h.to_bytes(), leaves, [e.leaf_hash for e in entries])
     for note in store.checkpoints():
         v.add_checkpoint(note)
     return v.finish()
