@@ -129,10 +129,10 @@ def bench_append(leaves: dict[int, list[bytes]], suite, segment_size: int) -> di
                 chain.seal(v[i : i + segment_size])
 
     return {
-        "append leaf hash, one by one (frontier)": best_rate(n, one_by_one_hashes),
-        f"append leaf hashes, batches of {segment_size}": best_rate(n, batched_hashes),
-        "append leaf bytes, one by one (hash + frontier)": best_rate(n, leaf_bytes_one_by_one),
-        f"seal segments of {segment_size} (hash, segment root, tree)": best_rate(
+        "tree append: leaf hash, one by one (frontier)": best_rate(n, one_by_one_hashes),
+        f"tree append: leaf hashes, batches of {segment_size}": best_rate(n, batched_hashes),
+        "tree append: leaf bytes one by one (+ leaf hashing)": best_rate(n, leaf_bytes_one_by_one),
+        f"tree append: seal segments of {segment_size} (+ leaf hashing, segment root)": best_rate(
             n, sealed_segments
         ),
     }
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             assert report.ok, report.to_dict()
-    targets = {"seal": 500_000, "integrity": 300_000}
+    targets = {"tree append": 500_000, "integrity": 300_000}
     print()
     print(
         f"Wakeline ledger bench: {n:,} leaves, suite {suite.name}, segments of "
@@ -221,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             "" if target is None else (f">= {target:,} " + ("ok" if rate >= target else "MISSED"))
         )
         print(f"{name.ljust(width)}  {rate:>12,.0f}  {mark}")
+    print(
+        "\nleaf hashing (BLAKE3 of ~500-byte leaves, ~1 M/s per core at best) bounds the rows "
+        "that hash leaf bytes;\npairing is bounded by Avro decoding (wakeline.schemas)."
+    )
     return 0
 
 
