@@ -46,30 +46,33 @@ class PairingIssue:
 class PairingChecker:
     def __init__(self, decode: Decode) -> None:
         self.decode = decode
-        self.pending: dict[str, Position] = {}  # intent event_id -> where
+        self.pending: dict[str, tuple[int, int, int]] = {}  # intent id -> partition, leaf, offset
         self.answered: set[str] = set()
         self.runs: dict[tuple[str, str], list] = {}  # (workflow, run) -> [count, last id]
         self.undecodable = 0
         self.first_undecodable: Position | None = None
         self.decoded = 0
 
-    def add(self, where: Position, value: bytes | None) -> PairingIssue | None:
+    def add(
+        self, partition: int, leaf_index: int, offset: int, value: bytes | None
+    ) -> PairingIssue | None:
         """Account for one event; return an issue it reveals at once, if any."""
         if value is None:
-            return self._undecodable(where)
+            return self._undecodable(Position(partition, leaf_index, offset))
         try:
             ev = self.decode(value)
         except SchemaError:
-            return self._undecodable(where)
+            return self._undecodable(Position(partition, leaf_index, offset))
         self.decoded += 1
         kind = ev.get("type")
         event_id = ev.get("event_id")
-        here = Position(where.partition, where.leaf_index, where.offset, event_id)
         run = (ev.get("workflow_id"), ev.get("run_id"))
         issue = None
-        if kind == "ToolIntent" and event_id is not None:
-            self.pending[event_id] = here
+        if kind == "ToolIntent":
+            if event_id is not None:
+                self.pending[event_id] = (partition, leaf_index, offset)
         elif kind == "ToolResult":
+            here = Position(partition, leaf_index, offset, event_id)
             intent_id = ev.get("intent_id")
             if intent_id in self.pending:
                 del self.pending[intent_id]
@@ -85,6 +88,7 @@ class PairingChecker:
                     found="nothing",
                 )
         elif kind == "WorkflowCompleted":
+            here = Position(partition, leaf_index, offset, event_id)
             count, last = self.runs.get(run, (0, None))
             want_count, want_last = ev.get("event_count"), ev.get("last_event_id")
             if want_count != count:
@@ -124,11 +128,9 @@ class PairingChecker:
                 "incomplete",
                 "pairing.unanswered_intent",
                 f"intent {event_id} has no result and no explicit abort",
-                where,
+                Position(*where, event_id),
                 expected="ToolResult",
                 found="nothing",
             )
-            for event_id, where in sorted(
-                self.pending.items(), key=lambda kv: (kv[1].partition, kv[1].leaf_index)
-            )
+            for event_id, where in sorted(self.pending.items(), key=lambda kv: kv[1])
         ]

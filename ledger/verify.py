@@ -22,8 +22,8 @@ from .checkpoints import open_note, parse_body, parse_vkey
 from .errors import FormatError, SignatureError
 from .hashing import HashSuite, suite_named
 from .merkle import MerkleTree, perfect_levels, root_from_levels
-from .pairing import Decode, PairingChecker, Position, default_decode
-from .records import LEAF_VERSION
+from .pairing import Decode, PairingChecker, default_decode
+from .records import LEAF_VERSION, parse_leaf
 from .report import (
     EXIT_CODES,
     INCOMPLETE,
@@ -227,7 +227,7 @@ class LedgerVerifier:
         pairing = self._pairing
         if pairing is not None:
             for i, (leaf, off) in enumerate(zip(leaves, offsets, strict=True)):
-                issue = pairing.add(Position(p, base + i, off), _leaf_value(leaf))
+                issue = pairing.add(p, base + i, off, _leaf_value(leaf))
                 if issue is not None:
                     w = issue.where
                     self.fail(
@@ -347,6 +347,7 @@ class LedgerVerifier:
                     "leaf bytes do not hash to the stored leaf hash",
                     **at,
                     leaf_index=base + i,
+                    event_id=_event_id(leaf),
                     expected=stored[i],
                     found=lh,
                 )
@@ -370,6 +371,7 @@ class LedgerVerifier:
                     **at,
                     leaf_index=base + i,
                     offset=off,
+                    event_id=_event_id(leaf),
                     expected=f"v{LEAF_VERSION} p{p}",
                     found=f"v{version} p{lp}",
                 )
@@ -381,6 +383,7 @@ class LedgerVerifier:
                     **at,
                     leaf_index=base + i,
                     offset=off,
+                    event_id=_event_id(leaf),
                     expected=f"> {last_offset}",
                     found=off,
                 )
@@ -582,6 +585,14 @@ def _fast_scan(
     if len(set(offsets)) != len(offsets) or sorted(offsets) != offsets:
         return None
     return offsets[0], offsets[-1], min(stamps), max(stamps), offsets
+
+
+def _event_id(leaf: bytes) -> str | None:
+    """The event id (ce_id header) of leaf bytes, for naming a bad item; None if unreadable."""
+    try:
+        return parse_leaf(leaf).event_id
+    except FormatError:
+        return None
 
 
 def _leaf_value(leaf: bytes) -> bytes | None:

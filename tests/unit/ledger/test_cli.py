@@ -43,6 +43,7 @@ def test_tampered_bundle_exits_10_and_names_the_first_bad_item(tmp_path) -> None
     assert res.exit_code == 10, res.output
     assert "TAMPERED" in res.output
     assert "entry.leaf_hash" in res.output and "partition 0" in res.output
+    assert "event 0190a0b0-0000-7000-8000-000000000000" in res.output  # the first intent
 
 
 def test_truncated_bundle_exits_11(tmp_path) -> None:
