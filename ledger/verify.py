@@ -17,6 +17,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from wakeline.errors import LedgerError
+
 from .checkpoints import Verifier as KeyVerifier
 from .checkpoints import open_note, parse_body, parse_vkey
 from .errors import FormatError, SignatureError
@@ -35,6 +37,7 @@ from .report import (
     Finding,
     VerifyReport,
 )
+from .schemafp import crc64_avro
 from .segments import GENESIS, SegmentHeader, header_hash
 
 _LEAF_FIXED = struct.Struct(">BIQq")
@@ -98,8 +101,9 @@ class LedgerVerifier:
                 where[k] = where[k].hex()
             elif where.get(k) is not None:
                 where[k] = str(where[k])
-        if len(self.report.findings) < MAX_FINDINGS:
-            self.report.findings.append(Finding(verdict, check, message, **where))
+        listed = self.report.findings
+        if len(listed) < MAX_FINDINGS or all(f.verdict != verdict for f in listed):
+            listed.append(Finding(verdict, check, message, **where))
         else:
             self.report.suppressed += 1
 
@@ -120,7 +124,7 @@ class LedgerVerifier:
         self.report.suite = suite
         try:
             self._suite = suite_named(suite)
-        except Exception as e:
+        except LedgerError as e:
             self.stop(UNUSABLE, "meta.suite", str(e), found=suite)
 
     def add_key(self, vkey: str) -> None:
@@ -131,8 +135,6 @@ class LedgerVerifier:
             self.fail(TAMPERED, "key.format", f"public key {vkey!r}: {e}")
 
     def add_schema(self, fingerprint: bytes, canonical_form: bytes) -> None:
-        from .schemafp import crc64_avro
-
         self._stats["schemas"] += 1
         got = crc64_avro(canonical_form)
         if got != fingerprint:

@@ -83,3 +83,19 @@ def test_reading_in_small_chunks_gives_the_same_verdicts() -> None:
         assert t.findings == whole.findings, chunk
         cut = verify_bundle(io.BytesIO(raw[:-3]), trusted_keys=[led.vkey], chunk=chunk)
         assert cut.first.check == "bundle.truncated"
+
+
+def test_findings_are_capped_but_counted() -> None:
+    from .ledgerkit import frames
+
+    led = build_ledger(workflow_events(30), segment_size=8)
+    raw = bytearray(led.bundle())
+    entries = [f for f in frames(bytes(raw)) if f.kind == 5]
+    for f in entries:
+        raw[f.end - 1] ^= 0xFF  # every leaf's last byte
+    r = verify_bundle(io.BytesIO(bytes(raw)), trusted_keys=[led.vkey], decode=False)
+    assert r.verdict == "tampered" and r.first.check == "entry.leaf_hash"
+    assert r.first.leaf_index == 0
+    assert len(r.findings) == 100
+    assert len(r.findings) + r.suppressed >= len(entries)
+    assert r.to_dict()["findings_not_listed"] == r.suppressed
