@@ -81,7 +81,7 @@ class Emitter:
         registry: ToolRegistry | None = None,
         source: str = "wakeline-sdk",
         policy: PolicyHook = allow_all,
-        loop_guard: LoopGuard | None = None,
+        loop_guard: LoopGuard | bool = True,
         quarantine_gate: QuarantineGate | bool = True,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
         transport: TransportOptions | None = None,
@@ -92,7 +92,10 @@ class Emitter:
         self.registry = registry if registry is not None else ToolRegistry()
         self.source = source
         self.policy = policy
-        self.loop_guard = loop_guard if loop_guard is not None else LoopGuard()
+        if loop_guard is True:
+            self.loop_guard: LoopGuard | None = LoopGuard()
+        else:
+            self.loop_guard = loop_guard or None
         self.max_payload_bytes = max_payload_bytes
         self.events_topic = kafka.topics.events
         self.alerts_topic = kafka.topics.alerts if alerts_topic else None

@@ -249,3 +249,12 @@ def test_complete_workflow_seals_with_count_and_last_event(recorded):
     assert seal["outcome"] == "succeeded"
     with pytest.raises(SdkError, match="sealed"):
         ctx.call("kv.get", lambda key: 1, {"key": "a"})
+
+
+def test_loop_guard_can_be_switched_off(recorded):
+    emitter, rec = recorded
+    emitter.loop_guard = None
+    ctx = ctx_of(emitter)
+    for _ in range(10):
+        ctx.call("kv.get", lambda key: 1, {"key": "same"})
+    assert len(rec.events()) == 20
