@@ -399,7 +399,7 @@ class WorkflowContext:
     ) -> tuple[PolicyDecision, GateRefused | None, int]:
         em = self.emitter
         if em.gate is not None:
-            q = em.gate.check(self.workflow_id)
+            q = em.gate.check(self.workflow_id, self.run_id)
             if q is not None:
                 why = f"workflow {self.workflow_id} is quarantined by {q.by}: {q.reason}"
                 return (PolicyDecision("deny", why, "quarantine"), WorkflowQuarantined(why), 0)

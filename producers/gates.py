@@ -127,6 +127,12 @@ class QuarantineState:
     reason: str
     by: str
     event_id: str | None
+    #: "run" quarantines only `run_id`; "workflow" and "tainted" stop every run (fail closed)
+    scope: str = "workflow"
+    run_id: str | None = None
+
+    def applies_to(self, run_id: str | None) -> bool:
+        return self.scope != "run" or run_id is None or run_id == self.run_id
 
 
 def parse_quarantine_value(workflow_id: str, value: bytes | None) -> QuarantineState | None:
@@ -149,6 +155,8 @@ def parse_quarantine_value(workflow_id: str, value: bytes | None) -> QuarantineS
         str(event.get("reason") or "quarantined"),
         str(event.get("by") or event.get("principal") or "?"),
         event.get("event_id"),
+        str(event.get("scope") or "workflow"),
+        event.get("run_id"),
     )
 
 
@@ -175,15 +183,17 @@ class QuarantineGate:
         self._thread = threading.Thread(target=self._run, name="wakeline-quarantine", daemon=True)
         self._thread.start()
 
-    def check(self, workflow_id: str) -> QuarantineState | None:
-        """The quarantine on `workflow_id`, if any. Waits for the first catch-up once."""
+    def check(self, workflow_id: str, run_id: str | None = None) -> QuarantineState | None:
+        """The quarantine on `workflow_id` (and `run_id`), if any. Waits for the first
+        catch-up once."""
         if not self._ready.is_set() and not self._ready.wait(self.startup_timeout_s):
             if self.fail_closed:
                 return QuarantineState(workflow_id, "quarantine state unknown", "gate", None)
             if not self._warned:
                 self._warned = True
                 log.warning("quarantine gate not caught up on %s; allowing calls", self.topic)
-        return self._state.get(workflow_id)
+        state = self._state.get(workflow_id)
+        return state if state is not None and state.applies_to(run_id) else None
 
     @property
     def ready(self) -> bool:

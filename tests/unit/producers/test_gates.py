@@ -103,3 +103,15 @@ def test_gate_without_broker_fails_open_by_default_and_closed_when_asked():
     finally:
         open_gate.close()
         closed_gate.close()
+
+
+def test_a_run_scoped_quarantine_stops_only_that_run():
+    gate = QuarantineGate.__new__(QuarantineGate)
+    gate._state = {}
+    gate._ready = __import__("threading").Event()
+    gate._ready.set()
+    gate.apply(b"wf-q", _event("Quarantine", scope="run", run_id="run-bad", reason="r", by="b"))
+    assert gate.check("wf-q", "run-bad") is not None
+    assert gate.check("wf-q", "run-good") is None
+    gate.apply(b"wf-q", _event("Quarantine", scope="tainted", run_id="run-bad", reason="r", by="b"))
+    assert gate.check("wf-q", "run-good") is not None  # tainted: every run, fail closed
