@@ -111,8 +111,8 @@ def run_verify(
 ) -> None:
     from wakeline.ledger.sources import verify_bundle, verify_store
 
-    if sum((bundle is not None, dsn is not None, from_kafka)) > 1:
-        _err("choose one source: --bundle, --dsn or --from-kafka", 2)
+    if bundle is not None and (dsn is not None or from_kafka):
+        _err("choose one source: --bundle, --dsn or --from-kafka (with --dsn for checkpoints)", 2)
     try:
         keys = _trusted_keys(trusted_key)
         pubs = _trusted_keys(public_key)
@@ -173,7 +173,11 @@ def _verify_options(fn: Callable) -> Callable:
             type=click.Path(path_type=Path, dir_okay=False),
             help="Verify an exported bundle file; needs no services.",
         ),
-        click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack)."),
+        click.option(
+            "--dsn",
+            help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack); with --from-kafka, "
+            "where the checkpoints are read.",
+        ),
         click.option(
             "--from-kafka",
             is_flag=True,
