@@ -27,8 +27,8 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool
 from pydantic import ConfigDict
 
-from wakeline.producers.emitter import WorkflowContext
 from wakeline.producers.registry import ToolRegistry, ToolSpec
+from wakeline.producers.workflow import WorkflowContext
 
 ContextSource = WorkflowContext | Callable[[], WorkflowContext]
 _NOT_ARGS = frozenset({"run_manager", "callbacks", "config"})

@@ -1,0 +1,455 @@
+"""One workflow run's context and one tool call's life: envelope, gates, intent, result.
+
+`WorkflowContext` holds who acts (workflow, run, agent, principal, tenant, boundary, causal
+parents, W3C trace context) and runs calls; `ToolCall` is one call between its intent and its
+result. Both are created through an `Emitter` (see `wakeline.producers.emitter`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from wakeline.producers.canonical import Canonical, canonical_result, canonicalise
+from wakeline.producers.errors import (
+    ApprovalRequired,
+    GateRefused,
+    LoopRefused,
+    MissingWorkflow,
+    PolicyDenied,
+    SdkError,
+    WorkflowQuarantined,
+)
+from wakeline.producers.gates import ALLOW_ALL, PolicyDecision, PolicyRequest, allow_all
+from wakeline.producers.registry import Durability, ToolSpec
+from wakeline.schemas import cloudevents_headers, encode_event, new_event_id
+
+if TYPE_CHECKING:
+    from wakeline.producers.emitter import Emitter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
+_SPAN_ID = re.compile(r"^[0-9a-f]{16}$")
+_ABORTS = (KeyboardInterrupt, SystemExit, GeneratorExit, asyncio.CancelledError)
+MAX_ERROR_MESSAGE = 2000
+
+
+def _require(name: str, value: Any, error: type[SdkError] = SdkError) -> str:
+    if not isinstance(value, str) or not value:
+        raise error(f"{name} is required (a non-empty string), got {value!r}")
+    return value
+
+
+class WorkflowContext:
+    """Who acts, in which workflow and run: the envelope of every event of its calls."""
+
+    def __init__(
+        self,
+        emitter: Emitter,
+        workflow_id: str | None,
+        *,
+        agent_id: str,
+        principal: str,
+        run_id: str | None = None,
+        tenant: str | None = None,
+        boundary: str | None = None,
+        step_id: str | None = None,
+        correlation_id: str | None = None,
+        parent_event_ids: Iterable[str] = (),
+        trace_id: str | None = None,
+        span_id: str | None = None,
+    ) -> None:
+        self.emitter = emitter
+        self.workflow_id = _require("workflow id", workflow_id, MissingWorkflow)
+        self.agent_id = _require("agent_id", agent_id)
+        self.principal = _require("principal", principal)
+        self.run_id = run_id or str(uuid.uuid4())
+        if trace_id is not None and (not _TRACE_ID.match(trace_id) or set(trace_id) == {"0"}):
+            raise SdkError(f"trace_id {trace_id!r} is not a W3C trace id (32 lowercase hex)")
+        if span_id is not None and (not _SPAN_ID.match(span_id) or set(span_id) == {"0"}):
+            raise SdkError(f"span_id {span_id!r} is not a W3C span id (16 lowercase hex)")
+        self.tenant = tenant
+        self.boundary = boundary
+        self.step_id = step_id
+        self.correlation_id = correlation_id
+        self.parent_event_ids = list(parent_event_ids)
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.key = self.workflow_id.encode()
+        #: the envelope fields every event of this context shares, in schema order
+        self._template: dict[str, Any] = {
+            "event_id": "",
+            "type": "",
+            "time": 0,
+            "source": emitter.source,
+            "workflow_id": self.workflow_id,
+            "run_id": self.run_id,
+            "step_id": step_id,
+            "agent_id": self.agent_id,
+            "tenant": tenant,
+            "boundary": boundary,
+            "parent_event_ids": [],
+            "correlation_id": correlation_id,
+            "principal": self.principal,
+            "trace_id": trace_id,
+            "span_id": span_id,
+        }
+        self.event_count = 0
+        self.last_event_id: str | None = None
+        self.sealed = False
+        self._lock = threading.Lock()
+
+    # -- events ---------------------------------------------------------------------------
+    def envelope(
+        self, type_name: str, *, step_id: str | None = None, parents: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        event = self._template.copy()
+        event["event_id"] = new_event_id()
+        event["type"] = type_name
+        event["time"] = time.time_ns() // 1000
+        if step_id is not None:
+            event["step_id"] = step_id
+        event["parent_event_ids"] = [*self.parent_event_ids, *parents]
+        return event
+
+    def _counted(self, event: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
+        value = encode_event(event)  # encode first: a bad event writes nothing
+        headers = cloudevents_headers(event)
+        with self._lock:
+            if self.sealed:
+                raise SdkError(f"workflow {self.workflow_id} run {self.run_id} is sealed")
+            self.event_count += 1
+            self.last_event_id = event["event_id"]
+        return value, headers
+
+    def emit(self, event: dict[str, Any], *, wait: bool = False) -> str:
+        """Encode and send one event of this run on the events topic; returns its id."""
+        value, headers = self._counted(event)
+        self.emitter.transport.send(self.emitter.events_topic, self.key, value, headers, wait=wait)
+        return event["event_id"]
+
+    async def aemit(self, event: dict[str, Any], *, wait: bool = False) -> str:
+        value, headers = self._counted(event)
+        await self.emitter.transport.send_async(
+            self.emitter.events_topic, self.key, value, headers, wait=wait
+        )
+        return event["event_id"]
+
+    def _alert(self, event: dict[str, Any]) -> None:
+        self.emit(event)
+        topic = self.emitter.alerts_topic
+        if topic is not None:
+            value, headers = self.emitter._frame(event)
+            self.emitter.transport.send(topic, self.key, value, headers, wait=False)
+
+    # -- the call path --------------------------------------------------------------------
+    def begin(
+        self,
+        tool: str | ToolSpec,
+        args: Mapping[str, Any] | None = None,
+        *,
+        parents: Iterable[str] = (),
+        step_id: str | None = None,
+        durability: Durability | None = None,
+    ) -> ToolCall:
+        """Gates, then the intent (acknowledged first when strict). Refusals raise."""
+        call = self._prepare(tool, args, parents, step_id, durability)
+        self.emit(call.intent, wait=call.strict)
+        if call.refusal is not None:
+            call._refuse()
+        return call
+
+    async def abegin(
+        self,
+        tool: str | ToolSpec,
+        args: Mapping[str, Any] | None = None,
+        *,
+        parents: Iterable[str] = (),
+        step_id: str | None = None,
+        durability: Durability | None = None,
+    ) -> ToolCall:
+        call = self._prepare(tool, args, parents, step_id, durability)
+        await self.aemit(call.intent, wait=call.strict)
+        if call.refusal is not None:
+            call._refuse()
+        return call
+
+    def call(
+        self,
+        tool: str | ToolSpec,
+        fn: Callable[..., T],
+        args: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> T:
+        """Run `fn(**args)` as an audited tool call; returns what it returns."""
+        call = self.begin(tool, args, **options)
+        started = time.perf_counter_ns()
+        try:
+            result = fn(**call.args)
+        except BaseException as e:
+            call.fail(e, (time.perf_counter_ns() - started) // 1000)
+            raise
+        call.ok(result, (time.perf_counter_ns() - started) // 1000)
+        return result
+
+    async def acall(
+        self,
+        tool: str | ToolSpec,
+        fn: Callable[..., Awaitable[T] | T],
+        args: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> T:
+        """Async twin of `call`: `fn` may be a coroutine function or a plain one."""
+        call = await self.abegin(tool, args, **options)
+        started = time.perf_counter_ns()
+        try:
+            result = fn(**call.args)
+            if inspect.isawaitable(result):
+                result = await result
+        except BaseException as e:
+            call.fail(e, (time.perf_counter_ns() - started) // 1000)
+            raise
+        call.ok(result, (time.perf_counter_ns() - started) // 1000)
+        return result  # type: ignore[return-value]
+
+    def complete_workflow(self, outcome: str | None = None, *, wait: bool = True) -> str:
+        """Seal this run: `WorkflowCompleted` counting the run's events before it.
+
+        Call it after every call of the run has returned: the count and `last_event_id`
+        are of the events this context emitted, in the order it sent them.
+        """
+        event = self.envelope("WorkflowCompleted")
+        with self._lock:
+            if self.sealed:
+                raise SdkError(f"workflow {self.workflow_id} run {self.run_id} is sealed")
+            event["event_count"] = self.event_count
+            event["last_event_id"] = self.last_event_id
+            event["outcome"] = outcome
+            value, headers = self.emitter._frame(event)
+            self.sealed = True
+        self.emitter.transport.send(self.emitter.events_topic, self.key, value, headers, wait=wait)
+        return event["event_id"]
+
+    def _prepare(
+        self,
+        tool: str | ToolSpec,
+        args: Mapping[str, Any] | None,
+        parents: Iterable[str],
+        step_id: str | None,
+        durability: Durability | None,
+    ) -> ToolCall:
+        if self.sealed:
+            raise SdkError(f"workflow {self.workflow_id} run {self.run_id} is sealed")
+        em = self.emitter
+        spec = tool if isinstance(tool, ToolSpec) else em.registry.get(tool)
+        args = {} if args is None else args
+        canonical = canonicalise(
+            args, redact=spec.redact, digest_only=spec.digest_only, max_bytes=em.max_payload_bytes
+        )
+        reads = spec.resources_read(args)
+        writes = spec.resources_written(args)
+        decision, refusal, loop_count = self._gates(spec, args, canonical)
+        mode = durability or spec.effective_durability
+        intent = self.envelope("ToolIntent", step_id=step_id, parents=parents)
+        intent.update(
+            tool=spec.name,
+            args=canonical.text,
+            args_digest=canonical.digest,
+            resources_read=reads,
+            resources_written=writes,
+            reversibility=spec.reversibility,
+            impact=spec.impact,
+            compensation=spec.compensation,
+            policy_decision=decision.outcome,
+            policy_reason=_reason(decision),
+            durability=mode,
+            redacted_fields=spec.redacted_fields,
+        )
+        return ToolCall(
+            self, spec, args, canonical, intent, mode == "strict", step_id, refusal, loop_count
+        )
+
+    def _gates(
+        self, spec: ToolSpec, args: Mapping[str, Any], canonical: Canonical
+    ) -> tuple[PolicyDecision, GateRefused | None, int]:
+        em = self.emitter
+        if em.gate is not None:
+            q = em.gate.check(self.workflow_id, self.run_id)
+            if q is not None:
+                why = f"workflow {self.workflow_id} is quarantined by {q.by}: {q.reason}"
+                return (PolicyDecision("deny", why, "quarantine"), WorkflowQuarantined(why), 0)
+        if em.loop_guard is not None:
+            verdict = em.loop_guard.check(self.agent_id, spec.name, canonical.digest)
+            if not verdict.allowed:
+                why = (
+                    f"{spec.name} called with the same arguments {verdict.count} times "
+                    f"within {em.loop_guard.window_s:g}s by agent {self.agent_id}"
+                )
+                count = verdict.count if verdict.alert else -verdict.count
+                return PolicyDecision("deny", why, "loop-guard"), LoopRefused(why), count
+        if em.policy is allow_all:  # the default: no request object to build
+            return ALLOW_ALL, None, 0
+        decision = em.policy(
+            PolicyRequest(
+                spec,
+                args,
+                canonical.text,
+                canonical.digest,
+                self.workflow_id,
+                self.agent_id,
+                self.principal,
+                self.tenant,
+                self.boundary,
+            )
+        )
+        if decision.outcome == "deny":
+            return (
+                decision,
+                PolicyDenied(f"policy {decision.policy} denied {spec.name}: {decision.reason}"),
+                0,
+            )
+        if decision.outcome == "require_approval":
+            return (
+                decision,
+                ApprovalRequired(
+                    f"policy {decision.policy} requires approval for {spec.name} "
+                    f"({decision.reason}); approvals are not available in this SDK version, "
+                    "so the call is refused"
+                ),
+                0,
+            )
+        return decision, None, 0
+
+
+class ToolCall:
+    """One call between its intent and its result. `ok`/`fail`/`abort` emit the result."""
+
+    __slots__ = (
+        "ctx",
+        "spec",
+        "args",
+        "canonical",
+        "intent",
+        "strict",
+        "step_id",
+        "refusal",
+        "loop_count",
+        "done",
+    )
+
+    def __init__(
+        self,
+        ctx: WorkflowContext,
+        spec: ToolSpec,
+        args: Mapping[str, Any],
+        canonical: Canonical,
+        intent: dict[str, Any],
+        strict: bool,
+        step_id: str | None,
+        refusal: GateRefused | None,
+        loop_count: int,
+    ) -> None:
+        self.ctx = ctx
+        self.spec = spec
+        self.args = args
+        self.canonical = canonical
+        self.intent = intent
+        self.strict = strict
+        self.step_id = step_id
+        self.refusal = refusal
+        self.loop_count = loop_count
+        self.done = False
+
+    @property
+    def intent_id(self) -> str:
+        return self.intent["event_id"]
+
+    def _result(self, status: str, duration_us: int = 0, **fields: Any) -> str:
+        if self.done:
+            raise SdkError(f"tool call {self.intent_id} already has a result")
+        self.done = True
+        event = self.ctx.envelope("ToolResult", step_id=self.step_id)
+        event.update(intent_id=self.intent_id, status=status, duration_us=duration_us, **fields)
+        return self.ctx.emit(event)
+
+    def ok(self, result: Any = None, duration_us: int = 0) -> str:
+        spec = self.spec
+        canonical = canonical_result(result, max_bytes=self.ctx.emitter.max_payload_bytes)
+        summary = ids = None
+        try:
+            if spec.summarise is not None:
+                summary = str(spec.summarise(result))[:MAX_ERROR_MESSAGE]
+            if spec.external_ids is not None:
+                ids = {str(k): str(v) for k, v in dict(spec.external_ids(result)).items()}
+        except Exception:  # noqa: BLE001 - the tool ran; never lose its result over a summary
+            log.exception(
+                "tool %s: summarise/external_ids failed (intent %s)", spec.name, self.intent_id
+            )
+        return self._result(
+            "ok",
+            duration_us,
+            result_digest=None if canonical is None else canonical.digest,
+            result_summary=summary,
+            external_ids=ids or {},
+        )
+
+    def fail(self, error: BaseException, duration_us: int = 0) -> str:
+        status = "aborted" if isinstance(error, _ABORTS) else "error"
+        return self._result(
+            status,
+            duration_us,
+            error_type=_type_name(error),
+            error_message=str(error)[:MAX_ERROR_MESSAGE],
+        )
+
+    def abort(self, reason: str = "aborted") -> str:
+        return self._result("aborted", error_type="Aborted", error_message=reason)
+
+    def _refuse(self) -> None:
+        refusal = self.refusal
+        assert refusal is not None
+        refusal.intent_id = self.intent_id
+        self._result(
+            "denied",
+            error_type=type(refusal).__name__,
+            error_message=str(refusal)[:MAX_ERROR_MESSAGE],
+        )
+        if isinstance(refusal, LoopRefused) and self.loop_count > 0:
+            guard = self.ctx.emitter.loop_guard
+            alert = self.ctx.envelope("Alert", step_id=self.step_id)
+            alert.update(
+                kind="runaway_loop",
+                severity="warning",
+                detail=str(refusal),
+                detector="sdk-loop-guard",
+                related_event_ids=[self.intent_id],
+                attributes={
+                    "tool": self.spec.name,
+                    "args_digest": self.canonical.digest.hex(),
+                    "count": str(self.loop_count),
+                    "max_repeats": str(guard.max_repeats),
+                    "window_s": f"{guard.window_s:g}",
+                },
+            )
+            self.ctx._alert(alert)
+        raise refusal
+
+
+def _reason(decision: PolicyDecision) -> str:
+    if decision.reason:
+        return f"{decision.policy}: {decision.reason}"
+    return decision.policy
+
+
+def _type_name(error: BaseException) -> str:
+    cls = type(error)
+    return cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
