@@ -80,6 +80,7 @@ def _verify_stream(
     chunk: int,
 ) -> VerifyReport:
     v = LedgerVerifier(trusted_keys=trusted_keys, decode=decode, progress=progress)  # type: ignore[arg-type]
+    v.keys_are_evidence = True
     counts = dict.fromkeys((KEY, SCHEMA, SEGMENT, ENTRY, CHECKPOINT), 0)
     stage = -1
     complete = False

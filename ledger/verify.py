@@ -20,7 +20,7 @@ from typing import Any
 from wakeline.errors import LedgerError
 
 from .checkpoints import Verifier as KeyVerifier
-from .checkpoints import open_note, parse_body, parse_vkey
+from .checkpoints import open_note, parse_body, parse_vkey, split_note
 from .errors import FormatError, SignatureError
 from .hashing import HashSuite, suite_named
 from .merkle import MerkleTree, perfect_levels, root_from_levels
@@ -90,6 +90,9 @@ class LedgerVerifier:
             self._stats[k] = 0
         self._stats["schemas"] = 0
         self._stopped = False
+        #: a bundle's keys are evidence too: each must have signed one of its checkpoints
+        self.keys_are_evidence = False
+        self._used_keys: set[str] = set()
 
     # ------------------------------------------------------------------ findings
 
@@ -409,6 +412,7 @@ class LedgerVerifier:
         try:
             body, _ = open_note(note, keys)
             cp = parse_body(body)
+            self._note_signers(note, body)
         except SignatureError as e:
             self.fail(TAMPERED, "checkpoint.signature", str(e), field=f"checkpoint #{idx}")
             return
@@ -515,11 +519,30 @@ class LedgerVerifier:
                 )
         self._checkpoint = cp
 
+    def _note_signers(self, note: bytes, body: bytes) -> None:
+        """Record which carried keys signed this note (each key is checked until it has)."""
+        sigs = split_note(note)[1]
+        for k in self._bundle_keys:
+            vkey = k.vkey()
+            if vkey in self._used_keys:
+                continue
+            if any(n == k.name and r[:4] == k.key_id and k.verify(body, r[4:]) for n, r in sigs):
+                self._used_keys.add(vkey)
+
     def finish(self, *, complete: bool = True) -> VerifyReport:
         """End of input; `complete` is False when the source stopped short (truncation)."""
         r = self.report
         keys = self._pinned or self._bundle_keys
         r.trusted_keys = [k.vkey() for k in keys]
+        if self.keys_are_evidence and complete and self._checkpoint is not None:
+            for k in self._bundle_keys:
+                if k.vkey() not in self._used_keys:
+                    self.fail(
+                        TAMPERED,
+                        "key.unused",
+                        "the input carries a public key that signed none of its checkpoints",
+                        found=k.vkey(),
+                    )
         if not self._pinned:
             r.warnings.append(
                 "no pinned keys: checkpoint signatures were checked against the keys the input "

@@ -292,3 +292,11 @@ def test_flips_outside_segments_are_caught_by_their_own_checks(data, mask) -> No
     r = verify(flip(sound()[0], pos, mask))
     assert r.verdict in {"tampered", "unusable"}
     assert r.first.check in expect[kind], (kind, r.first.check)
+
+
+def test_a_swapped_public_key_is_caught_even_with_pinned_keys() -> None:
+    key = of_kind(KEY)[0]
+    stranger = generate_signer(ORIGIN).verifier.vkey().encode()
+    assert first(_replace(key, stranger)) == ("tampered", "key.unused")
+    r = verify_bundle(io.BytesIO(_replace(key, stranger)))  # unpinned: signatures fail first
+    assert (r.verdict, r.first.check) == ("tampered", "checkpoint.signature")
