@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 from .bundle import BundleWriter
 from .checkpoints import Checkpoint, PartitionHead, Signer, open_note, parse_body, sign_note
 from .checkpoints import split_note as _split
-from .errors import FormatError, ProofError
+from .errors import FormatError, ProofError, SignatureError
 from .hashing import suite_named
 from .proofs import inclusion_proof, verify_inclusion
 from .records import parse_leaf
@@ -71,8 +71,9 @@ def export_bundle(
     if schemas is None:
         schemas = _packaged_schemas()
     counts = {"segments": 0, "entries": 0, "checkpoints": 0}
+    keys = _signing_keys(store, public_keys)
     with BundleWriter(out, origin or store_origin, suite) as w:
-        for k in public_keys:
+        for k in keys:
             w.key(k)
         for fp, pcf in schemas:
             w.schema(fp, pcf)
@@ -89,6 +90,26 @@ def export_bundle(
             w.checkpoint(note)
             counts["checkpoints"] += 1
     return counts
+
+
+def _signing_keys(store: LedgerStore, public_keys: Sequence[str]) -> list[str]:
+    """Those of `public_keys` that signed at least one of the store's checkpoints: a bundle
+    carries exactly the keys its notes are signed with (docs/ledger-format.md §7)."""
+    from .checkpoints import parse_vkey
+
+    pending = {k: parse_vkey(k) for k in public_keys}
+    used: list[str] = []
+    for note in store.checkpoints():
+        if not pending:
+            break
+        for text, v in list(pending.items()):
+            try:
+                open_note(note, [v])
+            except (SignatureError, FormatError):
+                continue
+            used.append(text)
+            del pending[text]
+    return [k for k in public_keys if k in used]
 
 
 def _packaged_schemas() -> list[tuple[bytes, str]]:

@@ -409,6 +409,11 @@ class LedgerVerifier:
         self._stats["checkpoints"] += 1
         idx = self._stats["checkpoints"] - 1
         keys = self._pinned or self._bundle_keys
+        if not keys:
+            if "checkpoint.keys" not in self.report.checks():
+                self.fail(UNUSABLE, "checkpoint.keys", "no public key to check checkpoint "
+                          "signatures with; pass --trusted-key")  # fmt: skip
+            return
         try:
             body, _ = open_note(note, keys)
             cp = parse_body(body)

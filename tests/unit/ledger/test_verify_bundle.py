@@ -99,3 +99,20 @@ def test_findings_are_capped_but_counted() -> None:
     assert len(r.findings) == 100
     assert len(r.findings) + r.suppressed >= len(entries)
     assert r.to_dict()["findings_not_listed"] == r.suppressed
+
+
+def test_export_keeps_only_keys_that_signed_and_no_key_at_all_is_unusable() -> None:
+    from wakeline.ledger.checkpoints import generate_signer
+    from wakeline.ledger.service import export_bundle
+
+    led = build_ledger(workflow_events(2))
+    stranger = generate_signer("someone-else").verifier.vkey()
+    out = io.BytesIO()
+    export_bundle(led.store, out, public_keys=[stranger, led.vkey])
+    r = verify_bundle(io.BytesIO(out.getvalue()))
+    assert r.ok and r.trusted_keys == [led.vkey]
+    bare = io.BytesIO()
+    export_bundle(led.store, bare, public_keys=[stranger])
+    r = verify_bundle(io.BytesIO(bare.getvalue()))
+    assert (r.verdict, r.first.check) == ("unusable", "checkpoint.keys")
+    assert verify_bundle(io.BytesIO(bare.getvalue()), trusted_keys=[led.vkey]).ok
