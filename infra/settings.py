@@ -35,6 +35,13 @@ KNOWN_VARIABLES = frozenset(
         "WAKELINE_KAFKA_CONFIG",
         "WAKELINE_SIGNING_KEY",
         "WAKELINE_LOG_LEVEL",
+        # the ledger builder (wakeline.processors.settings.BuilderSettings)
+        "WAKELINE_BUILDER_GROUP",
+        "WAKELINE_BUILDER_BATCH",
+        "WAKELINE_SEGMENT_MAX_LEAVES",
+        "WAKELINE_SEGMENT_MAX_AGE_MS",
+        "WAKELINE_CHECKPOINT_INTERVAL_S",
+        "WAKELINE_HASH_SUITE",
     }
 )
 

@@ -69,3 +69,18 @@ def test_missing_java_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_pinned_kafka_is_4x() -> None:
     assert stack.kafka_version_pinned().startswith("4.")
+
+
+def test_every_variable_the_code_reads_is_known() -> None:
+    """A variable read somewhere but missing from KNOWN_VARIABLES would be refused as a typo."""
+    import re
+
+    from wakeline.infra.settings import KNOWN_VARIABLES
+
+    repo = Path(__file__).resolve().parents[3]
+    read: set[str] = set()
+    folders = ("wakeline", "infra", "schemas", "ledger", "producers", "processors", "compensator")
+    for folder in (*folders, "cli"):
+        for f in (repo / folder).rglob("*.py"):
+            read |= set(re.findall(r"WAKELINE_[A-Z0-9_]*[A-Z0-9]", f.read_text()))
+    assert read - KNOWN_VARIABLES == set()
