@@ -273,12 +273,28 @@ def export_cmd(output: Path, dsn: str | None, public_key: tuple[str, ...], as_js
     help="Instead: check a proof document written by this command.",
 )  # fmt: skip
 @click.option("--trusted-key", multiple=True, help="Verifier key(s) for --check.")
+@click.option(
+    "--consistency", "old_note", type=click.Path(path_type=Path, dir_okay=False),
+    help="Instead: prove that this older signed checkpoint (a note file) is a prefix of the "
+    "newest one.",
+)  # fmt: skip
 def proof_cmd(
-    event_id: str | None, dsn: str | None, check_file: Path | None, trusted_key: tuple[str, ...]
+    event_id: str | None,
+    dsn: str | None,
+    check_file: Path | None,
+    trusted_key: tuple[str, ...],
+    old_note: Path | None,
 ) -> None:
     """Print an inclusion proof of EVENT_ID against a signed checkpoint, as JSON a third
-    party can check (with `--check`, or from docs/ledger-format.md §Event proof)."""
-    from wakeline.ledger.service import check_event_proof, event_proof
+    party can check (with `--check`, or from docs/ledger-format.md §8); or, with
+    `--consistency OLD`, consistency proofs from an older checkpoint to the newest."""
+    from wakeline.ledger.service import (
+        CONSISTENCY_FORMAT,
+        check_checkpoint_consistency,
+        check_event_proof,
+        checkpoint_consistency,
+        event_proof,
+    )
 
     if check_file is not None:
 
@@ -290,7 +306,10 @@ def proof_cmd(
                 doc = json.loads(check_file.read_text())
             except (OSError, ValueError) as e:
                 raise ConfigError(f"cannot read proof {check_file}: {e}") from e
-            check_event_proof(doc, keys)
+            if isinstance(doc, dict) and doc.get("format") == CONSISTENCY_FORMAT:
+                check_checkpoint_consistency(doc, keys)
+            else:
+                check_event_proof(doc, keys)
 
         try:
             check()
@@ -300,12 +319,18 @@ def proof_cmd(
             _err(f"proof does not verify: {e}", 10)
         click.echo("proof verifies")
         return
-    if not event_id:
-        _err("give an EVENT_ID (or --check FILE)", 2)
+    if not event_id and old_note is None:
+        _err("give an EVENT_ID (or --consistency OLD_NOTE, or --check FILE)", 2)
     from wakeline.ledger.store_postgres import PostgresLedgerStore
 
     def go() -> dict[str, Any]:
         with PostgresLedgerStore(_dsn(dsn)) as store:
+            if old_note is not None:
+                try:
+                    note = old_note.read_bytes()
+                except OSError as e:
+                    raise ConfigError(f"cannot read {old_note}: {e.strerror}") from e
+                return checkpoint_consistency(store, note)
             return event_proof(store, event_id)  # type: ignore[arg-type]
 
     click.echo(json.dumps(_guard(go), indent=2))

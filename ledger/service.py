@@ -12,7 +12,7 @@ from .checkpoints import Checkpoint, PartitionHead, Signer, open_note, parse_bod
 from .checkpoints import split_note as _split
 from .errors import FormatError, ProofError, SignatureError
 from .hashing import suite_named
-from .proofs import inclusion_proof, verify_inclusion
+from .proofs import consistency_proof, inclusion_proof, verify_consistency, verify_inclusion
 from .records import parse_leaf
 from .sources import store_identity
 from .store import LedgerStore
@@ -186,3 +186,75 @@ def check_event_proof(doc: dict[str, Any], trusted_keys: Sequence[str]) -> None:
     if head is None:
         raise ProofError(f"checkpoint has no partition {record.partition}")
     verify_inclusion(suite, index, head.tree_size, suite.leaf_hash(leaf), proof, head.root)
+
+
+CONSISTENCY_FORMAT = "wakeline-consistency/v1"
+
+
+def checkpoint_consistency(store: LedgerStore, old_note: bytes) -> dict[str, Any]:
+    """Proofs that the checkpoint an auditor holds (`old_note`) is a prefix of the store's
+    newest one: per partition, an RFC 6962 consistency proof between the two tree sizes."""
+    new_note = store.latest_checkpoint()
+    if new_note is None:
+        raise ProofError("the ledger has no checkpoint yet")
+    old = parse_body(_split(old_note)[0])
+    new = parse_body(_split(new_note)[0])
+    suite = suite_named(new.suite)
+    parts = []
+    for head in old.heads:
+        now = new.head(head.partition)
+        if now is None:
+            raise ProofError(f"newest checkpoint has no partition {head.partition}")
+        proof: list[bytes] = []
+        if 0 < head.tree_size < now.tree_size:
+            hashes = store.leaf_hashes(head.partition, now.tree_size)
+            proof = consistency_proof(suite, hashes, head.tree_size, now.tree_size)
+        parts.append(
+            {
+                "partition": head.partition,
+                "size1": head.tree_size,
+                "size2": now.tree_size,
+                "proof": [_b64(h) for h in proof],
+            }
+        )
+    return {
+        "format": CONSISTENCY_FORMAT,
+        "old_checkpoint": old_note.decode("utf-8"),
+        "new_checkpoint": new_note.decode("utf-8"),
+        "partitions": parts,
+    }
+
+
+def check_checkpoint_consistency(doc: dict[str, Any], trusted_keys: Sequence[str]) -> None:
+    """Check a document made by `checkpoint_consistency`: both notes signed by a trusted
+    key, same origin and suite, and every partition's consistency proof verifies."""
+    from .checkpoints import parse_vkey
+
+    if doc.get("format") != CONSISTENCY_FORMAT:
+        raise FormatError(f"format {doc.get('format')!r}, want {CONSISTENCY_FORMAT!r}")
+    keys = [parse_vkey(k) for k in trusted_keys]
+    try:
+        old = parse_body(open_note(doc["old_checkpoint"].encode("utf-8"), keys)[0])
+        new = parse_body(open_note(doc["new_checkpoint"].encode("utf-8"), keys)[0])
+        parts = {int(p["partition"]): p for p in doc["partitions"]}
+        proofs = {
+            n: [base64.b64decode(h, validate=True) for h in p["proof"]] for n, p in parts.items()
+        }
+    except (KeyError, ValueError, TypeError) as e:
+        raise FormatError(f"consistency document is malformed: {e}") from e
+    if (old.origin, old.suite) != (new.origin, new.suite):
+        raise ProofError("the two checkpoints are of different logs or suites")
+    suite = suite_named(new.suite)
+    for head in old.heads:
+        now = new.head(head.partition)
+        if now is None or head.partition not in parts:
+            raise ProofError(f"partition {head.partition} is missing from the newer checkpoint")
+        if now.tree_size < head.tree_size:
+            raise ProofError(
+                f"partition {head.partition} shrank: {head.tree_size} -> {now.tree_size}"
+            )
+        if head.tree_size == 0:
+            continue
+        verify_consistency(
+            suite, head.tree_size, now.tree_size, proofs[head.partition], head.root, now.root
+        )

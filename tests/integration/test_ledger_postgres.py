@@ -182,5 +182,21 @@ def test_cli_checkpoint_verify_export_and_proof_against_postgres(fresh_dsn, tmp_
     res = run(ledger, ["proof", "--check", str(proof), "--trusted-key", vkey])
     assert res.exit_code == 0, res.output
 
+    first_note = tmp_path / "first.note"
+    first_note.write_text(
+        json.loads(
+            run(
+                ledger, ["checkpoint", "--dsn", fresh_dsn, "--key", str(key), "--force", "--json"]
+            ).output
+        )["note"]
+    )
+    res = run(ledger, ["checkpoint", "--dsn", fresh_dsn, "--key", str(key), "--force"])
+    assert res.exit_code == 0, res.output
+    res = run(ledger, ["proof", "--consistency", str(first_note), "--dsn", fresh_dsn])
+    assert res.exit_code == 0, res.output
+    proof.write_text(res.output)
+    res = run(ledger, ["proof", "--check", str(proof), "--trusted-key", vkey])
+    assert res.exit_code == 0, res.output
+
     res = run(ledger_verify_main, ["--dsn", "postgresql://nobody@/nowhere?host=/nonexistent"])
     assert res.exit_code == 12

@@ -76,3 +76,40 @@ def test_any_splice_fails_verification_without_crashing(at: int, cut: int, inser
     r = verify_bundle(io.BytesIO(mutated), trusted_keys=[_LEDGER.vkey])
     assert r.verdict != "sound"
     assert r.first is not None and r.exit_code in (10, 11, 12)
+
+
+def test_an_old_checkpoint_is_proven_a_prefix_of_the_newest() -> None:
+    from wakeline.ledger.service import check_checkpoint_consistency, checkpoint_consistency
+
+    led = build_ledger(workflow_events(6), checkpoint_every=1)
+    notes = list(led.store.checkpoints())
+    for old in (notes[0], notes[len(notes) // 2], notes[-1]):
+        doc = checkpoint_consistency(led.store, old)
+        check_checkpoint_consistency(json.loads(json.dumps(doc)), [led.vkey])
+    doc = checkpoint_consistency(led.store, notes[1])
+    moved = [p for p in doc["partitions"] if p["proof"]]
+    assert moved, "some partition grew after the second checkpoint"
+    bad = json.loads(json.dumps(doc))
+    target = next(p for p in bad["partitions"] if p["proof"])
+    target["proof"][0] = target["proof"][-1] if len(target["proof"]) > 1 else "A" * 43 + "="
+    with pytest.raises(ProofError):
+        check_checkpoint_consistency(bad, [led.vkey])
+    with pytest.raises(SignatureError):
+        check_checkpoint_consistency(doc, [generate_signer("x").verifier.vkey()])
+
+
+def test_the_cli_checks_a_consistency_document(tmp_path) -> None:
+    from wakeline.cli.ledger import ledger
+    from wakeline.ledger.service import checkpoint_consistency
+
+    led = build_ledger(workflow_events(4), checkpoint_every=1)
+    doc = checkpoint_consistency(led.store, next(led.store.checkpoints()))
+    path = tmp_path / "consistency.json"
+    path.write_text(json.dumps(doc))
+    res = CliRunner().invoke(ledger, ["proof", "--check", str(path), "--trusted-key", led.vkey])
+    assert res.exit_code == 0, res.output
+    doc["partitions"][0]["size2"] = 1  # ignored: sizes come from the signed notes
+    doc["old_checkpoint"] = doc["old_checkpoint"].replace("seq 0", "seq 9")
+    path.write_text(json.dumps(doc))
+    res = CliRunner().invoke(ledger, ["proof", "--check", str(path), "--trusted-key", led.vkey])
+    assert res.exit_code == 10
