@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -88,3 +89,60 @@ def test_ids_are_unique_across_threads() -> None:
     assert len(set(everything)) == len(everything)
     for slot in out:
         assert slot == sorted(slot)
+
+
+def _reference_text(unix_ms: int, counter: int, tail: int) -> str:
+    """The layout spelled out bit by bit (RFC 9562 §5.7), as the first version built it."""
+    value = (
+        (unix_ms & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76
+        | (counter >> 30) << 64
+        | 0b10 << 62
+        | (counter & 0x3FFF_FFFF) << 32
+        | tail
+    )
+    return str(uuid.UUID(int=value))
+
+
+@pytest.mark.parametrize(
+    ("unix_ms", "counter", "tail"),
+    [
+        (0, 0, 0),
+        (1_700_000_000_123, 1, 0xFFFF_FFFF),
+        (1_700_000_000_123, (1 << 41) + 12345, 0x0000_0001),
+        ((1 << 48) - 1, codec_module._COUNTER_MAX, 0xDEAD_BEEF),
+        (0x0123_4567_89AB, 0x2AA_AAAA_AAAA, 0x5555_5555),
+    ],
+)
+def test_fast_text_matches_the_bit_layout(unix_ms: int, counter: int, tail: int) -> None:
+    assert codec_module._format(unix_ms, counter, tail) == _reference_text(unix_ms, counter, tail)
+
+
+def test_buffered_randomness_is_consumed_not_repeated(restore_id_state: None) -> None:
+    """Across buffer refills every id's random tail is fresh (no slice handed out twice)."""
+    n = 3 * codec_module._RANDOM_BYTES // 4  # several refills of the buffer
+    ids = [new_event_id() for _ in range(n)]
+    tails = [i[-8:] for i in ids]
+    assert len(set(tails)) > n * 0.99  # 32 random bits: a handful of collisions at most
+    assert ids == sorted(ids)
+    assert all(uuid.UUID(i).version == 7 for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_reuse_the_parents_random_bytes() -> None:
+    new_event_id()  # the parent's buffer now holds unread random bytes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next ids, then leave without running pytest's atexit
+        try:
+            os.write(write, ",".join(new_event_id() for _ in range(50)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = f.read().split(",")
+    os.waitpid(pid, 0)
+    parent = [new_event_id() for _ in range(50)]
+    assert len(child) == 50
+    # same buffer position, same bytes would give equal tails; fresh bytes do not
+    assert not {i[-8:] for i in child} & {i[-8:] for i in parent}
