@@ -58,6 +58,18 @@ class SealedSegment:
     stored: bool  # False when the store already held this exact segment
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A closed segment not yet stored."""
+
+    header: SegmentHeader
+    entries: list[Entry]
+    frontier: list[bytes]
+    items: list[Ingested]
+    leaf_hashes: list[bytes]
+    state: _Partition
+
+
 @dataclass
 class _Partition:
     chain: PartitionChain
@@ -90,6 +102,9 @@ class LedgerBuilder:
         self.clock = clock
         self._parts: dict[int, _Partition] = {}
         self.skipped_duplicates = 0
+        #: called before re-delivered records are checked against the store, so segments
+        #: prepared but still being persisted elsewhere (the persister thread) are stored
+        self.before_store_check: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ assignment
 
@@ -169,6 +184,8 @@ class LedgerBuilder:
                     "from the one read before"
                 )
         if stored:
+            if self.before_store_check is not None:
+                self.before_store_check()
             found = self._stored_leaf_hashes(partition, [r.offset for r in stored])
             for r in stored:
                 want = found.get(r.offset)
@@ -226,37 +243,61 @@ class LedgerBuilder:
     def pending_count(self) -> int:
         return sum(len(s.pending) for s in self._parts.values())
 
-    def seal(self, partitions: Iterable[int] | None = None) -> list[SealedSegment]:
-        """Seal and persist the pending records of `partitions` (default: every due one).
-
-        A partition whose segment the store refuses (ChainConflict: another worker wrote it)
-        is reloaded from the store; its pending records are dropped, and the caller must
-        seek it to `next_offset(partition)`. Such partitions are in `self.reloaded`.
-        """
-        self.reloaded: list[int] = []
-        out: list[SealedSegment] = []
+    def prepare(self, partitions: Iterable[int] | None = None) -> list[Prepared]:
+        """Close segments over the pending records of `partitions` (default: every due one)
+        without storing them: the chains advance in memory and the caller must `persist`
+        each result in order (or, on any failure, reload the partitions from the store)."""
+        out: list[Prepared] = []
         for p in list(self.due() if partitions is None else partitions):
             state = self._parts.get(p)
             if state is None or not state.pending:
                 continue
             pending, state.pending = state.pending, []
-            try:
-                for start in range(0, len(pending), self.max_leaves):
-                    out.append(self._persist(state, pending[start : start + self.max_leaves]))
-            except ChainConflict as e:
-                log.warning("segment refused, reloading partition=%d reason=%s", p, e)
-                self._parts[p] = self._load(p)
-                self.reloaded.append(p)
-            except BaseException:
-                # the chain may be ahead of the store now: rebuild it from the store later
-                self._parts.pop(p, None)
-                raise
+            for start in range(0, len(pending), self.max_leaves):
+                out.append(self._prepare(state, pending[start : start + self.max_leaves]))
         return out
 
-    def _persist(self, state: _Partition, items: list[Ingested]) -> SealedSegment:
+    def persist(self, prep: Prepared, store: LedgerStore | None = None) -> SealedSegment:
+        """Store one prepared segment (entries, header, frontier: one transaction)."""
+        h = prep.header
+        stored = (store or self.store).append_segment(h, prep.entries, prep.frontier)
+        prep.state.stored_next = h.last_offset + 1
+        return SealedSegment(h, prep.items, prep.leaf_hashes, time.time_ns() // 1000, stored)
+
+    def seal(self, partitions: Iterable[int] | None = None) -> list[SealedSegment]:
+        """Prepare and persist the pending records of `partitions` (default: every due one).
+
+        A partition whose segment the store refuses (ChainConflict: another worker wrote it)
+        is reloaded from the store; its pending records are dropped, and the caller must
+        seek it to `next_offset(partition)`. Such partitions are in `self.reloaded`. On any
+        other failure the partitions concerned are forgotten and must be assigned again.
+        """
+        self.reloaded: list[int] = []
+        out: list[SealedSegment] = []
+        preps = self.prepare(partitions)
+        failed: set[int] = set()
+        try:
+            for prep in preps:
+                p = prep.header.partition
+                if p in failed:
+                    continue
+                try:
+                    out.append(self.persist(prep))
+                except ChainConflict as e:
+                    log.warning("segment refused, reloading partition=%d reason=%s", p, e)
+                    failed.add(p)
+                    self._parts[p] = self._load(p)
+                    self.reloaded.append(p)
+        except BaseException:
+            # chains may be ahead of the store now: rebuild them from the store later
+            for prep in preps:
+                self._parts.pop(prep.header.partition, None)
+            raise
+        return out
+
+    def _prepare(self, state: _Partition, items: list[Ingested]) -> Prepared:
         chain = state.chain
-        leaves = [i.leaf for i in items]
-        header, hashes = chain.seal(leaves)
+        header, hashes = chain.seal([i.leaf for i in items])
         first = header.first_leaf_index
         entries = [
             Entry(
@@ -265,6 +306,4 @@ class LedgerBuilder:
             )
             for n, (i, h) in enumerate(zip(items, hashes, strict=True))
         ]  # fmt: skip
-        stored = self.store.append_segment(header, entries, list(chain.tree.nodes))
-        state.stored_next = header.last_offset + 1
-        return SealedSegment(header, items, hashes, time.time_ns() // 1000, stored)
+        return Prepared(header, entries, list(chain.tree.nodes), items, hashes, state)

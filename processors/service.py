@@ -2,9 +2,10 @@
 
 One loop, on its own thread inside the faust worker (see app.py):
 
-    consume(batch) -> builder.add -> builder.seal (PostgreSQL transaction per segment)
-        -> publish the segment headers, wait for the broker
-        -> record the publication -> commit the consumer offsets
+    consume(batch) -> builder.add -> builder.prepare (leaf hashes, tree, header)
+    and on a second thread (persister.py), in segment order:
+        store the segment (one PostgreSQL transaction) -> publish its header, wait for the
+        broker -> record the publication -> commit the consumer offsets
 
 It never decodes a value: audit and DLQ records are the auditor's work (auditor.py), which
 follows the published headers, so the hot path is leaf bytes, hashes and one transaction.
@@ -33,6 +34,7 @@ from wakeline.ledger.records import LedgerRecord
 from wakeline.ledger.store import LedgerStore
 
 from .builder import FROM_BEGINNING, LedgerBuilder, LedgerDivergence, SealedSegment
+from .persister import Persister
 from .publisher import HeaderPublisher, PublicationLog
 from .settings import BuilderSettings
 
@@ -73,8 +75,8 @@ class LedgerBuilderService:
         self._assigned: set[int] = set()
         self._to_load: set[int] = set()
         self.failure: BaseException | None = None
-        self.segments_published = 0
-        self.records_ledgered = 0
+        self._commit_lock = threading.Lock()
+        self._to_commit: dict[int, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,6 +132,15 @@ class LedgerBuilderService:
             )
         )
         self.publisher.producer = self.producer
+        self.persister = Persister(
+            self.builder,
+            self._store_factory,
+            self.publisher,
+            PublicationLog(self.publications.dsn, self.publications.ledger_topic),
+            self._commit,
+            on_segments=self.on_segments,
+        )
+        self.builder.before_store_check = self.persister.drain
         self.consumer = Consumer(
             self.kafka.client_config(
                 **{
@@ -148,6 +159,7 @@ class LedgerBuilderService:
                 self._step()
             self._drain()
         finally:
+            self.persister.close()
             self.consumer.close()
             self.producer.flush(10)
             self._reset_store()
@@ -171,11 +183,11 @@ class LedgerBuilderService:
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         ps = [tp.partition for tp in partitions]
         log.info("partitions revoked partitions=%s", ps)
-        try:  # persist what is pending: the next owner then starts after it
-            self._seal_and_publish(self.builder.seal(ps))
-        except WakelineError as e:
-            log.warning("could not seal on revoke partitions=%s reason=%s", ps, e)
-            self._reset_store()
+        # persist what is pending: the next owner then starts after it
+        self.persister.submit(self.builder.prepare(ps))
+        self.persister.drain()
+        if self.persister.failure is not None:
+            log.warning("could not persist on revoke partitions=%s", ps)
         self.builder.revoke(ps)
         self._assigned.difference_update(ps)
         self._to_load.difference_update(ps)
@@ -187,6 +199,7 @@ class LedgerBuilderService:
         out: dict[int, int] = {}
         for p in partitions:
             try:
+                self.store()  # (re)connects, and hands the builder the live store
                 out.update(self.builder.assign([p]))
                 self._republish(p)
                 self._to_load.discard(p)
@@ -228,6 +241,8 @@ class LedgerBuilderService:
     # ------------------------------------------------------------------ the loop
 
     def _step(self) -> None:
+        if self.persister.failure is not None:
+            self._recover(self.persister.failure)
         self._retry_loads()
         msgs = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout_s)
         records = []
@@ -241,46 +256,49 @@ class LedgerBuilderService:
                 log.warning("consumer error: %s", err)
         if records:
             self.builder.add(records)
-        try:
-            self._seal_and_publish(self.builder.seal())
-        except LedgerDivergence:
-            raise
-        except WakelineError as e:
-            lost = sorted(self._assigned - set(self.builder.assigned()))
-            log.warning("persist/publish failed, will reload partitions=%s reason=%s", lost, e)
-            # everything not acknowledged is reloaded from the store and re-read
-            for p in self._assigned:
-                self.builder.revoke([p])
-            self._to_load.update(self._assigned)
-            self.consumer.pause([TopicPartition(self.topic, p) for p in self._assigned])
-            self._reset_store()
-        for p in getattr(self.builder, "reloaded", []):
-            self.consumer.seek(TopicPartition(self.topic, p, self.builder.next_offset(p)))
+        self.persister.submit(self.builder.prepare())
+        self._commit_noted()
 
-    def _seal_and_publish(self, segments: list[SealedSegment]) -> None:
-        if not segments:
+    def _recover(self, failure: BaseException) -> None:
+        """Drop everything not stored, reload every partition from the store, seek there."""
+        if isinstance(failure, LedgerDivergence):
+            raise failure
+        log.warning("persist/publish failed, reloading partitions=%s", sorted(self._assigned))
+        self.persister.reset()
+        for p in self._assigned:
+            self.builder.revoke([p])
+        self._to_load.update(self._assigned)
+        self.consumer.pause([TopicPartition(self.topic, p) for p in self._assigned])
+        self._reset_store()
+
+    def _commit(self, offsets: dict[int, int]) -> None:
+        """Called by the persister: note offsets to commit. The consumer thread commits them
+        (confluent-kafka's consumer must not be driven from two threads at once)."""
+        with self._commit_lock:
+            self._to_commit.update(offsets)
+
+    def _commit_noted(self) -> None:
+        """Commit consumer offsets (lag bookkeeping only: positions live in PostgreSQL)."""
+        with self._commit_lock:
+            offsets, self._to_commit = self._to_commit, {}
+        offsets = {p: o for p, o in offsets.items() if p in self._assigned}
+        if not offsets:
             return
-        headers = [s.header for s in segments]
-        self.publisher.publish(headers)
-        self.publications.mark(headers)
-        last: dict[int, int] = {}
-        for s in segments:
-            last[s.header.partition] = s.header.last_offset + 1
-        self.segments_published += len(segments)
-        self.records_ledgered += sum(s.header.leaf_count for s in segments)
         try:
             self.consumer.commit(
-                offsets=[TopicPartition(self.topic, p, o) for p, o in last.items()],
+                offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()],
                 asynchronous=True,
             )
-        except Exception as e:  # lag bookkeeping only; positions live in PostgreSQL
+        except Exception as e:
             log.debug("offset commit failed: %s", e)
-        if self.on_segments is not None:
-            self.on_segments(segments)
+
+    @property
+    def records_ledgered(self) -> int:
+        return self.persister.records_stored
 
     def _drain(self) -> None:
         """On a clean stop, persist and publish what is pending."""
-        try:
-            self._seal_and_publish(self.builder.seal(self.builder.assigned()))
-        except WakelineError as e:
-            log.warning("could not seal pending records on stop: %s", e)
+        self.persister.submit(self.builder.prepare(self.builder.assigned()))
+        self.persister.drain()
+        if self.persister.failure is not None:
+            log.warning("could not persist pending records on stop: %s", self.persister.failure)

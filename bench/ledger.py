@@ -1,0 +1,266 @@
+"""Ledger builder benchmark: events/s into persisted, published segments, and latency.
+
+Runs against the real broker and database with a topic prefix and database of its own
+(both removed afterwards). The builder runs as `wakeline worker` does: a separate process
+hosting the faust worker with the batch consumer service.
+
+1. Sustained throughput: N events are produced first; the worker then drains them. The rate
+   is counted from the first persisted segment to the last (the worker's start-up, ~2 s of
+   faust and group join, is reported apart).
+2. Latency at a fixed rate: events are produced at 5,000/s while the worker runs; for each,
+   production time (its record's CreateTime, stamped by `produce()`) to its segment's
+   persistence (the CreateTime of the segment's header on the ledger topic, which the builder
+   produces right after the PostgreSQL commit), in milliseconds.
+
+Targets (issue 5): >= 20,000 events/s sustained; p99 <= 2 s at 5,000 events/s.
+    .venv/bin/python bench/ledger.py [--events 200000] [--rate 5000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+import uuid
+from dataclasses import replace
+
+import psycopg
+from confluent_kafka import Consumer, Producer, TopicPartition
+from psycopg import conninfo
+
+from wakeline.infra import db, topics
+from wakeline.infra.settings import DatabaseSettings, KafkaSettings, Topics
+from wakeline.processors.harness import start_worker, stop_worker
+from wakeline.processors.samples import frames, traffic
+
+WORKER_ARGS: tuple[str, ...] = ("--checkpoint-interval-s", "0")
+
+
+def create_database() -> str:
+    base = DatabaseSettings.from_env().dsn
+    name = f"wl_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = conninfo.make_conninfo(base, dbname=name)
+    db.migrate(dsn)
+    return dsn
+
+
+def drop_database(dsn: str) -> None:
+    name = conninfo.conninfo_to_dict(dsn)["dbname"]
+    with (
+        contextlib.suppress(psycopg.Error),
+        psycopg.connect(DatabaseSettings.from_env().dsn, autocommit=True) as conn,
+    ):
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def ledgered(dsn: str) -> int:
+    """Leaves in persisted segments, from PostgreSQL itself."""
+    from wakeline.processors.runner import postgres_store_factory
+
+    store = postgres_store_factory(dsn)()
+    try:
+        total = 0
+        for p in store.partitions():
+            last = store.last_segment(p)
+            total += last[0].tree_size if last else 0
+        return total
+    finally:
+        store.close()
+
+
+def produce_all(kafka: KafkaSettings, count: int) -> float:
+    encoded = [frames(e) for e in traffic(count, workflows=500)]
+    p = Producer(
+        kafka.client_config(**{"linger.ms": 20, "queue.buffering.max.messages": 2_000_000})
+    )
+    t0 = time.perf_counter()
+    for key, value, headers in encoded:
+        while True:
+            try:
+                p.produce(kafka.topics.events, key=key, value=value, headers=headers)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(120) == 0
+    return count / (time.perf_counter() - t0)
+
+
+def throughput(kafka: KafkaSettings, dsn: str, count: int) -> dict[str, float]:
+    produce_rate = produce_all(kafka, count)
+    t0 = time.perf_counter()
+    proc = start_worker(kafka, dsn, *WORKER_ARGS)
+    first_at = None
+    first_n = 0
+    try:
+        while True:
+            n = ledgered(dsn)
+            now = time.perf_counter()
+            if n and first_at is None:
+                first_at, first_n = now, n
+            if n >= count:
+                break
+            if proc.poll() is not None:
+                raise SystemExit(f"worker exited with {proc.returncode}")
+            if now - t0 > 600:
+                raise SystemExit(f"only {n} of {count} ledgered after 600 s")
+            time.sleep(0.1)
+        done = time.perf_counter()
+    finally:
+        stop_worker(proc)
+    assert first_at is not None
+    return {
+        "events": count,
+        "produce_rate": produce_rate,
+        "startup_s": first_at - t0,
+        "sustained": (count - first_n) / (done - first_at) if done > first_at else float(count),
+        "end_to_end": count / (done - t0),
+    }
+
+
+def latency(kafka: KafkaSettings, dsn: str, rate: int, seconds: float) -> dict[str, float]:
+    proc = start_worker(kafka, dsn, *WORKER_ARGS)
+    try:
+        time.sleep(6)  # faust boot and group join; not part of the measurement
+        p = Producer(kafka.client_config(**{"linger.ms": 1}))
+        gen = traffic(int(rate * seconds) + 1, workflows=500)
+        t0 = time.perf_counter()
+        sent = 0
+        while sent < rate * seconds:
+            due = int((time.perf_counter() - t0) * rate) + 1
+            while sent < min(due, rate * seconds):
+                key, value, headers = frames(next(gen))
+                p.produce(kafka.topics.events, key=key, value=value, headers=headers)
+                sent += 1
+            p.poll(0)
+            time.sleep(0.001)
+        p.flush(30)
+        achieved = sent / (time.perf_counter() - t0)
+        lat = collect_latencies(kafka, sent)
+    finally:
+        stop_worker(proc)
+    lat.sort()
+    return {
+        "rate": achieved,
+        "events": len(lat),
+        "p50": lat[len(lat) // 2],
+        "p99": lat[int(len(lat) * 0.99)],
+        "max": lat[-1],
+    }
+
+
+def _read_all(kafka: KafkaSettings, topic: str, want: int | None = None) -> list:
+    c = Consumer(kafka.client_config(**{"group.id": f"b-{uuid.uuid4().hex[:8]}"}))
+    parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+    c.assign([TopicPartition(topic, p, -2) for p in parts])
+    out: list = []
+    idle_since = time.monotonic()
+    try:
+        while time.monotonic() - idle_since < 2.0 and (want is None or len(out) < want):
+            msgs = [m for m in c.consume(5000, 0.3) if m.error() is None]
+            if msgs:
+                idle_since = time.monotonic()
+            out += [(m.partition(), m.offset(), m.timestamp()[1], m.value()) for m in msgs]
+    finally:
+        c.close()
+    return out
+
+
+def collect_latencies(kafka: KafkaSettings, want: int) -> list[float]:
+    """Seconds from each event's production (its record's CreateTime, stamped by produce())
+    to the publication of its segment's header (CreateTime of the header record, stamped
+    right after the PostgreSQL commit). Needs only the events and ledger topics."""
+    from bisect import bisect_right
+
+    from wakeline.ledger.segments import SegmentHeader
+
+    deadline = time.monotonic() + 60
+    while True:
+        by_part: dict[int, list[tuple[int, int, int]]] = {}
+        for part, _, ts, value in _read_all(kafka, kafka.topics.ledger):
+            h = SegmentHeader.from_bytes(value)
+            by_part.setdefault(part, []).append((h.first_offset, h.last_offset, ts))
+        if sum(last - first + 1 for v in by_part.values() for first, last, _ in v) >= want:
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    for v in by_part.values():
+        v.sort()
+    out: list[float] = []
+    for part, offset, ts, _ in _read_all(kafka, kafka.topics.events, want):
+        segs = by_part.get(part, [])
+        i = bisect_right(segs, (offset, float("inf"), 0)) - 1
+        if i >= 0 and segs[i][0] <= offset <= segs[i][1]:
+            out.append((segs[i][2] - ts) / 1000)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--rate", type=int, default=5_000)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--only", choices=("throughput", "latency"))
+    ap.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        help="extra `wakeline worker` option, e.g. --worker-arg=--no-audit",
+    )
+    args = ap.parse_args()
+    global WORKER_ARGS
+    WORKER_ARGS = (*WORKER_ARGS, *args.worker_arg)
+
+    base = replace(KafkaSettings.from_env(), partitions=args.partitions)
+    results = {}
+    for name in (args.only,) if args.only else ("throughput", "latency"):
+        kafka = replace(base, topics=Topics(f"bench{uuid.uuid4().hex[:8]}.wakeline."))
+        topics.ensure_topics(kafka)
+        dsn = create_database()
+        try:
+            if name == "throughput":
+                results[name] = throughput(kafka, dsn, args.events)
+            else:
+                results[name] = latency(kafka, dsn, args.rate, args.seconds)
+        finally:
+            with contextlib.suppress(Exception):
+                topics.delete_topics(kafka)
+            drop_database(dsn)
+
+    rows = []
+    t = results.get("throughput")
+    if t:
+        ok = t["sustained"] >= 20_000
+        rows += [
+            ("sustained events/s into persisted segments", f"{t['sustained']:,.0f}",
+             ">= 20,000", ok),
+            ("  end to end incl. worker start-up", f"{t['end_to_end']:,.0f}", "", None),
+            ("  worker start-up to first segment (s)", f"{t['startup_s']:.2f}", "", None),
+            ("  producer rate filling the topic (events/s)", f"{t['produce_rate']:,.0f}", "",
+             None),
+        ]  # fmt: skip
+    lat = results.get("latency")
+    if lat:
+        rate = f"{lat['rate']:,.0f}"
+        rows += [
+            (f"latency p50 at {rate} events/s (s)", f"{lat['p50']:.3f}", "", None),
+            (f"latency p99 at {rate} events/s (s)", f"{lat['p99']:.3f}", "<= 2.0",
+             lat["p99"] <= 2.0),
+            ("  latency max (s)", f"{lat['max']:.3f}", "", None),
+        ]  # fmt: skip
+    extra = " ".join(WORKER_ARGS)
+    print(f"ledger builder bench: {args.events:,} events, {args.partitions} partitions, "
+          f"one `wakeline worker {extra}` process")  # fmt: skip
+    print(f"{'measure':<48} {'value':>12}  {'target':>10}  ok")
+    for label, value, target, ok in rows:
+        mark = "" if ok is None else ("yes" if ok else "NO")
+        print(f"{label:<48} {value:>12}  {target:>10}  {mark}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
