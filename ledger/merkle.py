@@ -29,6 +29,28 @@ def perfect_levels(suite: HashSuite, leaf_hashes: Sequence[bytes]) -> list[list[
     return levels
 
 
+def aligned_levels(
+    suite: HashSuite, leaf_hashes: Sequence[bytes], first: int
+) -> tuple[list[list[bytes]], list[int]]:
+    """Perfect subtrees of leaves [first, first + k) aligned to *global* positions:
+    levels[h][i] is the node over leaves [(starts[h] + i) * 2^h, (starts[h] + i + 1) * 2^h)."""
+    new = suite.new
+    prefix = NODE_PREFIX
+    join = b"".join
+    levels = [list(leaf_hashes)]
+    starts = [first]
+    cur, start = levels[0], first
+    while True:
+        skip = start & 1  # a node whose left sibling lies before the batch
+        it = iter(cur[skip:])
+        cur = [new(join((prefix, x, y))).digest() for x, y in zip(it, it, strict=False)]  # type: ignore[attr-defined]
+        start = (start + skip) >> 1
+        if not cur:
+            return levels, starts
+        levels.append(cur)
+        starts.append(start)
+
+
 def root_from_levels(suite: HashSuite, levels: list[list[bytes]], size: int) -> bytes:
     """Root of the first `size` leaves, from `perfect_levels` of at least that many leaves."""
     if size == 0:
@@ -109,31 +131,26 @@ class MerkleTree:
         """Append many leaf hashes at once, reusing `perfect_levels` of them when given.
 
         The range [a, b) is appended as its compact range of globally aligned perfect
-        subtrees. Local perfect subtrees of the batch coincide with global ones up to the
-        alignment of a, so only the larger compact-range nodes cost extra hashing.
+        subtrees. When a is aligned to the batch's largest perfect subtree, the batch's own
+        levels are those subtrees; otherwise levels aligned to global positions are built
+        (about one node hash per leaf).
         """
         k = len(leaf_hashes)
         if k == 0:
             return
-        if levels is None:
-            levels = perfect_levels(self.suite, leaf_hashes)
         a = self.size
+        if levels is None or a & ((1 << (len(levels) - 1)) - 1):
+            levels, starts = aligned_levels(self.suite, leaf_hashes, a)
+        else:
+            starts = [a >> h for h in range(len(levels))]
         b = a + k
         s = a
         while s < b:
             h = (s & -s).bit_length() - 1 if s else (b - s).bit_length() - 1
             while s + (1 << h) > b:
                 h -= 1
-            self.append_subtree(self._node(levels, s - a, h), h)
+            self.append_subtree(levels[h][(s >> h) - starts[h]], h)
             s += 1 << h
-
-    def _node(self, levels: list[list[bytes]], off: int, h: int) -> bytes:
-        if off & ((1 << h) - 1) == 0:
-            return levels[h][off >> h]
-        half = 1 << (h - 1)
-        return self.suite.node_hash(
-            self._node(levels, off, h - 1), self._node(levels, off + half, h - 1)
-        )
 
     def root(self) -> bytes:
         if not self.nodes:
