@@ -1,4 +1,5 @@
-"""Running `wakeline worker` as a child process: for crash tests and the benchmark.
+"""Running `wakeline worker` as a child process and reading back what it did: for the crash
+tests, the benchmark, and anyone checking a builder against its topic.
 
 The child gets the topic prefix, partition count and database through the environment,
 exactly as an operator would run it, and its options on the command line.
@@ -9,8 +10,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import uuid
+from typing import Any
 
 from wakeline.infra.settings import KafkaSettings
+from wakeline.ledger.merkle import MerkleTree, root_of
+from wakeline.ledger.records import LedgerRecord, leaf_bytes
+from wakeline.ledger.segments import GENESIS
+from wakeline.ledger.store import LedgerStore
 
 _WORKER = "import sys\nfrom wakeline.cli.worker import worker\nworker(sys.argv[1:])\n"
 
@@ -56,3 +64,91 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 30) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+# -- reading back what the builder did --------------------------------------------------
+
+
+def read_topic(kafka: KafkaSettings, topic: str, idle: float = 2.0) -> list[Any]:
+    """Every record of `topic`, read until nothing arrives for `idle` seconds."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer(
+        kafka.client_config(
+            **{"group.id": f"wakeline-read-{uuid.uuid4().hex[:8]}", "enable.auto.commit": False}
+        )
+    )
+    try:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
+        out: list[Any] = []
+        last = time.monotonic()
+        while time.monotonic() - last < idle:
+            for m in c.consume(1000, 0.3):
+                if m.error() is None:
+                    out.append(m)
+                    last = time.monotonic()
+        return out
+    finally:
+        c.close()
+
+
+def ledger_size(store: LedgerStore) -> int:
+    """Leaves in persisted segments, over every partition."""
+    total = 0
+    for p in store.partitions():
+        last = store.last_segment(p)
+        total += last[0].tree_size if last else 0
+    return total
+
+
+def wait_for_ledger(store: LedgerStore, total: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    size = ledger_size(store)
+    while size < total:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"ledger holds {size} leaves after {timeout}s, want {total}")
+        time.sleep(0.2)
+        size = ledger_size(store)
+
+
+def check_against_topic(kafka: KafkaSettings, store: LedgerStore) -> int:
+    """Replay the events topic and hold the store to it: every record ledgered exactly once,
+    in offset order, byte for byte; every chain link; the roots recomputed from the replay.
+    Returns the number of records; raises AssertionError naming the first difference."""
+    suite = None
+    msgs = read_topic(kafka, kafka.topics.events)
+    by_part: dict[int, list[LedgerRecord]] = {}
+    for m in sorted(msgs, key=lambda m: (m.partition(), m.offset())):
+        by_part.setdefault(m.partition(), []).append(
+            LedgerRecord(
+                m.partition(),
+                m.offset(),
+                m.timestamp()[1],
+                m.key(),
+                m.value(),
+                tuple(m.headers() or ()),
+            )  # fmt: skip
+        )
+    for p, recs in by_part.items():
+        entries = list(store.entries(p))
+        offsets = [e.offset for e in entries]
+        assert offsets == [r.offset for r in recs], f"partition {p}: ledgered offsets differ"
+        leaves = [leaf_bytes(r) for r in recs]
+        for e, leaf in zip(entries, leaves, strict=True):
+            assert e.leaf == leaf, f"partition {p} offset {e.offset}: leaf differs"
+        last = store.last_segment(p)
+        assert last is not None
+        suite = last[0].suite
+        assert last[0].tree_size == len(leaves)
+        hashes = [suite.leaf_hash(x) for x in leaves]
+        prev, tree = GENESIS, MerkleTree(suite)
+        for h in store.headers(p):
+            where = f"partition {p} segment {h.segment_number}"
+            assert h.prev_hash == prev, f"{where}: broken link"
+            assert h.first_leaf_index == tree.size, f"{where}: starts at the wrong leaf"
+            tree.extend(hashes[tree.size : tree.size + h.leaf_count])
+            assert h.tree_root == tree.root(), f"{where}: root differs from the replay"
+            prev = h.hash()
+        assert tree.root() == root_of(suite, hashes)
+    return len(msgs)

@@ -12,19 +12,21 @@ from pathlib import Path
 
 import fastavro
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from wakeline.infra import topics
 from wakeline.infra.settings import KafkaSettings, Topics
 from wakeline.ledger.checkpoints import generate_signer
-from wakeline.ledger.hashing import BLAKE3
-from wakeline.ledger.merkle import root_of
-from wakeline.ledger.records import LedgerRecord, leaf_bytes
 from wakeline.ledger.segments import SegmentHeader
 from wakeline.ledger.sources import verify_store
-from wakeline.ledger.store import LedgerStore
 from wakeline.processors.checkpointing import sign_checkpoint
-from wakeline.processors.harness import start_worker, stop_worker
+from wakeline.processors.harness import (
+    check_against_topic,
+    read_topic,
+    start_worker,
+    stop_worker,
+    wait_for_ledger,
+)
 from wakeline.processors.runner import postgres_store_factory
 from wakeline.processors.samples import frames, traffic
 
@@ -51,67 +53,6 @@ def produce(kafka: KafkaSettings, events: list[dict], extra: list[tuple] = ()) -
     for key, value, headers in extra:
         p.produce(kafka.topics.events, key=key, value=value, headers=headers)
     assert p.flush(30) == 0
-
-
-def read_topic(kafka: KafkaSettings, topic: str, idle: float = 2.0) -> list:
-    """Every record of `topic`, read until nothing arrives for `idle` seconds."""
-    c = Consumer(kafka.client_config(**{"group.id": f"r-{uuid.uuid4().hex[:8]}",
-                                        "enable.auto.commit": False}))  # fmt: skip
-    meta = c.list_topics(topic, timeout=10).topics[topic]
-    c.assign([TopicPartition(topic, p, -2) for p in meta.partitions])
-    out, last = [], time.monotonic()
-    try:
-        while time.monotonic() - last < idle:
-            for m in c.consume(1000, 0.3):
-                if m.error() is None:
-                    out.append(m)
-                    last = time.monotonic()
-    finally:
-        c.close()
-    return out
-
-
-def wait_for(store: LedgerStore, partitions: int, total: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        size = 0
-        for p in range(partitions):
-            last = store.last_segment(p)
-            size += last[0].tree_size if last else 0
-        if size >= total:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"ledger holds {size} leaves after {timeout}s, want {total}")
-
-
-def check_against_topic(kafka: KafkaSettings, store: LedgerStore) -> int:
-    """Replay the events topic: every record is ledgered once, in order, same roots."""
-    msgs = read_topic(kafka, kafka.topics.events)
-    by_part: dict[int, list[LedgerRecord]] = {}
-    for m in sorted(msgs, key=lambda m: (m.partition(), m.offset())):
-        by_part.setdefault(m.partition(), []).append(
-            LedgerRecord(
-                m.partition(),
-                m.offset(),
-                m.timestamp()[1],
-                m.key(),
-                m.value(),
-                tuple(m.headers() or ()),
-            )  # fmt: skip
-        )
-    for p, recs in by_part.items():
-        leaves = [leaf_bytes(r) for r in recs]
-        entries = list(store.entries(p))
-        assert [e.offset for e in entries] == [r.offset for r in recs], f"partition {p}"
-        assert [e.leaf for e in entries] == leaves
-        last, _ = store.last_segment(p)
-        assert last.tree_size == len(leaves)
-        assert last.tree_root == root_of(BLAKE3, [BLAKE3.leaf_hash(x) for x in leaves])
-        prev = b"\0" * 32
-        for h in store.headers(p):
-            assert h.prev_hash == prev
-            prev = h.hash()
-    return len(msgs)
 
 
 @pytest.fixture
@@ -142,9 +83,9 @@ def test_worker_ledgers_publishes_and_audits_every_record(
     )  # fmt: skip
     store = postgres_store_factory(fresh_dsn)()
     try:
-        wait_for(store, kafka.partitions, 1001)
+        wait_for_ledger(store, 1001)
         produce(kafka, events[1000:])  # while it runs
-        wait_for(store, kafka.partitions, 1501)
+        wait_for_ledger(store, 1501)
         audit = wait_for_audit(kafka, 1501)
     finally:
         assert stop_worker(proc) == 0, worker_log.read_text()[-3000:]
@@ -202,7 +143,7 @@ def test_two_workers_share_the_partitions_and_ledger_each_record_once(
         for start in range(0, 3000, 500):
             produce(kafka, events[start : start + 500])
             time.sleep(0.3)
-        wait_for(store, kafka.partitions, 3000, timeout=90)
+        wait_for_ledger(store, 3000, timeout=90)
     finally:
         codes = [stop_worker(p) for p in procs]
     assert codes == [0, 0], [log.read_text()[-2000:] for log in logs]
@@ -259,7 +200,7 @@ def test_sigusr1_signs_a_checkpoint_over_every_partition(
                         log_path=str(worker_log))  # fmt: skip
     store = postgres_store_factory(fresh_dsn)()
     try:
-        wait_for(store, kafka.partitions, 300)
+        wait_for_ledger(store, 300)
         deadline = time.monotonic() + 30
         while store.latest_checkpoint() is None and time.monotonic() < deadline:
             proc.send_signal(signal.SIGUSR1)

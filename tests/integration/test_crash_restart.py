@@ -1,0 +1,215 @@
+"""Crash and restart: the ledger survives kill -9 of the worker, and restarts of the broker
+and the database, while events stream in. Afterwards it holds every record of the topic
+exactly once, in order, and a replay of the topic (`ledger-verify --from-kafka`) agrees
+with the stored roots. Broker and database restarts hit the shared local stack and always
+bring it back, in `finally`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from wakeline.infra import stack, topics
+from wakeline.infra.kafka_source import verify_from_kafka
+from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings, Topics
+from wakeline.ledger.checkpoints import generate_signer
+from wakeline.ledger.segments import SegmentHeader
+from wakeline.processors.audit import decode_audit
+from wakeline.processors.checkpointing import sign_checkpoint
+from wakeline.processors.harness import (
+    check_against_topic,
+    read_topic,
+    start_worker,
+    stop_worker,
+    wait_for_ledger,
+)
+from wakeline.processors.runner import postgres_store_factory
+from wakeline.processors.samples import frames, traffic
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+log = logging.getLogger(__name__)
+
+WORKER_ARGS = ("--segment-max-leaves", "400", "--segment-max-age-ms", "100",
+               "--checkpoint-interval-s", "0")  # fmt: skip
+
+
+@pytest.fixture
+def fresh_kafka(kafka: KafkaSettings):  # type: ignore[no-untyped-def]
+    settings = replace(kafka, topics=Topics(f"t{uuid.uuid4().hex[:10]}.wakeline."))
+    topics.ensure_topics(settings)
+    yield settings
+    with contextlib.suppress(Exception):
+        topics.delete_topics(settings)
+
+
+class Stream:
+    """Produces `count` events at about `rate`/s on a thread, surviving broker outages."""
+
+    def __init__(self, kafka: KafkaSettings, count: int, rate: float) -> None:
+        self.kafka, self.count, self.rate = kafka, count, rate
+        self.sent = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Stream:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            p = Producer(self.kafka.client_config(**{"enable.idempotence": True, "acks": "all",
+                                                    "message.timeout.ms": 300_000}))  # fmt: skip
+            t0 = time.monotonic()
+            for event in traffic(self.count, workflows=50):
+                key, value, headers = frames(event)
+                p.produce(self.kafka.topics.events, key=key, value=value, headers=headers)
+                self.sent += 1
+                p.poll(0)
+                ahead = self.sent / self.rate - (time.monotonic() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+            if p.flush(300) != 0:
+                raise AssertionError("producer could not deliver every event")
+        except BaseException as e:
+            self.error = e
+
+    def join(self, timeout: float = 300) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "producer did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+def assert_sound(kafka: KafkaSettings, dsn: str, count: int) -> None:
+    """Exactly once, in order, replayed roots, Kafka headers, Kafka verification, audit."""
+    store = postgres_store_factory(dsn)()
+    try:
+        assert check_against_topic(kafka, store) == count
+
+        headers: dict[tuple[int, int], bytes] = {}
+        for m in read_topic(kafka, kafka.topics.ledger):
+            h = SegmentHeader.from_bytes(m.value())
+            seen = headers.setdefault((h.partition, h.segment_number), m.value())
+            assert seen == m.value(), f"two different headers for {h.partition}/{h.segment_number}"
+        stored = {
+            (p, h.segment_number): h.to_bytes()
+            for p in store.partitions()
+            for h in store.headers(p)
+        }
+        assert headers == stored
+
+        signer = generate_signer("crash-test")
+        sign_checkpoint(store, signer)
+        report = verify_from_kafka(kafka, trusted_keys=[signer.verifier.vkey()], dsn=dsn,
+                                   decode=False)  # fmt: skip
+        assert report.ok, report.findings[:3]
+
+        audited: dict[tuple[int, int], bytes] = {}
+        for m in read_topic(kafka, kafka.topics.audit):
+            rec = decode_audit(m.value())
+            audited[(rec["partition"], rec["leaf_index"])] = rec["leaf_hash"]
+        want = {(e.partition, e.leaf_index): e.leaf_hash
+                for p in store.partitions() for e in store.entries(p)}  # fmt: skip
+        assert audited == want
+    finally:
+        store.close()
+
+
+def finish(kafka: KafkaSettings, dsn: str, stream: Stream, log_path: Path) -> None:
+    """Let the stream end, run one clean worker to the end of the topic, stop it."""
+    stream.join()
+    proc = start_worker(kafka, dsn, *WORKER_ARGS, log_path=str(log_path))
+    store = postgres_store_factory(dsn)()
+    try:
+        wait_for_ledger(store, stream.count, timeout=120)
+        deadline = time.monotonic() + 60  # audit records follow the headers
+        while len(read_topic(kafka, kafka.topics.audit, idle=1)) < stream.count:
+            assert time.monotonic() < deadline, "audit records missing"
+    finally:
+        store.close()
+        assert stop_worker(proc) == 0, log_path.read_text()[-3000:]
+
+
+def test_kill_9_at_random_points_while_events_stream(fresh_kafka, fresh_dsn, tmp_path) -> None:
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    log.warning("crash test seed=%d", seed)
+    kafka, log_path = fresh_kafka, tmp_path / "worker.log"
+    stream = Stream(kafka, count=24_000, rate=1_500).start()
+    kills = 0
+    while stream.sent < stream.count and kills < 6:
+        proc = start_worker(kafka, fresh_dsn, *WORKER_ARGS, log_path=str(log_path))
+        time.sleep(rng.uniform(1.0, 5.0))  # boot, mid-batch, mid-transaction, mid-publish
+        proc.kill()
+        proc.wait()
+        kills += 1
+    assert kills >= 3, f"only {kills} kills before the stream ended (seed {seed})"
+    finish(kafka, fresh_dsn, stream, log_path)
+    assert_sound(kafka, fresh_dsn, stream.count)
+
+
+def _local(local_stack: StackSettings, what: str) -> None:
+    external = (KafkaSettings.from_env().external if what == "kafka"
+                else DatabaseSettings.from_env().external)  # fmt: skip
+    if external:
+        pytest.skip(f"{what} is external; this test restarts the local one")
+
+
+def test_broker_restart_mid_stream(fresh_kafka, fresh_dsn, local_stack, tmp_path) -> None:
+    _local(local_stack, "kafka")
+    kafka, log_path = fresh_kafka, tmp_path / "worker.log"
+    stream = Stream(kafka, count=12_000, rate=1_500).start()
+    proc = start_worker(kafka, fresh_dsn, *WORKER_ARGS, log_path=str(log_path))
+    try:
+        time.sleep(4)
+        try:
+            stack.kill_kafka(local_stack)
+            time.sleep(3)
+        finally:
+            stack.start_kafka(local_stack)
+        stream.join()
+        store = postgres_store_factory(fresh_dsn)()
+        try:
+            wait_for_ledger(store, stream.count, timeout=180)
+        finally:
+            store.close()
+    finally:
+        assert stop_worker(proc) == 0, log_path.read_text()[-3000:]
+    finish(kafka, fresh_dsn, stream, log_path)
+    assert_sound(kafka, fresh_dsn, stream.count)
+
+
+def test_database_restart_mid_stream(fresh_kafka, fresh_dsn, local_stack, tmp_path) -> None:
+    _local(local_stack, "postgres")
+    kafka, log_path = fresh_kafka, tmp_path / "worker.log"
+    stream = Stream(kafka, count=12_000, rate=1_500).start()
+    proc = start_worker(kafka, fresh_dsn, *WORKER_ARGS, log_path=str(log_path))
+    try:
+        time.sleep(4)
+        try:
+            stack.kill_postgres(local_stack)
+            time.sleep(3)
+        finally:
+            stack.start_postgres(local_stack)
+        stream.join()
+        store = postgres_store_factory(fresh_dsn)()
+        try:
+            wait_for_ledger(store, stream.count, timeout=180)
+        finally:
+            store.close()
+        assert proc.poll() is None, "the worker must ride out a database restart"
+    finally:
+        assert stop_worker(proc) == 0, log_path.read_text()[-3000:]
+    finish(kafka, fresh_dsn, stream, log_path)
+    assert_sound(kafka, fresh_dsn, stream.count)
