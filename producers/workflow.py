@@ -27,9 +27,10 @@ from wakeline.producers.errors import (
     SdkError,
     WorkflowQuarantined,
 )
+from wakeline.producers.framing import Headers, checked_framer, intent_tail
 from wakeline.producers.gates import ALLOW_ALL, PolicyDecision, PolicyRequest, allow_all
 from wakeline.producers.registry import Durability, ToolSpec
-from wakeline.schemas import cloudevents_headers, encode_event, new_event_id
+from wakeline.schemas import cloudevents_headers, decode_event, encode_event, new_event_id
 
 if TYPE_CHECKING:
     from wakeline.producers.emitter import Emitter
@@ -107,42 +108,73 @@ class WorkflowContext:
         self.last_event_id: str | None = None
         self.sealed = False
         self._lock = threading.Lock()
+        #: tool events are framed from pre-encoded pieces (None: by the codec, field by field)
+        self._own_parents = list(self.parent_event_ids)
+        self._framer = checked_framer({**self._template, "parent_event_ids": self._own_parents})
 
     # -- events ---------------------------------------------------------------------------
     def envelope(
         self, type_name: str, *, step_id: str | None = None, parents: Iterable[str] = ()
     ) -> dict[str, Any]:
+        return self._event(type_name, new_event_id(), time.time_ns() // 1000, step_id, parents)
+
+    def _event(
+        self,
+        type_name: str,
+        event_id: str,
+        time_us: int,
+        step_id: str | None,
+        parents: Iterable[str],
+    ) -> dict[str, Any]:
         event = self._template.copy()
-        event["event_id"] = new_event_id()
+        event["event_id"] = event_id
         event["type"] = type_name
-        event["time"] = time.time_ns() // 1000
+        event["time"] = time_us
         if step_id is not None:
             event["step_id"] = step_id
         event["parent_event_ids"] = [*self.parent_event_ids, *parents]
         return event
 
-    def _counted(self, event: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
+    def _envelope_bytes(self, step_id: str | None, parents: list[str]) -> bytes | None:
+        """The framer's envelope for a call; None when the run's default applies."""
+        own = self.parent_event_ids
+        if step_id is None and not parents and own == self._own_parents:
+            return None
+        if step_id is None:
+            step_id = self._template["step_id"]
+        return self._framer.envelope(step_id, [*own, *parents])  # type: ignore[union-attr]
+
+    def _frame(self, event: dict[str, Any]) -> tuple[bytes, Headers]:
         value = encode_event(event)  # encode first: a bad event writes nothing
-        headers = cloudevents_headers(event)
+        return value, cloudevents_headers(event)
+
+    def _send(self, event_id: str, value: bytes, headers: Headers, wait: bool) -> str:
+        self._count(event_id)
+        self.emitter.transport.send(self.emitter.events_topic, self.key, value, headers, wait=wait)
+        return event_id
+
+    async def _asend(self, event_id: str, value: bytes, headers: Headers, wait: bool) -> str:
+        self._count(event_id)
+        await self.emitter.transport.send_async(
+            self.emitter.events_topic, self.key, value, headers, wait=wait
+        )
+        return event_id
+
+    def _count(self, event_id: str) -> None:
         with self._lock:
             if self.sealed:
                 raise SdkError(f"workflow {self.workflow_id} run {self.run_id} is sealed")
             self.event_count += 1
-            self.last_event_id = event["event_id"]
-        return value, headers
+            self.last_event_id = event_id
 
     def emit(self, event: dict[str, Any], *, wait: bool = False) -> str:
         """Encode and send one event of this run on the events topic; returns its id."""
-        value, headers = self._counted(event)
-        self.emitter.transport.send(self.emitter.events_topic, self.key, value, headers, wait=wait)
-        return event["event_id"]
+        value, headers = self._frame(event)
+        return self._send(event["event_id"], value, headers, wait)
 
     async def aemit(self, event: dict[str, Any], *, wait: bool = False) -> str:
-        value, headers = self._counted(event)
-        await self.emitter.transport.send_async(
-            self.emitter.events_topic, self.key, value, headers, wait=wait
-        )
-        return event["event_id"]
+        value, headers = self._frame(event)
+        return await self._asend(event["event_id"], value, headers, wait)
 
     def _alert(self, event: dict[str, Any]) -> None:
         self.emit(event)
@@ -163,7 +195,7 @@ class WorkflowContext:
     ) -> ToolCall:
         """Gates, then the intent (acknowledged first when strict). Refusals raise."""
         call = self._prepare(tool, args, parents, step_id, durability)
-        self.emit(call.intent, wait=call.strict)
+        self._send(call.intent_id, *call.frame, call.strict)
         if call.refusal is not None:
             call._refuse()
         return call
@@ -178,7 +210,7 @@ class WorkflowContext:
         durability: Durability | None = None,
     ) -> ToolCall:
         call = self._prepare(tool, args, parents, step_id, durability)
-        await self.aemit(call.intent, wait=call.strict)
+        await self._asend(call.intent_id, *call.frame, call.strict)
         if call.refusal is not None:
             call._refuse()
         return call
@@ -259,23 +291,53 @@ class WorkflowContext:
         writes = spec.resources_written(args)
         decision, refusal, loop_count = self._gates(spec, args, canonical)
         mode = durability or spec.effective_durability
-        intent = self.envelope("ToolIntent", step_id=step_id, parents=parents)
-        intent.update(
-            tool=spec.name,
-            args=canonical.text,
-            args_digest=canonical.digest,
-            resources_read=reads,
-            resources_written=writes,
-            reversibility=spec.reversibility,
-            impact=spec.impact,
-            compensation=spec.compensation,
-            policy_decision=decision.outcome,
-            policy_reason=_reason(decision),
-            durability=mode,
-            redacted_fields=spec.redacted_fields,
-        )
+        reason = _reason(decision)
+        event_id = new_event_id()
+        now = time.time_ns() // 1000
+        parents = list(parents)
+        frame = None
+        if self._framer is not None:
+            try:
+                frame = self._framer.intent(
+                    event_id,
+                    now,
+                    self._envelope_bytes(step_id, parents),
+                    spec.name,
+                    canonical,
+                    reads,
+                    writes,
+                    intent_tail(spec, decision, reason, mode),
+                )
+            except Exception:  # noqa: BLE001 - the codec below frames it, or says why not
+                frame = None
+        if frame is None:
+            intent = self._event("ToolIntent", event_id, now, step_id, parents)
+            intent.update(
+                tool=spec.name,
+                args=canonical.text,
+                args_digest=canonical.digest,
+                resources_read=reads,
+                resources_written=writes,
+                reversibility=spec.reversibility,
+                impact=spec.impact,
+                compensation=spec.compensation,
+                policy_decision=decision.outcome,
+                policy_reason=reason,
+                durability=mode,
+                redacted_fields=spec.redacted_fields,
+            )
+            frame = self._frame(intent)
         return ToolCall(
-            self, spec, args, canonical, intent, mode == "strict", step_id, refusal, loop_count
+            self,
+            spec,
+            args,
+            canonical,
+            event_id,
+            frame,
+            mode == "strict",
+            step_id,
+            refusal,
+            loop_count,
         )
 
     def _gates(
@@ -338,7 +400,8 @@ class ToolCall:
         "spec",
         "args",
         "canonical",
-        "intent",
+        "intent_id",
+        "frame",
         "strict",
         "step_id",
         "refusal",
@@ -352,7 +415,8 @@ class ToolCall:
         spec: ToolSpec,
         args: Mapping[str, Any],
         canonical: Canonical,
-        intent: dict[str, Any],
+        intent_id: str,
+        frame: tuple[bytes, Headers],
         strict: bool,
         step_id: str | None,
         refusal: GateRefused | None,
@@ -362,7 +426,9 @@ class ToolCall:
         self.spec = spec
         self.args = args
         self.canonical = canonical
-        self.intent = intent
+        self.intent_id = intent_id
+        #: the intent as sent: Avro frame and CloudEvents headers
+        self.frame = frame
         self.strict = strict
         self.step_id = step_id
         self.refusal = refusal
@@ -370,16 +436,36 @@ class ToolCall:
         self.done = False
 
     @property
-    def intent_id(self) -> str:
-        return self.intent["event_id"]
+    def intent(self) -> dict[str, Any]:
+        """The intent event, as its frame decodes."""
+        return decode_event(self.frame[0])
 
     def _result(self, status: str, duration_us: int = 0, **fields: Any) -> str:
         if self.done:
             raise SdkError(f"tool call {self.intent_id} already has a result")
         self.done = True
-        event = self.ctx.envelope("ToolResult", step_id=self.step_id)
-        event.update(intent_id=self.intent_id, status=status, duration_us=duration_us, **fields)
-        return self.ctx.emit(event)
+        ctx = self.ctx
+        event_id = new_event_id()
+        now = time.time_ns() // 1000
+        frame = None
+        if ctx._framer is not None:
+            try:
+                frame = ctx._framer.result(
+                    event_id,
+                    now,
+                    ctx._envelope_bytes(self.step_id, []),
+                    self.intent_id,
+                    status,
+                    duration_us,
+                    **fields,
+                )
+            except Exception:  # noqa: BLE001 - the codec below frames it, or says why not
+                frame = None
+        if frame is None:
+            event = ctx._event("ToolResult", event_id, now, self.step_id, ())
+            event.update(intent_id=self.intent_id, status=status, duration_us=duration_us, **fields)
+            frame = ctx._frame(event)
+        return ctx._send(event_id, *frame, False)
 
     def ok(self, result: Any = None, duration_us: int = 0) -> str:
         spec = self.spec

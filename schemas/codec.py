@@ -394,10 +394,19 @@ def fingerprint_of(type_name: str) -> bytes:
 # -- CloudEvents binary-mode headers -------------------------------------------------------
 
 
+#: (epoch second, its "YYYY-MM-DDTHH:MM:SS" text): events come many per second
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def rfc3339_micros(epoch_us: int) -> str:
     """``2026-11-28T07:39:24.123456Z`` from epoch microseconds (UTC, always 6 digits)."""
+    global _last_second
     seconds, micros = divmod(int(epoch_us), 1_000_000)
-    return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(seconds)) + f".{micros:06d}Z"
+    cached, text = _last_second  # one tuple: threads never see a torn pair
+    if cached != seconds:
+        text = _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(seconds))
+        _last_second = (seconds, text)
+    return f"{text}.{micros:06d}Z"
 
 
 def cloudevents_headers(event: Event) -> list[tuple[str, bytes]]:

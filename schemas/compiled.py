@@ -38,6 +38,9 @@ def _zigzag(n: int) -> bytes:
 
 _LENGTH = [_zigzag(i) for i in range(64)]  # one-byte length prefixes
 
+#: public name of the Avro long writer (zig-zag varint), for code that frames by hand
+avro_long = _zigzag
+
 
 class _Refused(Exception):
     """The compiled encoder cannot write this value; fastavro will decide."""

@@ -60,3 +60,11 @@ def test_wrong_time_type_is_a_schema_error(make_event: Callable[..., dict]) -> N
 def test_readme_fingerprint_table_matches_the_schemas() -> None:
     published = dict(re.findall(r"\| ([A-Z]\w+) \| `([0-9a-f]{16})` \|", README.read_text()))
     assert published == {t: fingerprint_of(t).hex() for t in EVENT_TYPES}
+
+
+def test_ce_time_is_right_when_the_cached_second_repeats_or_changes() -> None:
+    base = 1_795_851_564_000_000
+    for micros in (base, base + 999_999, base + 1_000_000, base - 1, base, 0, base + 1):
+        seconds, rest = divmod(micros, 1_000_000)
+        want = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        assert rfc3339_micros(micros) == f"{want}.{rest:06d}Z"
