@@ -177,21 +177,17 @@ def demo(as_json: bool) -> None:
         emit_json(report)
 
 
-def _attach_optional_groups() -> None:
-    """Command groups owned by components; attached when their module exists."""
-    import importlib
+def _attach_component_commands() -> None:
+    """Commands owned by components, each in its own cli/ module."""
+    from wakeline.cli.ledger import ledger
+    from wakeline.cli.tail import tail
+    from wakeline.cli.worker import worker
 
-    for module, attr in (("wakeline.cli.ledger", "ledger"),):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        cli.add_command(getattr(mod, attr))
+    for command in (ledger, worker, tail):
+        cli.add_command(command)
 
 
-_attach_optional_groups()
+_attach_component_commands()
 
 
 def main() -> None:
