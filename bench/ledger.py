@@ -7,7 +7,8 @@ hosting the batch-consumer builder and/or the audit publisher agent).
 1. Sustained throughput: N events are produced first; the workers then drain them. The rate
    is counted from the first persisted segment to the last (start-up, ~3 s of faust and
    group join, is reported apart). Two deployments: the builder and the audit publisher in
-   separate processes (one core each), and both in one process (they share the GIL).
+   separate processes, the auditor at nice 10 so the ledger comes first and the audit
+   catches up (its rate is reported too), and both in one process (they share the GIL).
 2. Latency at a fixed rate: events are produced at 5,000/s while the worker runs; for each,
    production time (its record's CreateTime, stamped by `produce()`) to its segment's
    persistence (the CreateTime of the segment's header on the ledger topic, which the builder
@@ -98,13 +99,13 @@ def audited(kafka: KafkaSettings, consumer: Consumer) -> int:
 
 
 def throughput(
-    kafka: KafkaSettings, dsn: str, count: int, roles: list[tuple[str, ...]]
+    kafka: KafkaSettings, dsn: str, count: int, roles: list[tuple[int, tuple[str, ...]]]
 ) -> dict[str, float]:
-    """Drain `count` events with one worker process per entry of `roles` (its options)."""
+    """Drain `count` events with one worker process per entry of `roles` (nice, options)."""
     produce_rate = produce_all(kafka, count)
     watch = Consumer(kafka.client_config(**{"group.id": f"b-{uuid.uuid4().hex[:8]}"}))
     t0 = time.perf_counter()
-    procs = [start_worker(kafka, dsn, *WORKER_ARGS, *args) for args in roles]
+    procs = [start_worker(kafka, dsn, *WORKER_ARGS, *args, nice=nice) for nice, args in roles]
     first_at = ledger_done = audit_done = None
     first_n = 0
     try:
@@ -217,6 +218,71 @@ def collect_latencies(kafka: KafkaSettings, want: int) -> list[float]:
     return out
 
 
+FAUST_COUNTER = """
+import sys, time, faust
+topic_name, bootstrap, want, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+app = faust.App("bench-faust-" + str(time.time_ns()), broker="kafka://" + bootstrap,
+                store="memory://", web_enabled=False)
+topic = app.topic(topic_name, key_type=bytes, value_type=bytes,
+                  key_serializer="raw", value_serializer="raw")
+state = {"n": 0, "t0": None}
+
+def seen(k):
+    if state["t0"] is None:
+        state["t0"] = time.perf_counter()
+    state["n"] += k
+    if state["n"] >= want:
+        print("RATE", want / (time.perf_counter() - state["t0"]), flush=True)
+        sys.exit(0)
+
+@app.agent(topic, concurrency=1)
+async def count(stream):
+    if mode == "take":
+        async for values in stream.take(2000, within=0.5):
+            seen(len(values))
+    else:
+        async for _ in stream:
+            seen(1)
+
+app.main()
+"""
+
+
+def faust_vs_batch(kafka: KafkaSettings, count: int) -> dict[str, float]:
+    """Records/s of a faust agent that only counts, against a confluent-kafka batch loop
+    that only counts, over the same records already in the topic."""
+    import subprocess
+    import sys
+    import tempfile
+
+    produce_all(kafka, count)
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        script = f"{tmp}/counter.py"
+        with open(script, "w") as f:
+            f.write(FAUST_COUNTER)
+        for mode in ("async-for", "take"):
+            res = subprocess.run(
+                [sys.executable, script, kafka.topics.events, kafka.bootstrap, str(count), mode,
+                 "worker", "-l", "error"],
+                cwd=tmp, capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            rates = [ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("RATE")]
+            out[f"faust {mode}"] = float(rates[0]) if rates else float("nan")
+    c = Consumer(kafka.client_config(**{"group.id": f"b-{uuid.uuid4().hex[:8]}",
+                                        "auto.offset.reset": "earliest"}))  # fmt: skip
+    c.subscribe([kafka.topics.events])
+    n, t0 = 0, None
+    while n < count:
+        msgs = c.consume(5000, 1.0)
+        if msgs and t0 is None:
+            t0 = time.perf_counter()
+        n += len(msgs)
+    out["confluent consume(5000)"] = count / (time.perf_counter() - t0)
+    c.close()
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
@@ -224,6 +290,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--only", choices=("throughput", "latency"))
+    ap.add_argument(
+        "--compare-faust",
+        action="store_true",
+        help="also time a counting faust agent against a counting batch consumer",
+    )
     ap.add_argument(
         "--worker-arg",
         action="append",
@@ -236,12 +307,14 @@ def main() -> int:
 
     base = replace(KafkaSettings.from_env(), partitions=args.partitions)
     runs = {
-        "split": ("throughput", [("--no-audit",), ("--no-builder",)]),
-        "single": ("throughput", [()]),
+        "split": ("throughput", [(0, ("--no-audit",)), (10, ("--no-builder",))]),
+        "single": ("throughput", [(0, ())]),
         "latency": ("latency", None),
     }
     if args.only:
         runs = {k: v for k, v in runs.items() if v[0] == args.only}
+    if args.compare_faust:
+        runs["faust"] = ("faust", None)
     results = {}
     for name, (kind, roles) in runs.items():
         kafka = replace(base, topics=Topics(f"bench{uuid.uuid4().hex[:8]}.wakeline."))
@@ -250,6 +323,8 @@ def main() -> int:
         try:
             if kind == "throughput":
                 results[name] = throughput(kafka, dsn, args.events, roles)
+            elif kind == "faust":
+                results[name] = faust_vs_batch(kafka, args.events)
             else:
                 results[name] = latency(kafka, dsn, args.rate, args.seconds)
         finally:
@@ -259,7 +334,7 @@ def main() -> int:
 
     rows = []
     labels = {
-        "split": "2 processes: worker --no-audit + worker --no-builder",
+        "split": "2 processes: worker --no-audit + nice 10 worker --no-builder",
         "single": "1 process: worker (builder + audit publisher)",
     }
     for name in ("split", "single"):
@@ -284,6 +359,8 @@ def main() -> int:
              lat["p99"] <= 2.0),
             ("  latency max (s)", f"{lat['max']:.3f}", "", None),
         ]  # fmt: skip
+    for label, rate in results.get("faust", {}).items():
+        rows.append((f"count only, {label} (records/s)", f"{rate:,.0f}", "", None))
     extra = " ".join(WORKER_ARGS)
     print(f"ledger builder bench: {args.events:,} events backlog, {args.partitions} partitions, "
           f"worker options `{extra}`")  # fmt: skip

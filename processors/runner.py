@@ -36,7 +36,7 @@ def worker_from_env(
     settings = BuilderSettings.from_env(env)
     if overrides:
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    signer = load_signer(signing_key_path(env)) if settings.checkpoint_interval_s > 0 else None
+    signer = load_signer(signing_key_path(env))  # generated on first use (DESIGN §2)
     return create_worker(kafka, settings, dsn, postgres_store_factory(dsn), signer)
 
 
