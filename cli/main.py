@@ -170,8 +170,10 @@ def demo(as_json: bool) -> None:
     from wakeline.demo import run_demo
     from wakeline.infra.settings import DatabaseSettings, KafkaSettings
 
+    # with --json the story goes to stderr and only the report to stdout
+    out = err_console if as_json else console
     report = run_guarded(
-        lambda: run_demo(KafkaSettings.from_env(), DatabaseSettings.from_env(), console=console)
+        lambda: run_demo(KafkaSettings.from_env(), DatabaseSettings.from_env(), console=out)
     )
     if as_json:
         emit_json(report)

@@ -1,0 +1,29 @@
+"""The `make demo` scenario as a test: SDK -> Kafka -> worker -> PostgreSQL ledger -> verify."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from wakeline.demo import run_demo
+from wakeline.infra.settings import DatabaseSettings, KafkaSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def test_demo_ledgers_verifies_and_catches_the_forged_amount(
+    kafka: KafkaSettings, fresh_dsn: str
+) -> None:
+    out = io.StringIO()
+    report = run_demo(kafka, DatabaseSettings(fresh_dsn), console=Console(file=out, width=120))
+    text = out.getvalue()
+    assert report["verdict"] == "sound"
+    assert report["audit_records"] == 9  # 4 intents, 4 results, the seal
+    assert report["forged_verdict"] == "tampered"
+    finding = report["forged_first_finding"]
+    assert finding["check"] == "entry.leaf_hash"
+    assert finding["event_id"] == report["charge_event_id"]  # the forged event, named
+    assert "4242424242424242" not in text  # the card number never reaches the log
+    assert "called stripe.charge for customer 123" in text
