@@ -1,13 +1,24 @@
 """One Kafka producer per emitter, shared by every call; the spool behind it (issue 4 §3-4).
 
-Every event is produced with `on_delivery` bound to a `_Pending`. A background thread polls
-the producer, so delivery reports resolve waiters as they arrive: many concurrent strict
-calls ride the same produce request (batching), each waiting only for its own report.
+Every event is produced with `on_delivery` bound to a `_Pending`; delivery reports resolve
+waiters as they arrive, so many concurrent strict calls ride the same produce request
+(batching), each waiting only for its own report.
 
-- sync strict waiters block on a per-message lock the delivery report releases;
-- async strict waiters await a future; reports are handed to each event loop in one
-  `call_soon_threadsafe` per poll round, not one per message;
-- relaxed events are fire-and-forget here; their reports are counted, failures spooled.
+Who serves the reports matters: confluent-kafka takes the GIL once per report, so a
+background thread serving them while the caller runs Python makes the two threads fight
+over the GIL (the caller stalls up to the 5 ms switch interval). So reports are served by the
+threads that produce, whenever they are active:
+
+- a relaxed send serves what is ready (`poll(0)`) right after producing (at most every
+  `_SERVE_EVERY_S`, so reports are served in batches);
+- a sync strict waiter blocks on a per-message lock the report releases, and hands the
+  polling to the background thread while it waits (a caller polling in a loop itself
+  measured slower: more wake-ups, more CPU per call);
+- async strict waiters await a future; a per-loop pump polls on the loop thread while the
+  loop is busy and resolves futures directly; when a round serves nothing it hands over to
+  the background thread, which waits for reports and wakes the loop once per batch;
+- the background thread polls only after the callers have been quiet for a moment
+  (`idle_poll_s`): it covers idle periods (relaxed reports, failures, async waiters).
 
 Spooling: a failed delivery, a strict wait that times out, or a full local queue switches
 the transport to *spooling*: from then on every event is appended to the spool (strict ones
@@ -42,6 +53,8 @@ from wakeline.producers.spool import Header, Spool, SpoolRecord
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, SPOOLED = 0, 1, 2
+#: a relaxed send serves ready reports if none were served for this long (batches them)
+_SERVE_EVERY_S = 0.0002
 _TIMED_OUT = object()
 
 
@@ -55,6 +68,8 @@ class TransportOptions:
     #: a strict call waits this long for the broker, then fsyncs the intent to the spool
     strict_timeout_s: float = 5.0
     drain_interval_s: float = 0.5
+    #: the background thread serves delivery reports once callers were quiet this long
+    idle_poll_s: float = 0.002
     producer_config: Mapping[str, Any] | None = None
 
 
@@ -98,6 +113,33 @@ def _set_done(items: list[_Pending]) -> None:
             fut.set_result(p.state)
 
 
+class _Pump:
+    """Polls the producer on one event loop's thread while that loop has strict waiters."""
+
+    __slots__ = ("transport", "loop", "waiting", "scheduled")
+
+    def __init__(self, transport: Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.waiting = 0  # this loop's unresolved strict sends
+        self.scheduled = False
+
+    def start(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.step)
+
+    def step(self) -> None:
+        self.scheduled = False
+        t = self.transport
+        served = t._serve(0.0, self.loop)
+        if self.waiting > 0:
+            if served:
+                self.start()  # busy: poll again after the tasks that just woke have run
+            else:
+                t._hand_over()  # quiet: let the background thread wait for the reports
+
+
 class Transport:
     def __init__(
         self, kafka: KafkaSettings, spool: Spool, options: TransportOptions | None = None
@@ -128,7 +170,12 @@ class Transport:
         self._async_done: deque[_Pending] = deque()
         #: async strict waiters in send order; the poller expires those past their deadline
         self._async_deadlines: deque[tuple[float, _Pending]] = deque()
+        self._deadlines_lock = threading.Lock()
         self._stop = threading.Event()
+        #: when a caller last served delivery reports (the background thread defers to it)
+        self._active_at = 0.0
+        self._wake_poller = threading.Event()
+        self._pumps: dict[asyncio.AbstractEventLoop, _Pump] = {}
         self._closed = False
         self.delivered = 0
         self.spooled = 0
@@ -162,6 +209,19 @@ class Transport:
             self.spooled += 1
             return True
 
+    def _serve(self, timeout: float, loop: asyncio.AbstractEventLoop | None = None) -> int:
+        """Serve ready delivery reports on this thread (waiting up to `timeout`)."""
+        self._active_at = time.monotonic()
+        served = self.producer.poll(timeout)
+        if self._failures or self._async_done or self._purge_needed or self._async_deadlines:
+            self._after_poll(loop)
+        return served
+
+    def _hand_over(self) -> None:
+        """Callers went quiet with reports outstanding: the background thread takes over."""
+        self._active_at = 0.0
+        self._wake_poller.set()
+
     def _produce(self, p: _Pending) -> bool:
         rec = p.rec
         try:
@@ -192,8 +252,13 @@ class Transport:
         if wait:
             p.lock = _thread.allocate_lock()
             p.lock.acquire()
-        if not self._produce(p) or not wait:
+        if not self._produce(p):
             return
+        if not wait:
+            if time.monotonic() - self._active_at >= _SERVE_EVERY_S:
+                self._serve(0.0)
+            return
+        self._hand_over()
         if not p.lock.acquire(timeout=self.options.strict_timeout_s):
             self._spool_unacknowledged(p)
 
@@ -213,7 +278,16 @@ class Transport:
         if not self._produce(p):
             return
         self._async_deadlines.append((time.monotonic() + self.options.strict_timeout_s, p))
-        if await fut is _TIMED_OUT:
+        pump = self._pumps.get(loop)
+        if pump is None:
+            pump = self._pumps[loop] = _Pump(self, loop)
+        pump.waiting += 1
+        pump.start()
+        try:
+            state = await fut
+        finally:
+            pump.waiting -= 1
+        if state is _TIMED_OUT:
             self._spool_unacknowledged(p)
 
     def _spool_unacknowledged(self, p: _Pending) -> None:
@@ -234,14 +308,30 @@ class Transport:
 
     # -- background: delivery reports -----------------------------------------------------
     def _poll_loop(self) -> None:
+        idle = self.options.idle_poll_s
+        wait = idle
         while not self._stop.is_set():
             try:
-                self.producer.poll(0.05)
+                quiet = time.monotonic() - self._active_at
+                if quiet < idle:  # a caller is serving reports: stay out of its way
+                    self._wake_poller.wait(idle - quiet)
+                    self._wake_poller.clear()
+                    wait = idle
+                    continue
+                # Short waits while reports flow (notice soon when a caller is active
+                # again), longer ones when nothing happens.
+                served = self.producer.poll(wait)
+                wait = idle if served else min(wait * 2, 0.05)
                 self._after_poll()
             except Exception:  # noqa: BLE001 - the poller must survive anything
                 log.exception("delivery poller error")
 
-    def _after_poll(self) -> None:
+    def _after_poll(self, here: asyncio.AbstractEventLoop | None = None) -> None:
+        """Act on what the served reports left: failures, async waiters, purges.
+
+        `here` is the event loop running on this thread, if any: its futures are resolved
+        directly; other loops get one `call_soon_threadsafe` each.
+        """
         if self._failures:
             self._handle_failures()
         if self._async_done:
@@ -251,21 +341,37 @@ class Transport:
                 p = done.popleft()
                 by_loop.setdefault(p.loop, []).append(p)  # type: ignore[arg-type]
             for loop, items in by_loop.items():
+                if loop is here:
+                    _set_done(items)
+                    continue
                 with contextlib.suppress(RuntimeError):  # loop closed: nobody waits
                     loop.call_soon_threadsafe(_set_done, items)
         deadlines = self._async_deadlines
-        if deadlines and deadlines[0][0] <= time.monotonic():
-            self._expire_async(deadlines)
+        if deadlines and self._deadlines_lock.acquire(blocking=False):
+            try:
+                while deadlines and deadlines[0][1].state != PENDING:
+                    deadlines.popleft()  # resolved: nothing to expire
+                if deadlines and deadlines[0][0] <= time.monotonic():
+                    self._expire_async(deadlines, here)
+            finally:
+                self._deadlines_lock.release()
         if self._purge_needed:
             self._purge_needed = False
             self.producer.purge(in_queue=True, in_flight=False, blocking=False)
 
-    def _expire_async(self, deadlines: deque[tuple[float, _Pending]]) -> None:
+    def _expire_async(
+        self,
+        deadlines: deque[tuple[float, _Pending]],
+        here: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         now = time.monotonic()
         while deadlines and deadlines[0][0] <= now:
             _, p = deadlines.popleft()
             fut, loop = p.future, p.loop
             if p.state == PENDING and fut is not None and loop is not None and not fut.done():
+                if loop is here:
+                    _expire(fut)
+                    continue
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_expire, fut)
 
@@ -402,6 +508,7 @@ class Transport:
             self.producer.poll(0)
             self._after_poll()
         self._stop.set()
+        self._wake_poller.set()
         self._poller.join(timeout=5)
         self._drainer.join(timeout=5)
         self._after_poll()
