@@ -52,6 +52,10 @@ class BuilderSettings:
             raise ConfigError(f"segment_max_leaves={self.segment_max_leaves}, want >= 1")
         if self.segment_max_age_s <= 0:
             raise ConfigError(f"segment_max_age_s={self.segment_max_age_s}, want > 0")
+        from wakeline.ledger.hashing import SUITES
+
+        if self.hash_suite not in SUITES:
+            raise ConfigError(f"hash suite {self.hash_suite!r}, want one of {sorted(SUITES)}")
         if not (self.builder or self.audit):
             raise ConfigError("a worker with neither the builder nor the auditor does nothing")
         if self.checkpoint_interval_s < 0:

@@ -234,3 +234,33 @@ def decode_with_avsc_only(frame: bytes) -> dict:
     if rec["event"] is not None and rec["decode_error"] is None:
         rec["event"] = decode(rec["event"])
     return rec
+
+
+def test_checkpoints_are_signed_on_the_interval_as_the_ledger_grows(
+    fresh_kafka, fresh_dsn, worker_log, tmp_path, monkeypatch
+) -> None:
+    from wakeline.ledger.checkpoints import open_note, parse_body
+    from wakeline.processors.checkpointing import load_signer
+
+    key = tmp_path / "ledger.key"
+    monkeypatch.setenv("WAKELINE_SIGNING_KEY", str(key))
+    kafka = fresh_kafka
+    events = list(traffic(400, workflows=20))
+    produce(kafka, events[:200])
+    proc = start_worker(kafka, fresh_dsn, "--checkpoint-interval-s", "1", "--no-audit",
+                        log_path=str(worker_log))  # fmt: skip
+    store = postgres_store_factory(fresh_dsn)()
+    try:
+        wait_for_ledger(store, 200)
+        time.sleep(2.5)
+        produce(kafka, events[200:])
+        wait_for_ledger(store, 400)
+        time.sleep(2.5)
+    finally:
+        stop_worker(proc)
+    verifier = load_signer(key).verifier
+    cps = [parse_body(open_note(n, [verifier])[0]) for n in store.checkpoints()]
+    sizes = [sum(h.tree_size for h in cp.heads) for cp in cps]
+    assert [cp.seq for cp in cps] == list(range(len(cps)))
+    assert 200 in sizes and sizes[-1] == 400
+    assert len(sizes) == len(set(sizes)), "a checkpoint is signed only when the ledger moved"

@@ -64,6 +64,10 @@ def test_settings_from_env_and_validation() -> None:
         BuilderSettings.from_env({"WAKELINE_SEGMENT_MAX_LEAVES": "lots"})
     with pytest.raises(ConfigError, match="segment_max_age_s"):
         BuilderSettings(segment_max_age_s=0)
+    with pytest.raises(ConfigError, match="md5"):
+        BuilderSettings.from_env({"WAKELINE_HASH_SUITE": "md5"})
+    with pytest.raises(ConfigError, match="does nothing"):
+        BuilderSettings(builder=False, audit=False)
 
 
 def test_agents_are_pinned_to_concurrency_one() -> None:
