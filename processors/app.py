@@ -72,6 +72,8 @@ def create_worker(
         web_enabled=False,
         topic_partitions=kafka.partitions,
         topic_replication_factor=1,
+        # a new worker's audit agent starts at the first header, never at the newest
+        consumer_auto_offset_reset="earliest",
     )
     builder = LedgerBuilderService(kafka, settings, store_factory, dsn)
     lock = asyncio.Lock()
