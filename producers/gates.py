@@ -74,6 +74,20 @@ class LoopVerdict:
     alert: bool = False  # first refusal of this key in a window: emit an Alert
 
 
+_ALLOWED: dict[int, LoopVerdict] = {}
+
+
+def _allowed(count: int) -> LoopVerdict:
+    """The (immutable, so shared) verdict allowing a call seen `count` times: one per call
+    of every tool, so not built anew each time."""
+    verdict = _ALLOWED.get(count)
+    if verdict is None:
+        verdict = LoopVerdict(True, count)
+        if count < 64:
+            _ALLOWED[count] = verdict
+    return verdict
+
+
 @dataclass
 class LoopGuard:
     """Refuse the `max_repeats`-th identical call within `window_s` seconds."""
@@ -111,7 +125,7 @@ class LoopGuard:
                     self._alerted[key] = now
                 return LoopVerdict(False, len(times) + 1, alert)
             times.append(now)
-            return LoopVerdict(True, len(times))
+            return _allowed(len(times))
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window_s

@@ -287,8 +287,8 @@ class WorkflowContext:
         canonical = canonicalise(
             args, redact=spec.redact, digest_only=spec.digest_only, max_bytes=em.max_payload_bytes
         )
-        reads = spec.resources_read(args)
-        writes = spec.resources_written(args)
+        reads = spec.resources_read(args) if spec.reads else []
+        writes = spec.resources_written(args) if spec.writes else []
         decision, refusal, loop_count = self._gates(spec, args, canonical)
         mode = durability or spec.effective_durability
         reason = _reason(decision)

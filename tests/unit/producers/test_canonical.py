@@ -7,7 +7,7 @@ import math
 import blake3
 import pytest
 import rfc8785
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wakeline.producers import NotSerialisable, PayloadTooLarge, canonical_json, canonicalise
@@ -114,3 +114,30 @@ def test_oversized_payload_is_refused_with_size_and_limit():
     assert e.value.limit == 1000
     assert e.value.size > 2000
     assert canonicalise({"blob": "x" * 900}, max_bytes=1000)
+
+
+simple_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.text(),  # any code point: control characters, U+2028, non-BMP, lone surrogates
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.lists(children, max_size=3).map(tuple)
+        | st.dictionaries(st.text(alphabet=st.characters(max_codepoint=127)), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500)
+@given(simple_values)
+def test_the_stdlib_fast_path_is_byte_equal_to_rfc8785(value):
+    """The values canonical_json writes with the stdlib C encoder, not rfc8785."""
+    try:
+        want = rfc8785.dumps(value)
+    except rfc8785.CanonicalizationError:
+        with pytest.raises(NotSerialisable):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == want
