@@ -110,11 +110,14 @@ class LoopGuard:
         now = self.clock()
         key = (agent_id, tool, args_digest)
         with self._lock:
-            times = self._seen.get(key)
+            seen = self._seen
+            # Re-inserted below, so the dict runs from least to most recently seen.
+            times = seen.pop(key, None)
             if times is None:
-                if len(self._seen) >= self.max_keys:
+                if len(seen) >= self.max_keys:
                     self._prune(now)
-                times = self._seen[key] = deque()
+                times = deque()
+            seen[key] = times
             horizon = now - self.window_s
             while times and times[0] <= horizon:
                 times.popleft()
@@ -128,9 +131,21 @@ class LoopGuard:
             return _allowed(len(times))
 
     def _prune(self, now: float) -> None:
+        """Make room: drop keys idle past the window, then, if every key is recent (more
+        than `max_keys` distinct calls within one window), the least recently seen tenth.
+        Amortised O(1) per call: the next prune is `max_keys // 10` new keys away."""
         horizon = now - self.window_s
-        for key in [k for k, t in self._seen.items() if not t or t[-1] <= horizon]:
-            del self._seen[key]
+        seen = self._seen
+        stale = []
+        for k, t in seen.items():  # least recently seen first
+            if t and t[-1] > horizon:
+                break
+            stale.append(k)
+        if len(seen) - len(stale) >= self.max_keys:
+            keep = self.max_keys - max(1, self.max_keys // 10)
+            stale = list(seen)[: len(seen) - keep]
+        for key in stale:
+            del seen[key]
             self._alerted.pop(key, None)
 
 

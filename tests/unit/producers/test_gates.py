@@ -45,6 +45,35 @@ def test_loop_guard_window_slides():
     assert not guard.check("a", "t", d).allowed
 
 
+def test_loop_guard_stays_bounded_and_still_catches_a_loop_among_many_distinct_calls():
+    """More distinct calls within one window than `max_keys`: memory stays bounded (the
+    least recently seen keys go), and a call repeating among them (fewer than `max_keys`
+    other calls apart) is still refused."""
+    clock = Clock()
+    guard = LoopGuard(max_repeats=4, window_s=10, clock=clock, max_keys=100)
+    hot = b"hot"
+    verdicts = []
+    for i in range(5_000):
+        clock.now += 0.0001  # all within one window
+        assert guard.check("a", "t", str(i).encode()).allowed
+        if i % 50 == 0:  # the loop: one repeat every 50 other calls
+            verdicts.append(guard.check("a", "t", hot).allowed)
+        assert len(guard._seen) <= 100
+    assert verdicts == [True, True, True] + [False] * 97
+
+
+def test_loop_guard_forgets_idle_keys_first():
+    clock = Clock()
+    guard = LoopGuard(max_repeats=3, window_s=10, clock=clock, max_keys=10)
+    for i in range(10):
+        guard.check("a", "t", str(i).encode())
+    clock.now += 11  # every key is idle past the window
+    guard.check("a", "t", b"late-1")
+    guard.check("a", "t", b"late-1")
+    assert set(guard._seen) == {("a", "t", b"late-1")}
+    assert not guard.check("a", "t", b"late-1").allowed
+
+
 def test_loop_guard_rejects_nonsense_settings():
     with pytest.raises(ValueError):
         LoopGuard(max_repeats=1)
