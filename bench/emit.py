@@ -84,7 +84,12 @@ def sequential_rate(emitter: Emitter, tool: str, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def concurrent_rate(emitter: Emitter, tool: str, seconds: float, workflows: int) -> float:
+def concurrent_rate(
+    emitter: Emitter, tool: str, seconds: float, workflows: int
+) -> tuple[float, float, float]:
+    """Calls/s, and CPU per call: of the loop's thread, and of the whole process (librdkafka's
+    threads and the SDK's background threads included)."""
+
     async def agent(k: int, deadline: float, counts: list[int]) -> None:
         ctx = emitter.workflow(
             f"bench-c{k}-{uuid.uuid4()}", agent_id=f"bench-{k}", principal="bench"
@@ -103,9 +108,16 @@ def concurrent_rate(emitter: Emitter, tool: str, seconds: float, workflows: int)
         return sum(counts)
 
     t0 = time.perf_counter()
+    cpu0, proc0 = time.thread_time(), _process_cpu()
     total = asyncio.run(main())
     emitter.flush(60)
-    return total / (time.perf_counter() - t0)
+    rate = total / (time.perf_counter() - t0)
+    return rate, (time.thread_time() - cpu0) / total * 1e6, (_process_cpu() - proc0) / total * 1e6
+
+
+def _process_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
                     prof = cProfile.Profile()
                     prof.enable()
-                rate = concurrent_rate(emitter, tool, args.seconds, args.workflows)
+                rate, cpu, proc = concurrent_rate(emitter, tool, args.seconds, args.workflows)
                 if args.profile and mode == "strict":
                     prof.disable()
                     pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(30)
@@ -154,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{mode} {args.workflows}-wf calls/s",
                         "calls/s",
                         rate,
-                        f"{args.workflows} asyncio workflows",
+                        f"{args.workflows} asyncio workflows; CPU/call: loop thread {cpu:.0f} "
+                        f"µs, process {proc:.0f} µs",
                     )
                 )
             stats = emitter.transport
