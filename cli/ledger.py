@@ -127,7 +127,7 @@ def run_verify(
                 report = verify_from_kafka(
                     KafkaSettings.from_env(),
                     trusted_keys=keys,
-                    public_keys=pubs,
+                    public_keys=pubs or _default_public_keys(),
                     decode=decode,
                     dsn=dsn,
                     progress=progress,
