@@ -54,7 +54,10 @@ def _check_known(env: Mapping[str, str]) -> None:
         )
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, lo: int = 1, hi: int = 65535) -> int:
+def env_int(
+    env: Mapping[str, str], name: str, default: int, *, lo: int = 1, hi: int = 2**31 - 1
+) -> int:
+    """The whole number in `env[name]` (default when unset or empty); ConfigError names it."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -84,8 +87,8 @@ class StackSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
         env = os.environ if env is None else env
         _check_known(env)
-        kafka_port = _int(env, "WAKELINE_KAFKA_PORT", DEFAULT_KAFKA_PORT)
-        controller_port = _int(env, "WAKELINE_CONTROLLER_PORT", kafka_port + 1)
+        kafka_port = env_int(env, "WAKELINE_KAFKA_PORT", DEFAULT_KAFKA_PORT, hi=65535)
+        controller_port = env_int(env, "WAKELINE_CONTROLLER_PORT", kafka_port + 1, hi=65535)
         if controller_port == kafka_port:
             raise ConfigError("WAKELINE_CONTROLLER_PORT must differ from WAKELINE_KAFKA_PORT")
         return cls(
@@ -182,7 +185,7 @@ class KafkaSettings:
         return cls(
             bootstrap=bootstrap,
             topics=Topics(prefix),
-            partitions=_int(env, "WAKELINE_PARTITIONS", DEFAULT_PARTITIONS, hi=10_000),
+            partitions=env_int(env, "WAKELINE_PARTITIONS", DEFAULT_PARTITIONS, hi=10_000),
             external=external,
             extra=_parse_kv(env.get("WAKELINE_KAFKA_CONFIG", "")),
         )

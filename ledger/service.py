@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any, BinaryIO
@@ -10,24 +11,23 @@ from typing import Any, BinaryIO
 from .bundle import BundleWriter
 from .checkpoints import Checkpoint, PartitionHead, Signer, open_note, parse_body, sign_note
 from .checkpoints import split_note as _split
-from .errors import FormatError, ProofError, SignatureError
+from .errors import ChainConflict, FormatError, ProofError, SignatureError
 from .hashing import suite_named
 from .proofs import consistency_proof, inclusion_proof, verify_consistency, verify_inclusion
 from .records import parse_leaf
 from .sources import store_identity
 from .store import LedgerStore
 
+log = logging.getLogger(__name__)
+
 PROOF_FORMAT = "wakeline-proof/v1"
 
 
-def checkpoint_now(
-    store: LedgerStore,
-    signers: Sequence[Signer],
-    origin: str,
-    *,
-    time_ms: int | None = None,
-) -> bytes:
-    """Sign a checkpoint of every partition's newest segment, store it and return the note."""
+DEFAULT_ORIGIN = "wakeline/ledger"
+
+
+def current_heads(store: LedgerStore) -> tuple[str | None, tuple[PartitionHead, ...]]:
+    """(suite name, every partition's latest head) as the store holds them."""
     heads = []
     suite = None
     for p in store.partitions():
@@ -37,21 +37,56 @@ def checkpoint_now(
         h = last[0]
         suite = h.suite.name
         heads.append(PartitionHead(p, h.tree_size, h.tree_root, h.hash()))
-    latest = store.latest_checkpoint()
-    prev = parse_body(_split(latest)[0]) if latest is not None else None
-    if suite is None:
-        suite = prev.suite if prev is not None else store_identity(store)[1]
-    cp = Checkpoint(
-        origin=origin,
-        suite=suite,
-        seq=prev.seq + 1 if prev is not None else 0,
-        time_ms=int(time.time() * 1000) if time_ms is None else time_ms,
-        prev=prev.hash() if prev is not None else None,
-        heads=tuple(heads),
-    )
-    note = sign_note(cp.body(), signers)
-    store.add_checkpoint(note)
-    return note
+    return suite, tuple(heads)
+
+
+def sign_checkpoint(
+    store: LedgerStore,
+    signers: Signer | Sequence[Signer],
+    *,
+    origin: str | None = None,
+    force: bool = False,
+    now_ms: int | None = None,
+    attempts: int = 3,
+) -> bytes | None:
+    """Sign and store a checkpoint of every partition's newest segment; return the note, or
+    None when nothing changed since the latest checkpoint (unless `force`) or nothing is
+    ledgered. Any process may sign: two racing for one sequence number are told apart by the
+    store (ChainConflict) and the loser retries on top of the winner's checkpoint."""
+    if isinstance(signers, Signer):
+        signers = [signers]
+    for attempt in range(attempts):
+        latest = store.latest_checkpoint()
+        prev = parse_body(_split(latest)[0]) if latest is not None else None
+        suite, heads = current_heads(store)
+        if suite is None:
+            return None
+        if prev is not None and not force and _same_heads(prev.heads, heads):
+            return None
+        cp = Checkpoint(
+            origin=origin or (prev.origin if prev else DEFAULT_ORIGIN),
+            suite=suite,
+            seq=prev.seq + 1 if prev else 0,
+            time_ms=now_ms if now_ms is not None else time.time_ns() // 1_000_000,
+            prev=prev.hash() if prev else None,
+            heads=heads,
+        )
+        note = sign_note(cp.body(), signers)
+        try:
+            store.add_checkpoint(note)
+        except ChainConflict as e:
+            log.info("checkpoint raced, retrying attempt=%d reason=%s", attempt, e)
+            continue
+        log.info(
+            "checkpoint signed seq=%d partitions=%d leaves=%d",
+            cp.seq, len(heads), sum(h.tree_size for h in heads),
+        )  # fmt: skip
+        return note
+    raise ChainConflict(f"checkpoint lost the race {attempts} times in a row")
+
+
+def _same_heads(a: tuple[PartitionHead, ...], b: tuple[PartitionHead, ...]) -> bool:
+    return sorted(a, key=lambda h: h.partition) == sorted(b, key=lambda h: h.partition)
 
 
 def export_bundle(

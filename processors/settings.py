@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from wakeline.errors import ConfigError
+from wakeline.infra.settings import env_int
 
 #: environment variables read by BuilderSettings.from_env (all optional)
 BUILDER_VARIABLES = (
@@ -70,27 +71,14 @@ class BuilderSettings:
         d = cls()
         return cls(
             group_id=env.get("WAKELINE_BUILDER_GROUP") or None,
-            batch_size=_int(env, "WAKELINE_BUILDER_BATCH", d.batch_size),
-            segment_max_leaves=_int(env, "WAKELINE_SEGMENT_MAX_LEAVES", d.segment_max_leaves),
-            segment_max_age_s=_int(
+            batch_size=env_int(env, "WAKELINE_BUILDER_BATCH", d.batch_size),
+            segment_max_leaves=env_int(env, "WAKELINE_SEGMENT_MAX_LEAVES", d.segment_max_leaves),
+            segment_max_age_s=env_int(
                 env, "WAKELINE_SEGMENT_MAX_AGE_MS", int(d.segment_max_age_s * 1000)
             )
             / 1000,
             checkpoint_interval_s=float(
-                _int(env, "WAKELINE_CHECKPOINT_INTERVAL_S", int(d.checkpoint_interval_s), lo=0)
+                env_int(env, "WAKELINE_CHECKPOINT_INTERVAL_S", int(d.checkpoint_interval_s), lo=0)
             ),
             hash_suite=env.get("WAKELINE_HASH_SUITE") or d.hash_suite,
         )
-
-
-def _int(env: Mapping[str, str], name: str, default: int, *, lo: int = 1) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-    if value < lo:
-        raise ConfigError(f"{name}={value}, want >= {lo}")
-    return value

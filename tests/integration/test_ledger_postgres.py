@@ -25,11 +25,11 @@ class TestPostgresLedgerStore(LedgerStoreContract):
 @pytest.mark.parametrize("table", ["ledger_segments", "ledger_entries", "ledger_checkpoints"])
 def test_ledger_tables_refuse_update_delete_and_truncate(fresh_dsn: str, table: str) -> None:
     from wakeline.ledger.checkpoints import generate_signer
-    from wakeline.ledger.service import checkpoint_now
+    from wakeline.ledger.service import sign_checkpoint
 
     with PostgresLedgerStore(fresh_dsn) as store:
         store.append_segment(*seal(store, PartitionChain(BLAKE3, 0), [0, 1]))
-        checkpoint_now(store, [generate_signer("t")], "t", time_ms=1)
+        sign_checkpoint(store, [generate_signer("t")], origin="t", force=True, now_ms=1)
     with psycopg.connect(fresh_dsn, autocommit=True) as conn:
         for sql in (
             f"UPDATE {table} SET stored_at = now()"
@@ -70,7 +70,7 @@ def _ledger_from_kafka(settings, dsn: str, signer) -> None:
 
     from tests.unit.ledger.ledgerkit import workflow_events
     from wakeline.infra.kafka_source import _consumer, _read, _tp, record_of
-    from wakeline.ledger.service import checkpoint_now
+    from wakeline.ledger.service import sign_checkpoint
     from wakeline.ledger.store import make_entries
     from wakeline.schemas import cloudevents_headers, encode_event
 
@@ -104,7 +104,7 @@ def _ledger_from_kafka(settings, dsn: str, signer) -> None:
                     value=header.to_bytes(),
                     partition=p,
                 )
-        checkpoint_now(store, [signer], "wakeline.test/kafka", time_ms=1)
+        sign_checkpoint(store, [signer], origin="wakeline.test/kafka", force=True, now_ms=1)
     consumer.close()
     assert producer.flush(30) == 0
 

@@ -11,7 +11,7 @@ from wakeline.ledger.bundle import read_frames
 from wakeline.ledger.checkpoints import Signer, generate_signer
 from wakeline.ledger.records import LedgerRecord
 from wakeline.ledger.segments import PartitionChain
-from wakeline.ledger.service import checkpoint_now, export_bundle
+from wakeline.ledger.service import export_bundle, sign_checkpoint
 from wakeline.ledger.store import make_entries
 from wakeline.ledger.store_memory import MemoryLedgerStore
 from wakeline.schemas import cloudevents_headers, encode_event
@@ -134,8 +134,8 @@ def build_ledger(
             sealed += 1
             if sealed % checkpoint_every == 0:
                 t += 1000
-                checkpoint_now(store, [signer], ORIGIN, time_ms=t)
-    checkpoint_now(store, [signer], ORIGIN, time_ms=t + 1000)
+                sign_checkpoint(store, [signer], origin=ORIGIN, force=True, now_ms=t)
+    sign_checkpoint(store, [signer], origin=ORIGIN, force=True, now_ms=t + 1000)
     return Ledger(store, signer, suite, by_part)
 
 

@@ -15,7 +15,7 @@ from wakeline.ledger import BLAKE3, ChainConflict
 from wakeline.ledger.checkpoints import generate_signer, parse_body, split_note
 from wakeline.ledger.records import LedgerRecord
 from wakeline.ledger.segments import PartitionChain
-from wakeline.ledger.service import check_event_proof, checkpoint_now, event_proof, export_bundle
+from wakeline.ledger.service import check_event_proof, event_proof, export_bundle, sign_checkpoint
 from wakeline.ledger.sources import verify_bundle, verify_store
 from wakeline.ledger.store import LedgerStore, make_entries
 
@@ -118,8 +118,8 @@ class LedgerStoreContract(ABC):
     def test_checkpoints_chain_and_are_idempotent(self, store) -> None:
         signer = generate_signer(ORIGIN)
         store.append_segment(*seal(store, PartitionChain(BLAKE3, 0), [0, 1]))
-        n0 = checkpoint_now(store, [signer], ORIGIN, time_ms=1)
-        n1 = checkpoint_now(store, [signer], ORIGIN, time_ms=2)
+        n0 = sign_checkpoint(store, [signer], origin=ORIGIN, force=True, now_ms=1)
+        n1 = sign_checkpoint(store, [signer], origin=ORIGIN, force=True, now_ms=2)
         assert list(store.checkpoints()) == [n0, n1]
         assert store.latest_checkpoint() == n1
         assert store.add_checkpoint(n1) is False
@@ -133,7 +133,7 @@ class LedgerStoreContract(ABC):
         chain = PartitionChain(BLAKE3, 3)
         for offsets in ([0, 1, 2], [3], [4, 6, 8, 9]):
             store.append_segment(*seal(store, chain, offsets))
-            checkpoint_now(store, [signer], ORIGIN, time_ms=offsets[0])
+            sign_checkpoint(store, [signer], origin=ORIGIN, force=True, now_ms=offsets[0])
         vkey = signer.verifier.vkey()
         report = verify_store(store, trusted_keys=[vkey], decode=False)
         assert report.ok, [f.describe() for f in report.findings]

@@ -75,7 +75,7 @@ def test_a_seal_counts_only_its_own_run() -> None:
 def test_an_undecodable_value_is_a_leaf_not_a_tamper() -> None:
     led = build_ledger(workflow_events(1), partitions=1)
     from wakeline.ledger.segments import PartitionChain
-    from wakeline.ledger.service import checkpoint_now
+    from wakeline.ledger.service import sign_checkpoint
     from wakeline.ledger.store import make_entries
 
     last, frontier = led.store.last_segment(0)
@@ -83,7 +83,7 @@ def test_an_undecodable_value_is_a_leaf_not_a_tamper() -> None:
     leaf = LedgerRecord(0, last.last_offset + 1, 1, b"wf-0", b"not avro", ()).leaf_bytes()
     header, hashes = chain.seal([leaf])
     led.store.append_segment(header, make_entries(header, [leaf], hashes), chain.tree.nodes)
-    checkpoint_now(led.store, [led.signer], "wakeline.test/ledger", time_ms=1)
+    sign_checkpoint(led.store, [led.signer], origin="wakeline.test/ledger", force=True, now_ms=1)
     r = verify_store(led.store, trusted_keys=[led.vkey])
     assert r.verdict == "sound", [f.describe() for f in r.findings]
     assert r.stats["undecodable_events"] == 1
