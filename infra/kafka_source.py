@@ -57,9 +57,12 @@ def _read(
     if start >= stop:
         return
     consumer.assign([TopicPartition(topic, partition, start)])
+    next_offset = start
     try:
         while True:
-            msgs = consumer.consume(_BATCH, timeout=timeout)
+            # consume(n) waits until it has n messages or the timeout passes: never ask for
+            # more than are left, or every partition's tail costs a whole timeout
+            msgs = consumer.consume(min(_BATCH, stop - next_offset), timeout=timeout)
             if not msgs:
                 raise StackError(f"{topic}[{partition}] stopped before offset {stop}")
             for m in msgs:
@@ -68,7 +71,8 @@ def _read(
                 if m.offset() >= stop:
                     return
                 yield m
-                if m.offset() == stop - 1:
+                next_offset = m.offset() + 1
+                if next_offset >= stop:
                     return
     finally:
         consumer.unassign()
