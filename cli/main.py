@@ -133,8 +133,13 @@ def init(as_json: bool) -> None:
     console.print(f"topics created: {', '.join(report['topics_created']) or 'none (all present)'}")
     console.print(f"migrations applied: {', '.join(report['migrations_applied']) or 'none'}")
     console.print(f"database schema version: {report['schema_version']}")
-    if report.get("schemas_published") is not None:
-        console.print(f"event schemas published: {report['schemas_published']}")
+    published = report.get("schemas_published")
+    if published is not None:
+        new = sum(1 for s in published if s.get("new_in_postgres"))
+        console.print(
+            f"event schemas published to PostgreSQL and {KafkaSettings.from_env().topics.schemas}:"
+            f" {len(published)} ({new} new)"
+        )
 
 
 @cli.command("doctor")
