@@ -209,7 +209,9 @@ def check_event_proof(doc: dict[str, Any], trusted_keys: Sequence[str]) -> None:
         body, _ = open_note(
             doc["checkpoint"].encode("utf-8"), [parse_vkey(k) for k in trusted_keys]
         )
-        index = int(doc["leaf_index"])
+        index = doc["leaf_index"]
+        if type(index) is not int:
+            raise TypeError(f"leaf_index is {type(index).__name__}, want an integer")
     except (KeyError, ValueError, TypeError) as e:
         raise FormatError(f"proof document is malformed: {e}") from e
     cp = parse_body(body)
@@ -220,7 +222,21 @@ def check_event_proof(doc: dict[str, Any], trusted_keys: Sequence[str]) -> None:
     head = cp.head(record.partition)
     if head is None:
         raise ProofError(f"checkpoint has no partition {record.partition}")
-    verify_inclusion(suite, index, head.tree_size, suite.leaf_hash(leaf), proof, head.root)
+    leaf_hash = suite.leaf_hash(leaf)
+    verify_inclusion(suite, index, head.tree_size, leaf_hash, proof, head.root)
+    # Every field a reader might quote must be what the signed note and the leaf say: a
+    # document that verifies must not be able to show a false offset, root or size.
+    claimed = {
+        "suite": (doc.get("suite"), cp.suite),
+        "partition": (doc.get("partition"), record.partition),
+        "offset": (doc.get("offset"), record.offset),
+        "tree_size": (doc.get("tree_size"), head.tree_size),
+        "root": (doc.get("root"), _b64(head.root)),
+        "leaf_hash": (doc.get("leaf_hash"), _b64(leaf_hash)),
+    }
+    for field, (found, want) in claimed.items():
+        if found != want:
+            raise ProofError(f"proof field {field} is {found!r}, the signed data says {want!r}")
 
 
 CONSISTENCY_FORMAT = "wakeline-consistency/v1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import subprocess
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wakeline.ledger import SHA256, ProofError, SignatureError
+from wakeline.ledger import SHA256, FormatError, ProofError, SignatureError
 from wakeline.ledger.checkpoints import generate_signer
 from wakeline.ledger.service import check_event_proof, event_proof
 from wakeline.ledger.sources import verify_bundle
@@ -54,6 +55,15 @@ def test_an_event_proof_checks_out_and_a_doctored_one_does_not(tmp_path) -> None
     swapped = dict(doc, event_id=events[8]["event_id"])
     with pytest.raises(ProofError):
         check_event_proof(swapped, [led.vkey])
+    # fields a reader would quote cannot lie, even though the inclusion path is intact
+    root_b64 = base64.b64encode(b"\x00" * 32).decode()
+    for field, lie in (("offset", doc["offset"] + 1), ("partition", doc["partition"] + 1),
+                       ("tree_size", doc["tree_size"] + 5), ("root", root_b64),
+                       ("leaf_hash", root_b64), ("suite", "blake3")):  # fmt: skip
+        with pytest.raises(ProofError, match=f"proof field {field} is"):
+            check_event_proof(dict(doc, **{field: lie}), [led.vkey])
+    with pytest.raises(FormatError, match="leaf_index is str"):
+        check_event_proof(dict(doc, leaf_index=str(doc["leaf_index"])), [led.vkey])
     path.write_text(json.dumps(other))
     res = CliRunner().invoke(ledger, ["proof", "--check", str(path), "--trusted-key", led.vkey])
     assert res.exit_code == 10
