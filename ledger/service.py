@@ -304,6 +304,13 @@ def check_checkpoint_consistency(doc: dict[str, Any], trusted_keys: Sequence[str
             raise ProofError(
                 f"partition {head.partition} shrank: {head.tree_size} -> {now.tree_size}"
             )
+        listed = parts[head.partition]
+        if (listed.get("size1"), listed.get("size2")) != (head.tree_size, now.tree_size):
+            raise ProofError(
+                f"partition {head.partition}: the document says sizes "
+                f"{listed.get('size1')!r} -> {listed.get('size2')!r}, the signed notes say "
+                f"{head.tree_size} -> {now.tree_size}"
+            )
         if head.tree_size == 0:
             continue
         verify_consistency(

@@ -106,6 +106,10 @@ def test_an_old_checkpoint_is_proven_a_prefix_of_the_newest() -> None:
         check_checkpoint_consistency(bad, [led.vkey])
     with pytest.raises(SignatureError):
         check_checkpoint_consistency(doc, [generate_signer("x").verifier.vkey()])
+    lying = json.loads(json.dumps(doc))
+    lying["partitions"][0]["size2"] += 1  # the listed sizes must be the signed ones
+    with pytest.raises(ProofError, match="the signed notes say"):
+        check_checkpoint_consistency(lying, [led.vkey])
 
 
 def test_the_cli_checks_a_consistency_document(tmp_path) -> None:
