@@ -32,6 +32,12 @@ import click
 )
 @click.option("--no-audit", is_flag=True, help="Do not run the audit publisher here.")
 @click.option("--no-builder", is_flag=True, help="Do not run the ledger builder here.")
+@click.option(
+    "--single-process",
+    is_flag=True,
+    help="Run builder and audit publisher in this one process (default: the audit "
+    "publisher runs in a child process that dies with this one).",
+)
 @click.option("-l", "--loglevel", default="warn",
               type=click.Choice(["crit", "error", "warn", "info", "debug"]),
               help="faust worker log level.")  # fmt: skip
@@ -42,15 +48,18 @@ def worker(
     checkpoint_interval_s: float | None,
     no_audit: bool,
     no_builder: bool,
+    single_process: bool,
     loglevel: str,
 ) -> None:
     """Run the stream processors until stopped (SIGTERM/SIGINT; SIGUSR1 signs a checkpoint).
 
-    Run several for more throughput: they share the events topic's partitions (builder)
-    and the ledger topic's (audit publisher). `--no-audit` / `--no-builder` split the two
-    roles into separate processes, one core each.
+    By default the audit publisher runs in a child process (`--no-builder`, one core and
+    GIL of its own) that dies with this one; `--single-process` keeps both here. Run
+    several for more throughput: they share the events topic's partitions (builder) and
+    the ledger topic's (audit publisher). `--no-audit` / `--no-builder` run one role only.
     """
     from wakeline.cli.main import run_guarded
+    from wakeline.processors.child import AuditChild
     from wakeline.processors.runner import run_from_env
 
     overrides = {
@@ -61,4 +70,9 @@ def worker(
         "audit": False if no_audit else None,
         "builder": False if no_builder else None,
     }
-    run_guarded(lambda: run_from_env(overrides, loglevel=loglevel))
+    child = None
+    if not (no_audit or no_builder or single_process):
+        # the builder stays here; only this process signs checkpoints
+        child = AuditChild(["--checkpoint-interval-s", "0", "-l", loglevel])
+        overrides["audit"] = False
+    run_guarded(lambda: run_from_env(overrides, loglevel=loglevel, audit_child=child))

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -45,6 +45,8 @@ class Worker:
     app: faust.App
     builder: LedgerBuilderService
     checkpoint_now: Callable[[], bytes | None]
+    #: called first when the worker stops (e.g. forward the stop to an audit child process)
+    stop_hooks: list[Callable[[], None]] = field(default_factory=list)
 
 
 def agent(app: faust.App, channel: Any, **kwargs: Any) -> Callable[..., Any]:
@@ -77,6 +79,7 @@ def create_worker(
     )
     builder = LedgerBuilderService(kafka, settings, store_factory, dsn)
     lock = asyncio.Lock()
+    stop_hooks: list[Callable[[], None]] = []
     if settings.audit:
         _add_audit_agent(app, kafka, settings, store_factory)
 
@@ -102,6 +105,11 @@ def create_worker(
                 loop.add_signal_handler(signal.SIGUSR1, lambda: self.add_future(_checkpoint()))
 
         async def on_stop(self) -> None:
+            for hook in stop_hooks:
+                try:
+                    hook()
+                except Exception as e:  # stopping goes on
+                    log.warning("stop hook failed: %s", e)
             await asyncio.get_running_loop().run_in_executor(None, builder.stop)
 
         @Service.task
@@ -126,7 +134,7 @@ def create_worker(
         async def checkpoint_timer() -> None:
             await _checkpoint()
 
-    return Worker(app, builder, checkpoint_now)
+    return Worker(app, builder, checkpoint_now, stop_hooks)
 
 
 def _add_audit_agent(

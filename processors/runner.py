@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -13,7 +14,10 @@ from wakeline.ledger.store import LedgerStore
 
 from .app import Worker, create_worker, run_worker
 from .checkpointing import load_signer, signing_key_path
+from .child import AuditChild, AuditChildFailed, stop_self
 from .settings import BuilderSettings
+
+log = logging.getLogger(__name__)
 
 
 def postgres_store_factory(dsn: str) -> Callable[[], LedgerStore]:
@@ -40,5 +44,24 @@ def worker_from_env(
     return create_worker(kafka, settings, dsn, postgres_store_factory(dsn), signer)
 
 
-def run_from_env(overrides: Mapping[str, Any] | None = None, loglevel: str = "warn") -> None:
-    run_worker(worker_from_env(overrides), loglevel=loglevel)
+def run_from_env(
+    overrides: Mapping[str, Any] | None = None,
+    loglevel: str = "warn",
+    audit_child: AuditChild | None = None,
+) -> None:
+    """Run the worker here; with `audit_child`, the audit publisher runs in that child
+    process (started once this process's settings and key are loaded, stopped with it)."""
+    worker = worker_from_env(overrides)
+    if audit_child is None:
+        run_worker(worker, loglevel=loglevel)
+        return
+    worker.stop_hooks.append(audit_child.terminate)
+    audit_child.start(on_failure=stop_self)
+    try:
+        run_worker(worker, loglevel=loglevel)
+    finally:
+        rc = audit_child.stop()
+        if audit_child.failed is not None:
+            raise AuditChildFailed(f"the audit publisher process exited with {audit_child.failed}")
+        if rc:
+            log.warning("audit publisher process exited with %s on stop", rc)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import time
 import uuid
 from dataclasses import replace
@@ -264,3 +266,82 @@ def test_checkpoints_are_signed_on_the_interval_as_the_ledger_grows(
     assert [cp.seq for cp in cps] == list(range(len(cps)))
     assert 200 in sizes and sizes[-1] == 400
     assert len(sizes) == len(set(sizes)), "a checkpoint is signed only when the ledger moved"
+
+
+# -- the default worker: the audit publisher in a child process ---------------------------
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(d.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _audit_child(pid: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for c in _children(pid):
+            with contextlib.suppress(OSError):
+                if b"--no-builder" in Path(f"/proc/{c}/cmdline").read_bytes():
+                    return c
+        time.sleep(0.05)
+    raise AssertionError(f"worker {pid} started no audit publisher child in {timeout}s")
+
+
+def test_kill_9_of_the_worker_takes_its_audit_child_along(fresh_kafka, fresh_dsn, worker_log):
+    proc = start_worker(fresh_kafka, fresh_dsn, log_path=str(worker_log))
+    try:
+        child = _audit_child(proc.pid)
+        time.sleep(1.0)  # well inside its start-up
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 1.0
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(child), "audit publisher outlived its worker by more than 1 s"
+    finally:
+        stop_worker(proc)
+
+
+def test_worker_exits_non_zero_when_its_audit_child_dies(fresh_kafka, fresh_dsn, worker_log):
+    proc = start_worker(fresh_kafka, fresh_dsn, log_path=str(worker_log))
+    try:
+        child = _audit_child(proc.pid)
+        time.sleep(2.0)
+        os.kill(child, signal.SIGKILL)
+        assert proc.wait(30) != 0
+    finally:
+        stop_worker(proc)
+
+
+def test_sigterm_stops_the_worker_and_its_audit_child(fresh_kafka, fresh_dsn, worker_log):
+    proc = start_worker(fresh_kafka, fresh_dsn, log_path=str(worker_log))
+    child = _audit_child(proc.pid)
+    time.sleep(2.0)
+    assert stop_worker(proc) == 0, worker_log.read_text()[-3000:]
+    assert not _alive(child)
+
+
+def test_single_process_worker_starts_no_child(fresh_kafka, fresh_dsn, worker_log):
+    proc = start_worker(fresh_kafka, fresh_dsn, "--single-process", log_path=str(worker_log))
+    try:
+        time.sleep(3.0)
+        assert proc.poll() is None, worker_log.read_text()[-3000:]
+        assert _children(proc.pid) == []
+    finally:
+        assert stop_worker(proc) == 0, worker_log.read_text()[-3000:]
