@@ -24,7 +24,7 @@ from wakeline.ledger.errors import ChainConflict
 from wakeline.ledger.hashing import HashSuite
 from wakeline.ledger.records import LedgerRecord, leaf_bytes
 from wakeline.ledger.segments import PartitionChain, SegmentHeader
-from wakeline.ledger.store import Entry, LedgerStore
+from wakeline.ledger.store import Entry, HashedHere, LedgerStore
 
 log = logging.getLogger(__name__)
 
@@ -299,11 +299,12 @@ class LedgerBuilder:
         chain = state.chain
         header, hashes = chain.seal([i.leaf for i in items])
         first = header.first_leaf_index
-        entries = [
+        # hashed here, from these leaves: the store need not parse and hash them again
+        entries = HashedHere(
             Entry(
                 header.partition, first + n, i.record.offset, h, i.leaf,
                 i.record.event_id, i.record.workflow_id,
             )
             for n, (i, h) in enumerate(zip(items, hashes, strict=True))
-        ]  # fmt: skip
+        )  # fmt: skip
         return Prepared(header, entries, list(chain.tree.nodes), items, hashes, state)

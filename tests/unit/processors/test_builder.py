@@ -185,3 +185,28 @@ def test_records_of_unassigned_partitions_are_ignored() -> None:
     b.assign([0])
     assert b.add(records(1, range(3))) == 0
     assert b.pending_count() == 0
+
+
+def test_entries_hashed_here_skip_the_rehash_and_others_do_not() -> None:
+    from dataclasses import replace as _replace
+
+    from wakeline.ledger.store import HashedHere, check_append
+
+    b = builder(MemoryLedgerStore(), max_leaves=10)
+    b.assign([0])
+    b.add(records(0, range(5)))
+    (prep,) = b.prepare([0])
+    assert isinstance(prep.entries, HashedHere)
+    assert [e.leaf_hash for e in prep.entries] == [BLAKE3.leaf_hash(e.leaf) for e in prep.entries]
+    assert [e.offset for e in prep.entries] == list(range(5))
+    check_append(prep.header, prep.entries, None)
+    # the same entries from elsewhere (a plain list) are re-hashed, and a wrong hash refused
+    forged = list(prep.entries)
+    forged[2] = _replace(forged[2], leaf_hash=b"\x00" * 32)
+    with pytest.raises(ChainConflict, match="hash or offset"):
+        check_append(prep.header, forged, None)
+    # positions are checked either way
+    moved = HashedHere(prep.entries)
+    moved[1] = _replace(moved[1], leaf_index=7)
+    with pytest.raises(ChainConflict, match="entry 1"):
+        check_append(prep.header, moved, None)
