@@ -298,7 +298,11 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=5_000)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--partitions", type=int, default=6)
-    ap.add_argument("--only", choices=("throughput", "latency"))
+    ap.add_argument(
+        "--only",
+        choices=("throughput", "latency", "split", "default", "single"),
+        help="one kind of run (throughput: the three deployments) or one deployment",
+    )
     ap.add_argument(
         "--compare-faust",
         action="store_true",
@@ -322,7 +326,7 @@ def main() -> int:
         "latency": ("latency", None),
     }
     if args.only:
-        runs = {k: v for k, v in runs.items() if v[0] == args.only}
+        runs = {k: v for k, v in runs.items() if args.only in (k, v[0])}
     if args.compare_faust:
         runs["faust"] = ("faust", None)
     results = {}

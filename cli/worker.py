@@ -73,6 +73,6 @@ def worker(
     child = None
     if not (no_audit or no_builder or single_process):
         # the builder stays here; only this process signs checkpoints
-        child = AuditChild(["--checkpoint-interval-s", "0", "-l", loglevel])
+        child = AuditChild(["--checkpoint-interval-s", "0", "-l", loglevel], nice=10)
         overrides["audit"] = False
     run_guarded(lambda: run_from_env(overrides, loglevel=loglevel, audit_child=child))

@@ -11,6 +11,9 @@ and auditor in two processes ~21k/s. The child's lifecycle is tied to this proce
   parent waits for the child before it exits;
 - if the child exits on its own, the parent stops and exits non-zero.
 
+`wakeline worker` starts the child at nice 10, as the measured split deployment runs its
+auditor: the ledger comes first, and the audit catches up when the builder waits.
+
 The audit publisher is at-least-once (faust commits the ledger topic's offsets after the
 work), so a SIGKILL of the child loses nothing: the next one audits from the last commit.
 """
