@@ -296,10 +296,17 @@ def _format_storage(settings: StackSettings, paths: KafkaPaths) -> None:
 
 
 def _kafka_cluster_id() -> str:
-    """A Kafka cluster id: a type-4 UUID in URL-safe base64 without padding (StorageTool's form)."""
+    """A Kafka cluster id: a type-4 UUID in URL-safe base64 without padding (StorageTool's form).
+
+    Never one starting with '-': StorageTool's argument parser would take it for an option
+    ("argument --cluster-id/-t: expected one argument"), one format in 64.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 def kafka_pid(settings: StackSettings) -> int | None:

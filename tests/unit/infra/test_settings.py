@@ -84,3 +84,10 @@ def test_every_variable_the_code_reads_is_known() -> None:
         for f in (repo / folder).rglob("*.py"):
             read |= set(re.findall(r"WAKELINE_[A-Z0-9_]*[A-Z0-9]", f.read_text()))
     assert read - KNOWN_VARIABLES == set()
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    # one in 64 URL-safe base64 ids starts with '-', which StorageTool's parser rejects
+    ids = [stack._kafka_cluster_id() for _ in range(5000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)
