@@ -110,6 +110,14 @@ class LedgerVerifier:
         else:
             self.report.suppressed += 1
 
+    def _fail_pairing(self, issue: Any) -> None:
+        w = issue.where
+        self.fail(
+            issue.verdict, issue.check, issue.message,
+            partition=w.partition, leaf_index=w.leaf_index, offset=w.offset,
+            event_id=w.event_id, expected=issue.expected, found=issue.found,
+        )  # fmt: skip
+
     @property
     def stopped(self) -> bool:
         return self._stopped
@@ -234,18 +242,7 @@ class LedgerVerifier:
             for i, (leaf, off) in enumerate(zip(leaves, offsets, strict=True)):
                 issue = pairing.add(p, base + i, off, _leaf_value(leaf))
                 if issue is not None:
-                    w = issue.where
-                    self.fail(
-                        issue.verdict,
-                        issue.check,
-                        issue.message,
-                        partition=w.partition,
-                        leaf_index=w.leaf_index,
-                        offset=w.offset,
-                        event_id=w.event_id,
-                        expected=issue.expected,
-                        found=issue.found,
-                    )
+                    self._fail_pairing(issue)
         part.last_offset = last_offset
         k = len(hashes)
         self._stats["leaves"] += k
@@ -555,18 +552,7 @@ class LedgerVerifier:
             )
         if self._pairing is not None and not self._stopped and complete:
             for issue in self._pairing.finish():
-                w = issue.where
-                self.fail(
-                    issue.verdict,
-                    issue.check,
-                    issue.message,
-                    partition=w.partition,
-                    leaf_index=w.leaf_index,
-                    offset=w.offset,
-                    event_id=w.event_id,
-                    expected=issue.expected,
-                    found=issue.found,
-                )
+                self._fail_pairing(issue)
         if self._pairing is not None:
             self._stats["undecodable_events"] = self._pairing.undecodable
             if self._pairing.undecodable:
