@@ -166,50 +166,46 @@ def _local(local_stack: StackSettings, what: str) -> None:
         pytest.skip(f"{what} is external; this test restarts the local one")
 
 
-def test_broker_restart_mid_stream(fresh_kafka, fresh_dsn, local_stack, tmp_path) -> None:
-    _local(local_stack, "kafka")
-    kafka, log_path = fresh_kafka, tmp_path / "worker.log"
+def _restart_mid_stream(kafka, dsn, tmp_path, kill, start, *, worker_survives: bool) -> None:
+    """Stream events through a worker, kill one service for 3 s mid-stream, start it again;
+    the ledger must end up holding every record, soundly."""
+    log_path = tmp_path / "worker.log"
     stream = Stream(kafka, count=12_000, rate=1_500).start()
-    proc = start_worker(kafka, fresh_dsn, *WORKER_ARGS, log_path=str(log_path))
+    proc = start_worker(kafka, dsn, *WORKER_ARGS, log_path=str(log_path))
     try:
         time.sleep(4)
         try:
-            stack.kill_kafka(local_stack)
+            kill()
             time.sleep(3)
         finally:
-            stack.start_kafka(local_stack)
+            start()
         stream.join()
-        store = postgres_store_factory(fresh_dsn)()
+        store = postgres_store_factory(dsn)()
         try:
             wait_for_ledger(store, stream.count, timeout=180)
         finally:
             store.close()
+        if worker_survives:
+            assert proc.poll() is None, "the worker must ride out a database restart"
     finally:
         assert stop_worker(proc) == 0, log_path.read_text()[-3000:]
-    finish(kafka, fresh_dsn, stream, log_path)
-    assert_sound(kafka, fresh_dsn, stream.count)
+    finish(kafka, dsn, stream, log_path)
+    assert_sound(kafka, dsn, stream.count)
+
+
+def test_broker_restart_mid_stream(fresh_kafka, fresh_dsn, local_stack, tmp_path) -> None:
+    _local(local_stack, "kafka")
+    _restart_mid_stream(
+        fresh_kafka, fresh_dsn, tmp_path,
+        lambda: stack.kill_kafka(local_stack), lambda: stack.start_kafka(local_stack),
+        worker_survives=False,
+    )  # fmt: skip
 
 
 def test_database_restart_mid_stream(fresh_kafka, fresh_dsn, local_stack, tmp_path) -> None:
     _local(local_stack, "postgres")
-    kafka, log_path = fresh_kafka, tmp_path / "worker.log"
-    stream = Stream(kafka, count=12_000, rate=1_500).start()
-    proc = start_worker(kafka, fresh_dsn, *WORKER_ARGS, log_path=str(log_path))
-    try:
-        time.sleep(4)
-        try:
-            stack.kill_postgres(local_stack)
-            time.sleep(3)
-        finally:
-            stack.start_postgres(local_stack)
-        stream.join()
-        store = postgres_store_factory(fresh_dsn)()
-        try:
-            wait_for_ledger(store, stream.count, timeout=180)
-        finally:
-            store.close()
-        assert proc.poll() is None, "the worker must ride out a database restart"
-    finally:
-        assert stop_worker(proc) == 0, log_path.read_text()[-3000:]
-    finish(kafka, fresh_dsn, stream, log_path)
-    assert_sound(kafka, fresh_dsn, stream.count)
+    _restart_mid_stream(
+        fresh_kafka, fresh_dsn, tmp_path,
+        lambda: stack.kill_postgres(local_stack), lambda: stack.start_postgres(local_stack),
+        worker_survives=True,
+    )  # fmt: skip
