@@ -49,14 +49,53 @@ class LedgerRecord:
 
     @property
     def event_id(self) -> str | None:
-        """The CloudEvents id (`ce_id` header), the event id for lookups."""
+        """The event id the body carries (`body_event_id`); headers are not trusted for it."""
+        return body_event_id(self.value)
+
+    @property
+    def header_event_id(self) -> str | None:
+        """The CloudEvents id (`ce_id` header) as sent; may disagree with the body."""
         raw = self.header("ce_id")
         return raw.decode("utf-8", "replace") if raw is not None else None
 
     @property
     def workflow_id(self) -> str | None:
-        """The record key: every event is keyed by its workflow id (DESIGN §4)."""
+        """The record key as text: every event is keyed by its workflow id."""
         return self.key.decode("utf-8", "replace") if self.key is not None else None
+
+
+#: single-object encoding: C3 01 + 8-byte schema fingerprint, then the Avro body
+_FRAME_MAGIC = b"\xc3\x01"
+_BODY_START = 10
+
+
+def body_event_id(value: bytes | None) -> str | None:
+    """The event id of a Wakeline event frame, read from its body without decoding the rest.
+
+    Every event schema starts with `event_id` (an Avro string: zig-zag varint length, then
+    UTF-8), so the id is the first thing after the 10-byte frame header. None when the value
+    is not such a frame or the first field is not a valid string. Whether the rest of the
+    body decodes is the auditor's verdict; this is only the lookup key.
+    """
+    if value is None or len(value) <= _BODY_START or value[:2] != _FRAME_MAGIC:
+        return None
+    pos, shift, raw = _BODY_START, 0, 0
+    while True:
+        if pos >= len(value) or shift > 63:
+            return None
+        b = value[pos]
+        pos += 1
+        raw |= (b & 0x7F) << shift
+        if not b & 0x80:
+            break
+        shift += 7
+    n = (raw >> 1) ^ -(raw & 1)
+    if n < 0 or pos + n > len(value):
+        return None
+    try:
+        return value[pos : pos + n].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _blob(b: bytes | None) -> bytes:

@@ -13,13 +13,22 @@ from dataclasses import dataclass
 
 from .checkpoints import Checkpoint, parse_body, split_note
 from .errors import ChainConflict
-from .records import LedgerRecord, leaf_position, parse_leaf
+from .records import LedgerRecord, body_event_id, leaf_position, parse_leaf
 from .segments import GENESIS, SegmentHeader
+
+
+#: lookup keys longer than this many bytes are not indexed (the leaf still holds them)
+MAX_LOOKUP_KEY = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One leaf as stored: its position, hash, exact bytes, and lookup keys."""
+    """One leaf as stored: its position, hash, exact bytes, and lookup keys.
+
+    `event_id` is read from the record's body (`body_event_id`), never from a header, and
+    `key` is the record's Kafka key byte for byte; either is None when absent or longer
+    than `MAX_LOOKUP_KEY` bytes.
+    """
 
     partition: int
     leaf_index: int
@@ -27,15 +36,35 @@ class Entry:
     leaf_hash: bytes
     leaf: bytes
     event_id: str | None = None
-    workflow_id: str | None = None
+    key: bytes | None = None
 
     @classmethod
     def of(cls, leaf_index: int, leaf: bytes, leaf_hash: bytes) -> Entry:
         r = parse_leaf(leaf)
-        return cls(r.partition, leaf_index, r.offset, leaf_hash, leaf, r.event_id, r.workflow_id)
+        return cls(
+            r.partition, leaf_index, r.offset, leaf_hash, leaf,
+            lookup_event_id(r.value), lookup_key(r.key),
+        )  # fmt: skip
+
+    @property
+    def workflow_id(self) -> str | None:
+        """The key as text (undecodable bytes replaced), for display."""
+        return self.key.decode("utf-8", "replace") if self.key is not None else None
 
     def record(self) -> LedgerRecord:
         return parse_leaf(self.leaf)
+
+
+def lookup_event_id(value: bytes | None) -> str | None:
+    """The body's event id when it can be indexed (see `body_event_id`), else None."""
+    found = body_event_id(value)
+    if found is None or len(found.encode("utf-8")) > MAX_LOOKUP_KEY:
+        return None
+    return found
+
+
+def lookup_key(key: bytes | None) -> bytes | None:
+    return key if key is not None and len(key) <= MAX_LOOKUP_KEY else None
 
 
 def make_entries(
@@ -54,11 +83,17 @@ class LedgerStore(ABC):
 
     @abstractmethod
     def append_segment(
-        self, header: SegmentHeader, entries: Sequence[Entry], frontier: Sequence[bytes]
+        self,
+        header: SegmentHeader,
+        entries: Sequence[Entry],
+        frontier: Sequence[bytes],
+        *,
+        hashed_by_caller: bool = False,
     ) -> bool:
         """Store a segment atomically. True if stored, False if this exact segment is
         already there (idempotent re-processing); ChainConflict if it does not extend the
-        partition's chain or contradicts what is stored."""
+        partition's chain or contradicts what is stored. `hashed_by_caller`: see
+        `check_append` (only the ledger builder sets it)."""
 
     @abstractmethod
     def add_checkpoint(self, note: bytes) -> bool:
@@ -111,25 +146,25 @@ class LedgerStore(ABC):
         return [e.leaf_hash for e in self.entries(partition, 0, stop)]
 
 
-class HashedHere(list):  # type: ignore[type-arg]
-    """Entries this process built itself from the leaves (the ledger builder: the hash is
-    `suite.leaf_hash(leaf)` and the offset is the record's, both computed over those very
-    bytes by `PartitionChain.seal`). `check_append` does not parse and re-hash them again;
-    entries in any other sequence (from elsewhere) are checked leaf by leaf."""
-
-
 def check_append(
     header: SegmentHeader,
     entries: Sequence[Entry],
     last: SegmentHeader | None,
+    *,
+    hashed_by_caller: bool = False,
 ) -> None:
-    """Refuse a segment that does not extend `last` (the partition's newest header)."""
+    """Refuse a segment that does not extend `last` (the partition's newest header).
+
+    Every entry's leaf is parsed and re-hashed, unless `hashed_by_caller`: only the ledger
+    builder passes it, for entries it built itself from the leaves in this process (the hash
+    is `suite.leaf_hash(leaf)` and the offset the record's, both computed over those very
+    bytes by `PartitionChain.seal`). Positions and the chain are checked either way."""
     p = header.partition
     where = f"partition {p} segment {header.segment_number}"
     if len(entries) != header.leaf_count:
         raise ChainConflict(f"{where}: {len(entries)} entries, header says {header.leaf_count}")
     suite = header.suite
-    rehash = not isinstance(entries, HashedHere)
+    rehash = not hashed_by_caller
     for i, e in enumerate(entries):
         if e.partition != p or e.leaf_index != header.first_leaf_index + i:
             raise ChainConflict(

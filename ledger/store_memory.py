@@ -19,7 +19,12 @@ class MemoryLedgerStore(LedgerStore):
         self._notes: list[bytes] = []
 
     def append_segment(
-        self, header: SegmentHeader, entries: Sequence[Entry], frontier: Sequence[bytes]
+        self,
+        header: SegmentHeader,
+        entries: Sequence[Entry],
+        frontier: Sequence[bytes],
+        *,
+        hashed_by_caller: bool = False,
     ) -> bool:
         chain = self._headers.get(header.partition, [])
         if header.segment_number < len(chain):
@@ -29,7 +34,9 @@ class MemoryLedgerStore(LedgerStore):
                 f"partition {header.partition} segment {header.segment_number} is already "
                 "stored with a different header"
             )
-        check_append(header, entries, chain[-1] if chain else None)
+        check_append(
+            header, entries, chain[-1] if chain else None, hashed_by_caller=hashed_by_caller
+        )
         self._headers.setdefault(header.partition, []).append(header)
         self._frontiers[header.partition] = list(frontier)
         self._entries.setdefault(header.partition, []).extend(entries)
@@ -73,7 +80,7 @@ class MemoryLedgerStore(LedgerStore):
             e
             for p in sorted(self._entries)
             for e in self._entries[p]
-            if e.workflow_id == workflow_id
+            if e.key is not None and e.key == workflow_id.encode("utf-8", "surrogatepass")
         ]
 
     def checkpoints(self) -> Iterator[bytes]:

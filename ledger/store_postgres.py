@@ -18,7 +18,7 @@ from .checkpoints import parse_body, split_note
 from .errors import ChainConflict
 from .hashing import HASH_SIZE
 from .segments import SegmentHeader
-from .store import Entry, LedgerStore, check_append, check_checkpoint
+from .store import MAX_LOOKUP_KEY, Entry, LedgerStore, check_append, check_checkpoint
 
 _LOCK = 0x57414B4C  # "WAKL": advisory lock class for ledger appends
 _CHECKPOINT_LOCK = -1  # second key for the checkpoint chain
@@ -36,8 +36,20 @@ def _driver_errors(what: str) -> Iterator[None]:
 
 
 def _entry(row: tuple) -> Entry:
-    p, i, off, h, leaf, ev, wf = row
-    return Entry(p, i, off, bytes(h), bytes(leaf), ev, wf)
+    p, i, off, h, leaf, ev, key = row
+    return Entry(
+        p, i, off, bytes(h), bytes(leaf),
+        bytes(ev).decode("utf-8") if ev is not None else None,
+        bytes(key) if key is not None else None,
+    )  # fmt: skip
+
+
+def _event_id_bytes(event_id: str | None) -> bytes | None:
+    """Event ids are stored as their UTF-8 bytes (bytea): no text can fail a transaction."""
+    if event_id is None:
+        return None
+    raw = event_id.encode("utf-8", "surrogatepass")
+    return raw if len(raw) <= MAX_LOOKUP_KEY else None
 
 
 class PostgresLedgerStore(LedgerStore):
@@ -51,7 +63,12 @@ class PostgresLedgerStore(LedgerStore):
     # ------------------------------------------------------------------ writes
 
     def append_segment(
-        self, header: SegmentHeader, entries: Sequence[Entry], frontier: Sequence[bytes]
+        self,
+        header: SegmentHeader,
+        entries: Sequence[Entry],
+        frontier: Sequence[bytes],
+        *,
+        hashed_by_caller: bool = False,
     ) -> bool:
         p = header.partition
         raw = header.to_bytes()
@@ -79,7 +96,10 @@ class PostgresLedgerStore(LedgerStore):
                 (p,),
             )
             row = cur.fetchone()
-            check_append(header, entries, SegmentHeader.from_bytes(bytes(row[0])) if row else None)
+            check_append(
+                header, entries, SegmentHeader.from_bytes(bytes(row[0])) if row else None,
+                hashed_by_caller=hashed_by_caller,
+            )  # fmt: skip
             cur.execute(
                 "INSERT INTO ledger_segments (partition, segment_number, first_leaf_index, "
                 "leaf_count, first_offset, last_offset, tree_size, header, header_hash, "
@@ -109,8 +129,8 @@ class PostgresLedgerStore(LedgerStore):
                             e.offset,
                             e.leaf_hash,
                             e.leaf,
-                            e.event_id,
-                            e.workflow_id,
+                            _event_id_bytes(e.event_id),
+                            e.key if e.key is None or len(e.key) <= MAX_LOOKUP_KEY else None,
                             n,
                         )  # fmt: skip
                     )
@@ -193,7 +213,7 @@ class PostgresLedgerStore(LedgerStore):
         rows = self._rows(
             f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries WHERE event_id = %s "
             "ORDER BY partition, leaf_index LIMIT 1",
-            (event_id,),
+            (event_id.encode("utf-8", "surrogatepass"),),
         )
         return _entry(rows[0]) if rows else None
 
@@ -201,7 +221,7 @@ class PostgresLedgerStore(LedgerStore):
         rows = self._rows(
             f"SELECT {_ENTRY_COLUMNS} FROM ledger_entries WHERE workflow_id = %s "
             "ORDER BY partition, leaf_index",
-            (workflow_id,),
+            (workflow_id.encode("utf-8", "surrogatepass"),),
         )
         return [_entry(r) for r in rows]
 

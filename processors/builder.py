@@ -24,7 +24,7 @@ from wakeline.ledger.errors import ChainConflict
 from wakeline.ledger.hashing import HashSuite
 from wakeline.ledger.records import LedgerRecord, leaf_bytes
 from wakeline.ledger.segments import PartitionChain, SegmentHeader
-from wakeline.ledger.store import Entry, HashedHere, LedgerStore
+from wakeline.ledger.store import Entry, LedgerStore, lookup_event_id, lookup_key
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,9 @@ class LedgerBuilder:
     def persist(self, prep: Prepared, store: LedgerStore | None = None) -> SealedSegment:
         """Store one prepared segment (entries, header, frontier: one transaction)."""
         h = prep.header
-        stored = (store or self.store).append_segment(h, prep.entries, prep.frontier)
+        stored = (store or self.store).append_segment(
+            h, prep.entries, prep.frontier, hashed_by_caller=True
+        )
         prep.state.stored_next = h.last_offset + 1
         return SealedSegment(h, prep.items, prep.leaf_hashes, time.time_ns() // 1000, stored)
 
@@ -300,11 +302,13 @@ class LedgerBuilder:
         header, hashes = chain.seal([i.leaf for i in items])
         first = header.first_leaf_index
         # hashed here, from these leaves: the store need not parse and hash them again
-        entries = HashedHere(
+        # (persist passes hashed_by_caller=True). Lookup keys come from the body and the
+        # key bytes, never from headers.
+        entries = [
             Entry(
                 header.partition, first + n, i.record.offset, h, i.leaf,
-                i.record.event_id, i.record.workflow_id,
+                lookup_event_id(i.record.value), lookup_key(i.record.key),
             )
             for n, (i, h) in enumerate(zip(items, hashes, strict=True))
-        )  # fmt: skip
+        ]  # fmt: skip
         return Prepared(header, entries, list(chain.tree.nodes), items, hashes, state)

@@ -22,10 +22,19 @@ from wakeline.ledger.store import LedgerStore, make_entries
 ORIGIN = "wakeline.test/contract"
 
 
+def framed(event_id: str, rest: bytes) -> bytes:
+    """A value shaped like an event frame whose body starts with `event_id` (an Avro string):
+    the store indexes the id it reads from the body, never the ce_id header."""
+    raw = event_id.encode()
+    assert len(raw) < 64  # one-byte zig-zag length
+    return b"\xc3\x01" + bytes(8) + bytes([len(raw) << 1]) + raw + rest
+
+
 def record(p: int, offset: int, wf: str = "wf-1", event_id: str | None = None) -> LedgerRecord:
-    headers = (("ce_id", (event_id or f"ev-{p}-{offset}").encode()), ("ce_type", b"x"))
+    eid = event_id or f"ev-{p}-{offset}"
+    headers = (("ce_id", b"header-says-" + eid.encode()), ("ce_type", b"x"))
     return LedgerRecord(
-        p, offset, 1_700_000_000_000 + offset, wf.encode(), b"v%d" % offset, headers
+        p, offset, 1_700_000_000_000 + offset, wf.encode(), framed(eid, b"v%d" % offset), headers
     )
 
 
@@ -114,6 +123,41 @@ class LedgerStoreContract(ABC):
             store.append_segment(h, e[:1], f)
         assert [x.segment_number for x in store.headers(0)] == [0]
         assert len(list(store.entries(0))) == 2
+
+    def test_any_bytes_a_producer_sends_are_storable_and_found_by_the_body(self, store) -> None:
+        """NUL bytes, invalid UTF-8, huge keys and headers, no key, no value: every record is
+        stored (no byte sequence can fail the transaction); lookups use the body's event id
+        and the exact key bytes; keys too long to index are kept in the leaf only."""
+        chain = PartitionChain(BLAKE3, 4)
+        hostile = [
+            LedgerRecord(4, 0, 1, b"wf\x00nul", framed("ev\x00nul", b"x"), (("ce_id", b"\x00"),)),
+            LedgerRecord(
+                4, 1, 1, b"\xff\xfe bad utf-8", framed("ev-bad", b""), (("ce_id", b"\xff"),)
+            ),
+            LedgerRecord(4, 2, 1, None, None, ()),
+            LedgerRecord(4, 3, 1, b"k" * 5000, framed("ev-long-key", b""), (("h", b"v" * 70_000),)),
+            LedgerRecord(4, 4, 1, b"wf-x", b"\xc3\x01" + bytes(8) + b"\x7f", (("ce_id", b"liar"),)),
+            LedgerRecord(4, 5, 1, b"wf-x", b"not a frame at all", (("ce_id", b"ev-forged"),)),
+        ]
+        leaves = [r.leaf_bytes() for r in hostile]
+        header, hashes = chain.seal(leaves)
+        assert store.append_segment(header, make_entries(header, leaves, hashes), chain.tree.nodes)
+        stored = list(store.entries(4))
+        assert [e.leaf for e in stored] == leaves
+        assert [e.event_id for e in stored] == [
+            "ev\x00nul",
+            "ev-bad",
+            None,
+            "ev-long-key",
+            None,
+            None,
+        ]
+        assert stored[0].key == b"wf\x00nul" and stored[3].key is None  # 5000 bytes: not indexed
+        assert store.entry_by_event_id("ev\x00nul").offset == 0
+        assert store.entry_by_event_id("ev-forged") is None  # a header is not the body
+        assert store.entry_by_event_id("liar") is None
+        assert [e.offset for e in store.entries_for_workflow("wf\x00nul")] == [0]
+        assert [e.offset for e in store.entries_for_workflow("wf-x")] == [4, 5]
 
     def test_checkpoints_chain_and_are_idempotent(self, store) -> None:
         signer = generate_signer(ORIGIN)

@@ -159,10 +159,10 @@ def test_store_failure_forgets_the_partition_so_it_is_reloaded() -> None:
     class Failing(MemoryLedgerStore):
         fail = True
 
-        def append_segment(self, header, entries, frontier):  # type: ignore[no-untyped-def]
+        def append_segment(self, header, entries, frontier, **kw):  # type: ignore[no-untyped-def]
             if self.fail:
                 raise ChainConflict.__mro__[1]("database went away")  # LedgerError
-            return super().append_segment(header, entries, frontier)
+            return super().append_segment(header, entries, frontier, **kw)
 
     store = Failing()
     b = builder(store)
@@ -187,26 +187,26 @@ def test_records_of_unassigned_partitions_are_ignored() -> None:
     assert b.pending_count() == 0
 
 
-def test_entries_hashed_here_skip_the_rehash_and_others_do_not() -> None:
+def test_entries_hashed_by_the_builder_skip_the_rehash_and_others_do_not() -> None:
     from dataclasses import replace as _replace
 
-    from wakeline.ledger.store import HashedHere, check_append
+    from wakeline.ledger.store import check_append
 
     b = builder(MemoryLedgerStore(), max_leaves=10)
     b.assign([0])
     b.add(records(0, range(5)))
     (prep,) = b.prepare([0])
-    assert isinstance(prep.entries, HashedHere)
     assert [e.leaf_hash for e in prep.entries] == [BLAKE3.leaf_hash(e.leaf) for e in prep.entries]
     assert [e.offset for e in prep.entries] == list(range(5))
-    check_append(prep.header, prep.entries, None)
-    # the same entries from elsewhere (a plain list) are re-hashed, and a wrong hash refused
+    check_append(prep.header, prep.entries, None, hashed_by_caller=True)
+    # the same entries from elsewhere (the default) are re-hashed, and a wrong hash refused
     forged = list(prep.entries)
     forged[2] = _replace(forged[2], leaf_hash=b"\x00" * 32)
     with pytest.raises(ChainConflict, match="hash or offset"):
         check_append(prep.header, forged, None)
+    check_append(prep.header, forged, None, hashed_by_caller=True)  # the builder's own word
     # positions are checked either way
-    moved = HashedHere(prep.entries)
+    moved = list(prep.entries)
     moved[1] = _replace(moved[1], leaf_index=7)
     with pytest.raises(ChainConflict, match="entry 1"):
-        check_append(prep.header, moved, None)
+        check_append(prep.header, moved, None, hashed_by_caller=True)

@@ -37,10 +37,10 @@ class FakeLog:
 class FlakyStore(MemoryLedgerStore):
     fail_at: int | None = None
 
-    def append_segment(self, header, entries, frontier):  # type: ignore[no-untyped-def]
+    def append_segment(self, header, entries, frontier, **kw):  # type: ignore[no-untyped-def]
         if header.segment_number == self.fail_at:
             raise StoreError("connection lost")
-        return super().append_segment(header, entries, frontier)
+        return super().append_segment(header, entries, frontier, **kw)
 
 
 def recs(partition: int, start: int, count: int) -> list[LedgerRecord]:
