@@ -16,7 +16,6 @@ from .errors import ChainConflict
 from .records import LedgerRecord, body_event_id, leaf_position, parse_leaf
 from .segments import GENESIS, SegmentHeader
 
-
 #: lookup keys longer than this many bytes are not indexed (the leaf still holds them)
 MAX_LOOKUP_KEY = 1024
 
