@@ -166,6 +166,7 @@ def _add_audit_agent(
         dlq_topic=kafka.topics.dlq,
         store=store,
         intent_cache_size=settings.intent_cache_size,
+        max_record_bytes=settings.max_record_bytes,
     )
     auditor.producer = Producer(
         kafka.client_config(

@@ -8,10 +8,12 @@ decodable with the event ``.avsc`` files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from io import BytesIO
 from typing import Any
 
+import blake3
 from fastavro import schemaless_reader, schemaless_writer
 
 from wakeline.errors import SchemaError
@@ -67,13 +69,87 @@ def decode_audit(frame: bytes) -> dict[str, Any]:
         raise SchemaError(f"audit body does not decode: {type(e).__name__}: {e}") from e
 
 
+#: what a derived record (audit, DLQ) may weigh, key + value + headers: under librdkafka's
+#: default `message.max.bytes` (1,000,000) and the broker's default (1,048,588), with room
+#: for the record batch overhead
+DEFAULT_MAX_RECORD_BYTES = 900_000
+#: longest text kept in one field of a record that had to be shrunk
+MAX_FIELD_CHARS = 1024
+_TEXT_FIELDS = (
+    "summary", "event_id", "event_type", "workflow_id", "run_id", "agent_id", "principal",
+    "tenant", "tool", "status", "decode_error",
+)  # fmt: skip
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, Any]]) -> int:
+    """Bytes a record puts against the broker's size limit (payload, not batch framing)."""
+    n = len(key or b"") + len(value or b"") + 64
+    for name, v in headers:
+        n += len(name) + len(v or b"") + 8
+    return n
+
+
+def clip(text: str | None, limit: int = MAX_FIELD_CHARS) -> str | None:
+    """`text` cut to `limit` characters, saying how much was cut."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}… [{len(text) - limit + 40} characters cut]"
+
+
+def clip_bytes(raw: bytes | None, limit: int = MAX_FIELD_CHARS) -> bytes | None:
+    """Bytes up to `limit` kept as they are; longer ones replaced by their BLAKE3 hex."""
+    if raw is None or len(raw) <= limit:
+        return raw
+    return b"blake3:" + blake3.blake3(raw).hexdigest().encode()
+
+
+def fit_audit_record(
+    record: dict[str, Any], key: bytes | None, max_bytes: int
+) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
+    """(value, key, headers) of an audit record that fits `max_bytes`.
+
+    Too large, the record loses the copy of the event bytes first (`event` null,
+    `event_digest` their BLAKE3; the ledger leaf keeps them), then long texts are cut and a
+    long key is replaced by its digest; each step is named in `warnings`. Raises
+    SchemaError if even that does not fit (the caller dead-letters the record instead).
+    """
+    value = encode_audit(record)
+    headers = audit_headers(record)
+    if record_size(key, value, headers) <= max_bytes:
+        return value, key, headers
+    record = dict(record, warnings=list(record.get("warnings") or ()))
+    event = record.get("event")
+    if event is not None:
+        record["event"] = None
+        record["event_digest"] = blake3.blake3(event).digest()
+        record["warnings"].append(
+            f"event bytes left out: {len(event)} bytes would pass the {max_bytes}-byte record "
+            "limit; event_digest is their BLAKE3, the ledger leaf holds them"
+        )
+    for name in _TEXT_FIELDS:
+        cut = clip(record.get(name))
+        if cut is not record.get(name):
+            record[name] = cut
+            record["warnings"].append(f"{name} cut to {MAX_FIELD_CHARS} characters")
+    record["warnings"] = [clip(w) for w in record["warnings"][:20]]
+    new_key = clip_bytes(key)
+    if new_key is not key:
+        record["warnings"].append(f"key of {len(key or b'')} bytes replaced by its BLAKE3")
+    value = encode_audit(record)
+    headers = audit_headers(record)
+    size = record_size(new_key, value, headers)
+    if size > max_bytes:
+        raise SchemaError(f"audit record is {size} bytes even shrunk, over the {max_bytes} limit")
+    return value, new_key, headers
+
+
 def audit_headers(record: dict[str, Any]) -> list[tuple[str, bytes]]:
     """CloudEvents binary-mode headers; the id is the ledger position, unique per leaf."""
     return [
         *AUDIT_FIXED_HEADERS,
         ("ce_id", f"{record['topic']}/{record['partition']}/{record['leaf_index']}".encode()),
         ("ce_time", rfc3339_micros(record["ledgered_at"]).encode()),
-        ("ce_subject", (record.get("workflow_id") or "").encode()),
+        ("ce_subject", (clip(record.get("workflow_id")) or "").encode()),
     ]
 
 

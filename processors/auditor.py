@@ -17,14 +17,25 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from wakeline.errors import WakelineError
+import blake3
+
+from wakeline.errors import SchemaError, WakelineError
 from wakeline.ledger.records import LedgerRecord
 from wakeline.ledger.segments import SegmentHeader
 from wakeline.ledger.store import Entry, LedgerStore
-from wakeline.schemas import decode_event, rfc3339_micros
+from wakeline.schemas import ce_type, decode_event, rfc3339_micros
 
-from .audit import AUDIT_FIXED_HEADERS, encode_audit, key_text
-from .publisher import wait_for_delivery
+from .audit import (
+    AUDIT_FIXED_HEADERS,
+    DEFAULT_MAX_RECORD_BYTES,
+    clip,
+    clip_bytes,
+    encode_audit,
+    fit_audit_record,
+    key_text,
+    record_size,
+)
+from .publisher import PublishError, wait_for_delivery
 from .summary import (
     IntentCache,
     IntentMemo,
@@ -53,12 +64,64 @@ def dlq_headers(
 ) -> list[tuple[str, Any]]:
     return [
         *record.headers,
-        ("wakeline_dlq_reason", reason.encode()),
+        *_dlq_position(record, reason, events_topic, leaf_hash),
+    ]
+
+
+def _dlq_position(
+    record: LedgerRecord, reason: str, events_topic: str, leaf_hash: bytes
+) -> list[tuple[str, bytes]]:
+    return [
+        ("wakeline_dlq_reason", (clip(reason, 4000) or "").encode("utf-8", "replace")),
         ("wakeline_dlq_topic", events_topic.encode()),
         ("wakeline_dlq_partition", str(record.partition).encode()),
         ("wakeline_dlq_offset", str(record.offset).encode()),
         ("wakeline_leaf_hash", leaf_hash.hex().encode()),
     ]
+
+
+def dlq_record(
+    record: LedgerRecord, reason: str, events_topic: str, leaf_hash: bytes, max_bytes: int
+) -> tuple[bytes | None, bytes | None, list[tuple[str, Any]]]:
+    """(value, key, headers) of the DLQ copy of a ledgered record, within `max_bytes`.
+
+    The copy carries the record's value, key and headers as they came, plus where it sits
+    in the ledger and why it is here. Too large, it keeps only what fits: the value is
+    replaced by its BLAKE3 (`wakeline_dlq_value_blake3`), the original headers are dropped
+    (`wakeline_dlq_headers_dropped` says how many) and a long key is replaced by its digest;
+    the ledger leaf holds every byte."""
+    headers = dlq_headers(record, reason, events_topic, leaf_hash)
+    if record_size(record.key, record.value, headers) <= max_bytes:
+        return record.value, record.key, headers
+    headers = _dlq_position(record, reason, events_topic, leaf_hash)
+    value = record.value
+    if value is not None and len(value) + 16_384 > max_bytes:
+        headers.append(("wakeline_dlq_value_blake3", blake3.blake3(value).hexdigest().encode()))
+        headers.append(("wakeline_dlq_value_size", str(len(value)).encode()))
+        value = None
+    headers.append(("wakeline_dlq_headers_dropped", str(len(record.headers)).encode()))
+    return value, clip_bytes(record.key), headers
+
+
+def _header_findings(record: LedgerRecord, event: dict[str, Any]) -> list[str]:
+    """What the CloudEvents headers and the key say that the body does not (the body is the
+    truth: lookups use its event id; a disagreeing header is reported, never trusted)."""
+    found = []
+    want = (
+        ("ce_id", event["event_id"]),
+        ("ce_type", ce_type(event["type"])),
+        ("ce_subject", event["workflow_id"]),
+    )
+    for name, body in want:
+        raw = record.header(name)
+        if raw is None:
+            found.append(f"no {name} header")
+        elif raw != body.encode("utf-8", "surrogatepass"):
+            shown = clip(raw.decode("utf-8", "replace"), 80)
+            found.append(f"{name} header {shown!r} disagrees with the body's {clip(body, 80)!r}")
+    if record.key != event["workflow_id"].encode("utf-8", "surrogatepass"):
+        found.append("the record key is not the body's workflow_id")
+    return found
 
 
 class Auditor:
@@ -73,8 +136,10 @@ class Auditor:
         dlq_topic: str,
         store: Callable[[], LedgerStore] | None = None,
         intent_cache_size: int = 200_000,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.producer = producer
+        self.max_record_bytes = max_record_bytes
         self.events_topic = events_topic
         self.audit_topic = audit_topic
         self.dlq_topic = dlq_topic
@@ -82,11 +147,19 @@ class Auditor:
         self._store = store
         self._errors: list[str] = []
         self._lock = threading.Lock()
+        #: audit records the broker refused for good: (leaf index, why), dead-lettered instead
+        self._refused: list[tuple[int, str]] = []
         self.records_audited = 0
+        self.records_dead_lettered = 0
 
     def on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            with self._lock:
+        if err is None:
+            return
+        with self._lock:
+            leaf = _audit_leaf_index(msg) if msg.topic() == self.audit_topic else None
+            if leaf is not None and not err.retriable():
+                self._refused.append((leaf, f"the broker refused the audit record: {err}"))
+            else:
                 self._errors.append(f"{msg.topic()}: {err}")
 
     def audit_segment(self, header: SegmentHeader, at_us: int | None = None) -> int:
@@ -102,8 +175,25 @@ class Auditor:
             )
         self.publish(header, entries, at_us)
         wait_for_delivery(self.producer, self)
+        with self._lock:
+            refused, self._refused = self._refused, []
+        if refused:  # no ledgered record is left without its audit record or a DLQ record
+            by_leaf = {e.leaf_index: e for e in entries}
+            for leaf, why in refused:
+                self._dead_letter(by_leaf[leaf].record(), why, by_leaf[leaf].leaf_hash)
+            wait_for_delivery(self.producer, self)
         self.records_audited += len(entries)
         return len(entries)
+
+    def _dead_letter(self, r: LedgerRecord, reason: str, leaf_hash: bytes) -> None:
+        value, key, headers = dlq_record(
+            r, reason, self.events_topic, leaf_hash, self.max_record_bytes
+        )
+        try:
+            self.producer.produce(self.dlq_topic, value=value, key=key, headers=headers)
+        except Exception as e:  # the DLQ must take it: retry the segment until it does
+            raise PublishError(f"cannot dead-letter offset {r.offset}: {e}") from e
+        self.records_dead_lettered += 1
 
     def publish(
         self, header: SegmentHeader, entries: Sequence[Entry], at_us: int | None = None
@@ -121,22 +211,34 @@ class Auditor:
         ce_time = ("ce_time", rfc3339_micros(at_us).encode())
         ce_prefix = f"{self.events_topic}/{header.partition}/"
         produce = self.producer.produce
+        limit = self.max_record_bytes
         for entry in entries:
             r = entry.record()
             event, error = decode_record(r)
             if error is not None:
-                produce(
-                    self.dlq_topic, value=r.value, key=r.key,
-                    headers=dlq_headers(r, error, self.events_topic, entry.leaf_hash),
-                )  # fmt: skip
+                self._dead_letter(r, error, entry.leaf_hash)
             record = self.audit_record(r, event, error, fixed, entry.leaf_index, entry.leaf_hash)
-            headers = [
-                *AUDIT_FIXED_HEADERS,
-                ("ce_id", (ce_prefix + str(entry.leaf_index)).encode()),
-                ce_time,
-                ("ce_subject", (record["workflow_id"] or "").encode()),
-            ]
-            produce(self.audit_topic, value=encode_audit(record), key=r.key, headers=headers)
+            value, key = encode_audit(record), r.key
+            subject = record["workflow_id"] or ""
+            if len(value) + len(key or b"") + len(subject) + 512 > limit or len(subject) > 1024:
+                try:
+                    value, key, headers = fit_audit_record(record, key, limit)
+                except SchemaError as e:
+                    self._dead_letter(r, f"audit record cannot be produced: {e}", entry.leaf_hash)
+                    continue
+            else:
+                headers = [
+                    *AUDIT_FIXED_HEADERS,
+                    ("ce_id", (ce_prefix + str(entry.leaf_index)).encode()),
+                    ce_time,
+                    ("ce_subject", subject.encode()),
+                ]
+            try:
+                produce(self.audit_topic, value=value, key=key, headers=headers)
+            except BufferError:
+                raise
+            except Exception as e:  # refused before it left (e.g. over message.max.bytes)
+                self._dead_letter(r, f"audit record cannot be produced: {e}", entry.leaf_hash)
 
     def _lookup(self, intent_id: str) -> IntentMemo | None:
         memo = self.intents.get(intent_id)
@@ -168,6 +270,7 @@ class Auditor:
         if e is None:
             return {
                 "summary": summarize_undecodable(r.partition, r.offset, error or ""),
+                "warnings": [],
                 "event_id": None,
                 "event_type": None,
                 "event_time": None,
@@ -179,7 +282,7 @@ class Auditor:
                 "tool": None,
                 "status": None,
                 "event": r.value,
-                "decode_error": error,
+                "decode_error": clip(error, 4000),
                 "offset": r.offset,
                 "leaf_index": leaf_index,
                 "leaf_hash": leaf_hash,
@@ -200,8 +303,12 @@ class Auditor:
         else:
             summary = summarize(e, self._lookup)
             status = e.get("status") if etype == "CompensationResult" else None
+        warnings = _header_findings(r, e)
+        if warnings:
+            summary += " [warning: " + "; ".join(warnings) + "]"
         return {
-            "summary": summary,
+            "summary": clip(summary, 4000),
+            "warnings": warnings,
             "event_id": e["event_id"],
             "event_type": etype,
             "event_time": e["time"],
@@ -219,3 +326,12 @@ class Auditor:
             "leaf_hash": leaf_hash,
             **fixed,
         }
+
+
+def _audit_leaf_index(msg: Any) -> int | None:
+    """The leaf index an audit record's ce_id names (``<topic>/<partition>/<leaf>``)."""
+    for name, value in msg.headers() or ():
+        if name == "ce_id" and value:
+            tail = value.rsplit(b"/", 1)[-1]
+            return int(tail) if tail.isdigit() else None
+    return None

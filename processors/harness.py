@@ -40,15 +40,21 @@ def worker_env(kafka: KafkaSettings, dsn: str) -> dict[str, str]:
 
 
 def start_worker(
-    kafka: KafkaSettings, dsn: str, *args: str, log_path: str | None = None, nice: int = 0
+    kafka: KafkaSettings,
+    dsn: str,
+    *args: str,
+    log_path: str | None = None,
+    nice: int = 0,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start `wakeline worker <args>`; its output goes to `log_path` (or is discarded).
-    `nice` lowers its CPU priority (e.g. an audit publisher that may lag the builder)."""
+    `nice` lowers its CPU priority (e.g. an audit publisher that may lag the builder);
+    `env` adds variables (e.g. `WAKELINE_MAX_RECORD_BYTES`) to the worker's environment."""
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(
             [sys.executable, "-c", _WORKER, *args],
-            env=worker_env(kafka, dsn), stdout=out, stderr=subprocess.STDOUT,
+            env={**worker_env(kafka, dsn), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
             preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )  # fmt: skip
     finally:

@@ -77,6 +77,12 @@ class LedgerBuilderService:
         self.failure: BaseException | None = None
         self._commit_lock = threading.Lock()
         self._to_commit: dict[int, int] = {}
+        #: partition -> monotonic time its ledger last grew (or it was assigned / caught up)
+        self._progress_at: dict[int, float] = {}
+        self._stall_checked_at = 0.0
+        #: partition -> (seconds without progress, next offset, high watermark, last error)
+        self.stalled: dict[int, tuple[float, int, int, str | None]] = {}
+        self._last_error: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -170,6 +176,9 @@ class LedgerBuilderService:
         ps = [tp.partition for tp in partitions]
         log.info("partitions assigned partitions=%s", ps)
         self._assigned.update(ps)
+        now = time.monotonic()
+        for p in ps:
+            self._progress_at[p] = now
         offsets = self._load(ps)
         for tp in partitions:
             off = offsets.get(tp.partition)
@@ -207,6 +216,7 @@ class LedgerBuilderService:
                 raise
             except WakelineError as e:
                 log.warning("partition load failed partition=%d reason=%s", p, e)
+                self._last_error = f"load failed: {e}"
                 self.builder.revoke([p])
                 self._to_load.add(p)
                 self._reset_store()
@@ -258,11 +268,53 @@ class LedgerBuilderService:
             self.builder.add(records)
         self.persister.submit(self.builder.prepare())
         self._commit_noted()
+        self._check_stalls()
+
+    def _check_stalls(self) -> None:
+        """A partition with records waiting whose ledger has not grown for `stall_after_s`
+        is stalled: said at error level (again every `stall_after_s` while it lasts) and kept
+        in `stalled` for metrics. `wakeline doctor` and `ledger-verify` see it from outside
+        (records older than the threshold still unledgered)."""
+        now = time.monotonic()
+        if now - self._stall_checked_at < 1.0:
+            return
+        self._stall_checked_at = now
+        limit = self.settings.stall_after_s
+        for p in sorted(self._assigned):
+            since = self._progress_at.setdefault(p, now)
+            try:
+                nxt = self.builder.next_offset(p)
+            except KeyError:  # not loaded yet (waiting in _to_load)
+                nxt = -1
+            try:
+                _, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), cached=True
+                )
+            except Exception:  # no fetch response yet: nothing known to be waiting
+                high = -1
+            waiting = high > max(nxt, 0) or p in self._to_load
+            if not waiting:
+                self._progress_at[p] = now
+                if self.stalled.pop(p, None) is not None:
+                    log.warning("partition no longer stalled partition=%d", p)
+                continue
+            idle = now - since
+            if idle < limit:
+                continue
+            before = self.stalled.get(p)
+            self.stalled[p] = (idle, nxt, high, self._last_error)
+            if before is None or int(idle // limit) != int(before[0] // limit):
+                log.error(
+                    "partition stalled partition=%d no_progress_s=%.0f next_offset=%d "
+                    "high_watermark=%d last_error=%s",
+                    p, idle, nxt, high, self._last_error,
+                )  # fmt: skip
 
     def _recover(self, failure: BaseException) -> None:
         """Drop everything not stored, reload every partition from the store, seek there."""
         if isinstance(failure, LedgerDivergence):
             raise failure
+        self._last_error = f"{type(failure).__name__}: {failure}"
         log.warning("persist/publish failed, reloading partitions=%s", sorted(self._assigned))
         self.persister.reset()
         for p in self._assigned:
@@ -274,8 +326,11 @@ class LedgerBuilderService:
     def _commit(self, offsets: dict[int, int]) -> None:
         """Called by the persister: note offsets to commit. The consumer thread commits them
         (confluent-kafka's consumer must not be driven from two threads at once)."""
+        now = time.monotonic()
         with self._commit_lock:
             self._to_commit.update(offsets)
+            for p in offsets:
+                self._progress_at[p] = now
 
     def _commit_noted(self) -> None:
         """Commit consumer offsets (lag bookkeeping only: positions live in PostgreSQL)."""

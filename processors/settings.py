@@ -17,6 +17,8 @@ BUILDER_VARIABLES = (
     "WAKELINE_SEGMENT_MAX_AGE_MS",
     "WAKELINE_CHECKPOINT_INTERVAL_S",
     "WAKELINE_HASH_SUITE",
+    "WAKELINE_MAX_RECORD_BYTES",
+    "WAKELINE_STALL_AFTER_S",
 )
 
 
@@ -45,6 +47,11 @@ class BuilderSettings:
     audit: bool = True
     #: results whose intent is remembered for the summary ("called X for Y: ok")
     intent_cache_size: int = 200_000
+    #: the most a derived record (audit, DLQ) may weigh: key + value + headers; keep it
+    #: under the producer's `message.max.bytes` and the topics' `max.message.bytes`
+    max_record_bytes: int = 900_000
+    #: a partition whose backlog has not moved for this long is reported as stalled
+    stall_after_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -59,6 +66,10 @@ class BuilderSettings:
             raise ConfigError(f"hash suite {self.hash_suite!r}, want one of {sorted(SUITES)}")
         if not (self.builder or self.audit):
             raise ConfigError("a worker with neither the builder nor the auditor does nothing")
+        if self.max_record_bytes < 16_384:
+            raise ConfigError(f"max_record_bytes={self.max_record_bytes}, want >= 16384")
+        if self.stall_after_s <= 0:
+            raise ConfigError(f"stall_after_s={self.stall_after_s}, want > 0")
         if self.checkpoint_interval_s < 0:
             raise ConfigError(f"checkpoint_interval_s={self.checkpoint_interval_s}, want >= 0")
 
@@ -81,4 +92,8 @@ class BuilderSettings:
                 env_int(env, "WAKELINE_CHECKPOINT_INTERVAL_S", int(d.checkpoint_interval_s), lo=0)
             ),
             hash_suite=env.get("WAKELINE_HASH_SUITE") or d.hash_suite,
+            max_record_bytes=env_int(
+                env, "WAKELINE_MAX_RECORD_BYTES", d.max_record_bytes, lo=16_384
+            ),
+            stall_after_s=float(env_int(env, "WAKELINE_STALL_AFTER_S", int(d.stall_after_s), lo=1)),
         )
