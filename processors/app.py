@@ -1,16 +1,16 @@
-"""The faust-streaming app behind `wakeline worker`.
+"""The faust-streaming app behind `wakeline worker`: the host of the stream processors.
 
-The ledger builder is the hot path and does not run as a faust agent: faust's per-event
-machinery costs ~70 µs an event (NOTES.md; measured again in docs/decisions.md), so the
-builder is a batch consumer (confluent-kafka, its own consumer group) hosted in the worker
-as a mode Service, on its own thread. The audit publisher is a faust agent over the ledger
-topic: one event per segment header (thousands of records), so faust's per-event cost is
-negligible there; the work per header runs on a thread of its own. Checkpoints are a faust
-timer. Per-event processors (loop and race detectors) register as agents through `agent()`,
-which pins concurrency=1 (faust issue #606 loses messages above 1).
+The ledger builder and the audit publisher run on the Kafka runner (processors/stream.py),
+each on threads of its own inside the worker, hosted as a mode Service: batch consumption
+with confluent-kafka is ~20x faster than faust's per-event machinery (docs/decisions.md has
+the figures), and the runner gives both one way to restore, retry, commit after the sink and
+stop. faust stays the host: the worker's lifecycle and signals, checkpoint signing on a timer,
+and agents where volume is low and per-event logic is the point (`agent()` pins
+concurrency=1: faust-streaming can skip offsets with more, its issue #606).
 
-Several workers can run at once: the builder's consumer group shares the events topic's
-partitions between them, and each partition resumes from PostgreSQL when it moves.
+Several workers can run at once: each runner's consumer group shares its topic's partitions
+between them, and each partition resumes from PostgreSQL (builder) or the committed offset
+(audit publisher) when it moves.
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ from wakeline.infra.settings import KafkaSettings
 from wakeline.ledger.checkpoints import Signer
 from wakeline.ledger.store import LedgerStore
 
+from .auditor import Auditor, AuditProcessor
 from .checkpointing import sign_checkpoint
 from .service import LedgerBuilderService
 from .settings import BuilderSettings
+from .stream import KafkaRunner, RunnerSettings
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +45,17 @@ class Worker:
     """The app and what it hosts, so tests and the CLI can reach them."""
 
     app: faust.App
-    builder: LedgerBuilderService
+    #: the ledger builder's runner (None when this worker runs the audit publisher only)
+    builder: LedgerBuilderService | None
     checkpoint_now: Callable[[], bytes | None]
     #: called first when the worker stops (e.g. forward the stop to an audit child process)
     stop_hooks: list[Callable[[], None]] = field(default_factory=list)
+    #: every runner this worker hosts (builder, audit publisher)
+    runners: list[KafkaRunner] = field(default_factory=list)
+
+    @property
+    def failure(self) -> BaseException | None:
+        return next((r.failure for r in self.runners if r.failure is not None), None)
 
 
 def agent(app: faust.App, channel: Any, **kwargs: Any) -> Callable[..., Any]:
@@ -77,11 +86,15 @@ def create_worker(
         # a new worker's audit agent starts at the first header, never at the newest
         consumer_auto_offset_reset="earliest",
     )
-    builder = LedgerBuilderService(kafka, settings, store_factory, dsn)
+    runners: list[KafkaRunner] = []
+    builder = None
+    if settings.builder:
+        builder = LedgerBuilderService(kafka, settings, store_factory, dsn)
+        runners.append(builder)
+    if settings.audit:
+        runners.append(audit_runner(kafka, settings, store_factory))
     lock = asyncio.Lock()
     stop_hooks: list[Callable[[], None]] = []
-    if settings.audit:
-        _add_audit_agent(app, kafka, settings, store_factory)
 
     def checkpoint_now() -> bytes | None:
         if signer is None:
@@ -93,12 +106,12 @@ def create_worker(
             store.close()
 
     @app.service
-    class LedgerBuilderHost(Service):
-        """Starts the builder thread with the worker and stops it first on shutdown."""
+    class RunnerHost(Service):
+        """Starts the runners' threads with the worker and stops them first on shutdown."""
 
         async def on_start(self) -> None:
-            if settings.builder:
-                builder.start()
+            for runner in runners:
+                runner.start()
             loop = asyncio.get_running_loop()
             # `kill -USR1 <pid>` signs a checkpoint now
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -110,15 +123,23 @@ def create_worker(
                     hook()
                 except Exception as e:  # stopping goes on
                     log.warning("stop hook failed: %s", e)
-            await asyncio.get_running_loop().run_in_executor(None, builder.stop)
+            loop = asyncio.get_running_loop()
+            for runner in runners:
+                runner._stop.set()  # all at once, then wait for each
+            for runner in runners:
+                await loop.run_in_executor(None, runner.stop)
 
         @Service.task
         async def _watch(self) -> None:
             while not self.should_stop:
-                if builder.failure is not None:
-                    log.critical("ledger builder failed: %s", builder.failure)
-                    await self.crash(builder.failure)  # type: ignore[arg-type]
-                    return
+                for runner in runners:
+                    if runner.failure is not None or (
+                        runner._thread is not None and not runner.running and not self.should_stop
+                    ):
+                        why = runner.failure or WakelineError(f"{runner.processor.name} exited")
+                        log.critical("%s failed: %s", runner.processor.name, why)
+                        await self.crash(why)  # type: ignore[arg-type]
+                        return
                 await self.sleep(0.5)
 
     async def _checkpoint() -> None:
@@ -134,93 +155,39 @@ def create_worker(
         async def checkpoint_timer() -> None:
             await _checkpoint()
 
-    return Worker(app, builder, checkpoint_now, stop_hooks)
+    return Worker(app, builder, checkpoint_now, stop_hooks, runners)
 
 
-def _add_audit_agent(
-    app: faust.App,
-    kafka: KafkaSettings,
-    settings: BuilderSettings,
-    store_factory: Callable[[], LedgerStore],
-) -> None:
-    """A faust agent over the ledger topic: each segment header -> audit and DLQ records."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from confluent_kafka import Producer
-
-    from wakeline.ledger.segments import SegmentHeader
-
-    from .auditor import Auditor
-
-    stores: list[LedgerStore] = []
-
-    def store() -> LedgerStore:
-        if not stores:
-            stores.append(store_factory())
-        return stores[0]
-
+def audit_runner(
+    kafka: KafkaSettings, settings: BuilderSettings, store_factory: Callable[[], LedgerStore]
+) -> KafkaRunner:
+    """The audit publisher on the Kafka runner: each segment header on the ledger topic ->
+    audit and DLQ records (one unit of work per header, thousands of records each)."""
     auditor = Auditor(
         None,
         events_topic=kafka.topics.events,
         audit_topic=kafka.topics.audit,
         dlq_topic=kafka.topics.dlq,
-        store=store,
         intent_cache_size=settings.intent_cache_size,
         max_record_bytes=settings.max_record_bytes,
     )
-    auditor.producer = Producer(
-        kafka.client_config(
-            **{
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "queue.buffering.max.messages": 1_000_000,
-                "delivery.report.only.error": True,
-                "on_delivery": auditor.on_delivery,
-            }
-        )
+    return KafkaRunner(
+        AuditProcessor(auditor, store_factory),
+        kafka.topics.ledger,
+        kafka.client_config,
+        RunnerSettings(
+            group_id=f"{kafka.topics.prefix}audit-publisher",
+            batch_size=64,
+            poll_timeout_s=0.1,
+            stall_after_s=settings.stall_after_s,
+            sink_batch=4,
+        ),
     )
-    # one thread: the store connection and the intent cache are used from it alone
-    executor = ThreadPoolExecutor(1, thread_name_prefix="auditor")
-    ledger_topic = app.topic(
-        kafka.topics.ledger, key_type=bytes, value_type=bytes,
-        key_serializer="raw", value_serializer="raw",
-    )  # fmt: skip
-    done: dict[int, int] = {}
-
-    def audit(header: SegmentHeader, at_us: int) -> None:
-        try:
-            auditor.audit_segment(header, at_us)
-        except WakelineError:
-            stores.clear()  # reconnect on the next try
-            raise
-
-    @agent(app, ledger_topic, name="audit-publisher")
-    async def audit_publisher(stream: Any) -> None:
-        loop = asyncio.get_running_loop()
-        async for event in stream.events():
-            header = SegmentHeader.from_bytes(event.value)
-            if done.get(header.partition, -1) >= header.segment_number:
-                continue  # a republished header this worker has audited already
-            at_us = int(event.message.timestamp * 1_000_000)
-            delay = 0.5
-            while True:  # the agent must not die: faust does not restart crashed agents
-                try:
-                    await loop.run_in_executor(executor, audit, header, at_us)
-                    break
-                except WakelineError as e:
-                    log.warning(
-                        "audit failed, retrying partition=%d segment=%d reason=%s",
-                        header.partition, header.segment_number, e,
-                    )  # fmt: skip
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-            done[header.partition] = header.segment_number
 
 
 def run_worker(worker: Worker, loglevel: str = "warn") -> None:
     """Run the faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
     faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
     faust_worker.execute_from_commandline()
-    if worker.builder.failure is not None:
-        raise worker.builder.failure
+    if worker.failure is not None:
+        raise worker.failure

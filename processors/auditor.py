@@ -12,9 +12,10 @@ consumers dedupe by (topic, partition, leaf_index).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import blake3
@@ -35,7 +36,7 @@ from .audit import (
     key_text,
     record_size,
 )
-from .publisher import PublishError, wait_for_delivery
+from .stream import COMMITTED, Applied, Assigned, Output, PublishError, deliver
 from .summary import (
     IntentCache,
     IntentMemo,
@@ -145,25 +146,11 @@ class Auditor:
         self.dlq_topic = dlq_topic
         self.intents = IntentCache(intent_cache_size)
         self._store = store
-        self._errors: list[str] = []
-        self._lock = threading.Lock()
-        #: audit records the broker refused for good: (leaf index, why), dead-lettered instead
-        self._refused: list[tuple[int, str]] = []
         self.records_audited = 0
         self.records_dead_lettered = 0
 
-    def on_delivery(self, err: Any, msg: Any) -> None:
-        if err is None:
-            return
-        with self._lock:
-            leaf = _audit_leaf_index(msg) if msg.topic() == self.audit_topic else None
-            if leaf is not None and not err.retriable():
-                self._refused.append((leaf, f"the broker refused the audit record: {err}"))
-            else:
-                self._errors.append(f"{msg.topic()}: {err}")
-
-    def audit_segment(self, header: SegmentHeader, at_us: int | None = None) -> int:
-        """Read the segment's entries from the store, publish, wait for the broker."""
+    def entries_of(self, header: SegmentHeader) -> list[Entry]:
+        """The segment's entries, read back from the store."""
         if self._store is None:
             raise WakelineError("the auditor has no store to read entries from")
         first = header.first_leaf_index
@@ -173,32 +160,44 @@ class Auditor:
                 f"partition {header.partition} segment {header.segment_number}: store holds "
                 f"{len(entries)} entries, header says {header.leaf_count}"
             )
-        self.publish(header, entries, at_us)
-        wait_for_delivery(self.producer, self)
-        with self._lock:
-            refused, self._refused = self._refused, []
-        if refused:  # no ledgered record is left without its audit record or a DLQ record
-            by_leaf = {e.leaf_index: e for e in entries}
-            for leaf, why in refused:
-                self._dead_letter(by_leaf[leaf].record(), why, by_leaf[leaf].leaf_hash)
-            wait_for_delivery(self.producer, self)
+        return entries
+
+    def audit_segment(self, header: SegmentHeader, at_us: int | None = None) -> int:
+        """Read the segment's entries from the store, publish through `self.producer`, wait
+        for the broker; records it refuses are dead-lettered. Returns the entries audited."""
+        entries = self.entries_of(header)
+        refused = deliver(self.producer, self.outputs(header, entries, at_us))
+        extra = self.replacements(refused)
+        if extra and deliver(self.producer, extra):
+            raise PublishError("the DLQ refused a record")
         self.records_audited += len(entries)
         return len(entries)
 
-    def _dead_letter(self, r: LedgerRecord, reason: str, leaf_hash: bytes) -> None:
+    def replacements(self, refused: Sequence[tuple[Output, str]]) -> list[Output]:
+        """DLQ records for audit records the broker refused: no ledgered record is left
+        without its audit record or a DLQ record saying why. A refused DLQ record raises."""
+        out = []
+        for o, why in refused:
+            if o.topic != self.audit_topic or o.tag is None:
+                raise PublishError(f"{o.topic} refused a record: {why}")
+            r, leaf_hash = o.tag
+            out.append(
+                self._dead_letter(r, f"the broker refused the audit record: {why}", leaf_hash)
+            )
+        return out
+
+    def _dead_letter(self, r: LedgerRecord, reason: str, leaf_hash: bytes) -> Output:
         value, key, headers = dlq_record(
             r, reason, self.events_topic, leaf_hash, self.max_record_bytes
         )
-        try:
-            self.producer.produce(self.dlq_topic, value=value, key=key, headers=headers)
-        except Exception as e:  # the DLQ must take it: retry the segment until it does
-            raise PublishError(f"cannot dead-letter offset {r.offset}: {e}") from e
         self.records_dead_lettered += 1
+        return Output(self.dlq_topic, value, key, headers)
 
-    def publish(
+    def outputs(
         self, header: SegmentHeader, entries: Sequence[Entry], at_us: int | None = None
-    ) -> None:
-        """Produce audit (and DLQ) records for `entries` of the segment `header`."""
+    ) -> list[Output]:
+        """Audit (and DLQ) records for `entries` of the segment `header`, in leaf order.
+        Each audit record's tag is (record, leaf hash), for a DLQ record if it is refused."""
         at_us = at_us if at_us is not None else header.max_timestamp * 1000
         fixed = {
             "topic": self.events_topic,
@@ -210,13 +209,13 @@ class Auditor:
         }
         ce_time = ("ce_time", rfc3339_micros(at_us).encode())
         ce_prefix = f"{self.events_topic}/{header.partition}/"
-        produce = self.producer.produce
         limit = self.max_record_bytes
+        out: list[Output] = []
         for entry in entries:
             r = entry.record()
             event, error = decode_record(r)
             if error is not None:
-                self._dead_letter(r, error, entry.leaf_hash)
+                out.append(self._dead_letter(r, error, entry.leaf_hash))
             record = self.audit_record(r, event, error, fixed, entry.leaf_index, entry.leaf_hash)
             value, key = encode_audit(record), r.key
             subject = record["workflow_id"] or ""
@@ -224,7 +223,8 @@ class Auditor:
                 try:
                     value, key, headers = fit_audit_record(record, key, limit)
                 except SchemaError as e:
-                    self._dead_letter(r, f"audit record cannot be produced: {e}", entry.leaf_hash)
+                    reason = f"audit record cannot be produced: {e}"
+                    out.append(self._dead_letter(r, reason, entry.leaf_hash))
                     continue
             else:
                 headers = [
@@ -233,12 +233,8 @@ class Auditor:
                     ce_time,
                     ("ce_subject", subject.encode()),
                 ]
-            try:
-                produce(self.audit_topic, value=value, key=key, headers=headers)
-            except BufferError:
-                raise
-            except Exception as e:  # refused before it left (e.g. over message.max.bytes)
-                self._dead_letter(r, f"audit record cannot be produced: {e}", entry.leaf_hash)
+            out.append(Output(self.audit_topic, value, key, headers, tag=(r, entry.leaf_hash)))
+        return out
 
     def _lookup(self, intent_id: str) -> IntentMemo | None:
         memo = self.intents.get(intent_id)
@@ -328,10 +324,96 @@ class Auditor:
         }
 
 
-def _audit_leaf_index(msg: Any) -> int | None:
-    """The leaf index an audit record's ce_id names (``<topic>/<partition>/<leaf>``)."""
-    for name, value in msg.headers() or ():
-        if name == "ce_id" and value:
-            tail = value.rsplit(b"/", 1)[-1]
-            return int(tail) if tail.isdigit() else None
-    return None
+@dataclass(frozen=True)
+class _Audit:
+    """One record of the ledger topic: a segment header to audit (or `None`: skip it)."""
+
+    record: LedgerRecord
+    header: SegmentHeader | None
+    problem: str | None = None
+
+
+class AuditProcessor:
+    """Segment headers of the ledger topic -> audit and DLQ records (runs on the Kafka
+    runner, processors/stream.py). Its position is the consumer group's committed offset:
+    committed once a header's records are delivered, so at-least-once; a header seen twice
+    (a builder republishing after a crash) gives identical audit records again."""
+
+    name = "audit-publisher"
+    fatal: tuple[type[BaseException], ...] = ()
+
+    def __init__(self, auditor: Auditor, store_factory: Callable[[], LedgerStore]) -> None:
+        self.auditor = auditor
+        self._store_factory = store_factory
+        self._stores: list[LedgerStore] = []
+        auditor._store = self._store
+        #: events partition -> newest segment number audited by this process
+        self._done: dict[int, int] = {}
+        self.wait_for_sink: Callable[[], None] = lambda: None
+
+    def _store(self) -> LedgerStore:
+        if not self._stores:
+            self._stores.append(self._store_factory())
+        return self._stores[0]
+
+    def assign(self, partitions: list[int]) -> Assigned:
+        return Assigned(dict.fromkeys(partitions, COMMITTED))
+
+    def revoke(self, partitions: list[int]) -> None:
+        for p in partitions:
+            self._done.pop(p, None)
+
+    def handle(self, records: list[LedgerRecord], now: float) -> list[Any]:
+        out = []
+        for r in records:
+            try:
+                header = SegmentHeader.from_bytes(r.value or b"")
+            except Exception as e:  # not a header: reported, never audited
+                out.append(_Audit(r, None, f"not a segment header: {type(e).__name__}: {e}"))
+                continue
+            out.append(_Audit(r, header))
+        return out
+
+    def due(self, now: float) -> list[Any]:
+        return []
+
+    def drain(self, partitions: list[int]) -> list[Any]:
+        return []
+
+    def apply(self, works: list[Any]) -> list[Applied]:
+        out = []
+        for w in works:
+            commit = {w.record.partition: w.record.offset + 1}
+            h = w.header
+            if h is None:
+                log.error(
+                    "ledger topic record skipped partition=%d offset=%d reason=%s",
+                    w.record.partition, w.record.offset, w.problem,
+                )  # fmt: skip
+                out.append(Applied(w, [], commit))
+                continue
+            if self._done.get(h.partition, -1) >= h.segment_number:
+                out.append(Applied(w, [], commit))  # republished: audited already
+                continue
+            at_us = w.record.timestamp * 1000
+            entries = self.auditor.entries_of(h)
+            out.append(Applied(w, self.auditor.outputs(h, entries, at_us), commit))
+        return out
+
+    def delivered(self, applied: list[Applied], refused: list[tuple[Output, str]]) -> list[Output]:
+        extra = self.auditor.replacements(refused)
+        for a in applied:
+            h = a.work.header
+            if h is not None and self._done.get(h.partition, -1) < h.segment_number:
+                self._done[h.partition] = h.segment_number
+                self.auditor.records_audited += h.leaf_count
+        return extra
+
+    def reset(self) -> None:
+        for s in self._stores:
+            with contextlib.suppress(Exception):
+                s.close()
+        self._stores.clear()
+
+    def close(self) -> None:
+        self.reset()

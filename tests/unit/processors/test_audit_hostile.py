@@ -29,39 +29,28 @@ class Producer:
         self.on_delivery: Any = None
         self._failed: list[Any] = []
 
-    def produce(self, topic, value=None, key=None, partition=None, headers=None):  # type: ignore[no-untyped-def]
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **kw):  # type: ignore[no-untyped-def]
         headers = list(headers or [])
         if self.max_bytes is not None and record_size(key, value, headers) > self.max_bytes:
             raise RuntimeError("KafkaError{code=MSG_SIZE_TOO_LARGE}")
         if self.refuse_audit and topic.endswith("audit"):
-            self._failed.append(_Msg(topic, headers))
+            self._failed.append(on_delivery)
             return
         self.sent.append((topic, key, value, headers))
 
     def flush(self, timeout: float) -> int:
         failed, self._failed = self._failed, []
-        for msg in failed:
-            self.on_delivery(_Err(), msg)
+        for callback in failed:  # librdkafka's delivery report of a refused record
+            callback(_Err(), None)
         return 0
 
 
 class _Err:
-    def retriable(self) -> bool:
-        return False
+    def name(self) -> str:
+        return "MSG_SIZE_TOO_LARGE"
 
     def __str__(self) -> str:
         return "KafkaError{code=MSG_SIZE_TOO_LARGE}"
-
-
-class _Msg:
-    def __init__(self, topic: str, headers: list) -> None:
-        self._topic, self._headers = topic, headers
-
-    def topic(self) -> str:
-        return self._topic
-
-    def headers(self) -> list:
-        return self._headers
 
 
 def audit(records: list[LedgerRecord], producer: Producer) -> tuple[Auditor, Any]:
@@ -74,7 +63,6 @@ def audit(records: list[LedgerRecord], producer: Producer) -> tuple[Auditor, Any
         producer, events_topic="p.events", audit_topic="p.audit", dlq_topic="p.dlq",
         store=lambda: store, max_record_bytes=LIMIT,
     )  # fmt: skip
-    producer.on_delivery = auditor.on_delivery
     assert auditor.audit_segment(seg.header, at_us=5_000_000) == len(records)
     return auditor, seg
 
@@ -141,14 +129,17 @@ def test_an_audit_record_the_broker_refuses_is_dead_lettered_with_the_reason() -
 @pytest.mark.parametrize("limit_hit", ["produce-raises"])
 def test_an_audit_record_refused_at_produce_time_is_dead_lettered(limit_hit: str) -> None:
     class Tight(Producer):
-        def produce(self, topic, value=None, key=None, partition=None, headers=None):  # type: ignore[no-untyped-def]
+        def produce(self, topic, value=None, key=None, headers=None, **kw):  # type: ignore[no-untyped-def]
             if topic == "p.audit":
-                raise RuntimeError("KafkaError{code=_MSG_TIMED_OUT}")
-            super().produce(topic, value, key, partition, headers)
+                raise RuntimeError("KafkaError{code=MSG_SIZE_TOO_LARGE}")
+            super().produce(topic, value, key, headers, **kw)
 
     i = intent("wf-1", 0)
     key, value, headers = frames(i)
     p = Tight()
     audit([rec(0, key, value, headers)], p)
     ((topic, _, _, h),) = p.sent
-    assert topic == "p.dlq" and b"audit record cannot be produced" in dict(h)["wakeline_dlq_reason"]
+    assert (
+        topic == "p.dlq"
+        and b"the broker refused the audit record" in dict(h)["wakeline_dlq_reason"]
+    )

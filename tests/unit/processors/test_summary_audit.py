@@ -82,7 +82,7 @@ def _audit_for(value: bytes | None, error_value: bool = False) -> dict:
         def __init__(self) -> None:
             self.sent: list[tuple] = []
 
-        def produce(self, topic, value=None, key=None, partition=None, headers=None):  # type: ignore[no-untyped-def]
+        def produce(self, topic, value=None, key=None, partition=None, headers=None, **kw):  # type: ignore[no-untyped-def]
             self.sent.append((topic, key, value, partition, headers))
 
         def flush(self, timeout: float) -> int:
