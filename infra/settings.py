@@ -193,11 +193,14 @@ def unknown_variables(env: Mapping[str, str]) -> dict[str, str | None]:
     names = {k for k in env if k.startswith("WAKELINE_")}
     if names <= {v.name for c in _COMPONENTS.values() for v in c.variables}:
         return {}  # all declared by what is imported already: no need to import the rest
-    known = sorted(known_variables())
-    return {
-        k: next(iter(difflib.get_close_matches(k, known, n=1, cutoff=0.6)), None)
-        for k in sorted(names - set(known))
-    }
+    known = known_variables()
+    tails = sorted(k.removeprefix("WAKELINE_") for k in known)  # the shared prefix is no hint
+
+    def closest(name: str) -> str | None:
+        close = difflib.get_close_matches(name.removeprefix("WAKELINE_"), tails, n=1)
+        return "WAKELINE_" + close[0] if close else None
+
+    return {k: closest(k) for k in sorted(names - known)}
 
 
 def check_known(env: Mapping[str, str]) -> None:
