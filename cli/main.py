@@ -14,9 +14,18 @@ from rich.console import Console
 from rich.table import Table
 
 from wakeline.errors import WakelineError
+from wakeline.infra.settings import Variable, choice, declare
 
 console = Console()
 err_console = Console(stderr=True)
+
+LOG_LEVEL = Variable(
+    "WAKELINE_LOG_LEVEL",
+    choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    None,
+    "log level of every `wakeline` command (default: WARNING; -v INFO, -vv DEBUG)",
+)
+declare("cli", "the `wakeline` command", LOG_LEVEL)
 
 
 def run_guarded(fn: Callable[[], Any]) -> Any:
@@ -36,7 +45,8 @@ def emit_json(obj: Any) -> None:
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
     """Wakeline: a tamper-evident audit ledger and compensation daemon for AI agents."""
-    level = os.environ.get("WAKELINE_LOG_LEVEL") or ["WARNING", "INFO", "DEBUG"][min(verbose, 2)]
+    level = run_guarded(lambda: LOG_LEVEL.read(os.environ))
+    level = level or ["WARNING", "INFO", "DEBUG"][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
@@ -186,11 +196,12 @@ def demo(as_json: bool) -> None:
 
 def _attach_component_commands() -> None:
     """Commands owned by components, each in its own cli/ module."""
+    from wakeline.cli.config import config
     from wakeline.cli.ledger import ledger
     from wakeline.cli.tail import tail
     from wakeline.cli.worker import worker
 
-    for command in (ledger, worker, tail):
+    for command in (ledger, worker, tail, config):
         cli.add_command(command)
 
 

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from wakeline.infra.settings import StackSettings
+from wakeline.infra.settings import StackSettings, Variable, declare, path
 from wakeline.ledger.checkpoints import Signer, ensure_signer
 from wakeline.ledger.service import DEFAULT_ORIGIN, current_heads, sign_checkpoint
 
@@ -21,13 +21,18 @@ log = logging.getLogger(__name__)
 
 DEFAULT_KEY_NAME = "wakeline-ledger"
 
+SIGNING_KEY = Variable(
+    "WAKELINE_SIGNING_KEY",
+    path,
+    lambda env: StackSettings.from_env(env).home / "keys" / "ledger.key",
+    "the checkpoint signing key (made on first use); auditors pin its .pub half",
+)
+declare("signing", "the key the worker and `wakeline ledger checkpoint` sign with", SIGNING_KEY)
+
 
 def signing_key_path(env: Mapping[str, str] | None = None) -> Path:
     """WAKELINE_SIGNING_KEY, else `<WAKELINE_HOME>/keys/ledger.key` (created on first use)."""
-    env = os.environ if env is None else env
-    if env.get("WAKELINE_SIGNING_KEY"):
-        return Path(env["WAKELINE_SIGNING_KEY"]).expanduser()
-    return StackSettings.from_env(env).home / "keys" / "ledger.key"
+    return SIGNING_KEY.read(os.environ if env is None else env)
 
 
 def load_signer(path: Path, name: str = DEFAULT_KEY_NAME) -> Signer:

@@ -7,19 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from wakeline.errors import ConfigError
-from wakeline.infra.settings import env_int
-
-#: environment variables read by BuilderSettings.from_env (all optional)
-BUILDER_VARIABLES = (
-    "WAKELINE_BUILDER_GROUP",
-    "WAKELINE_BUILDER_BATCH",
-    "WAKELINE_SEGMENT_MAX_LEAVES",
-    "WAKELINE_SEGMENT_MAX_AGE_MS",
-    "WAKELINE_CHECKPOINT_INTERVAL_S",
-    "WAKELINE_HASH_SUITE",
-    "WAKELINE_MAX_RECORD_BYTES",
-    "WAKELINE_STALL_AFTER_S",
-)
+from wakeline.infra.settings import Variable, check_known, declare, integer, number, text
 
 
 @dataclass(frozen=True)
@@ -79,21 +67,77 @@ class BuilderSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BuilderSettings:
         env = os.environ if env is None else env
-        d = cls()
+        check_known(env)
         return cls(
-            group_id=env.get("WAKELINE_BUILDER_GROUP") or None,
-            batch_size=env_int(env, "WAKELINE_BUILDER_BATCH", d.batch_size),
-            segment_max_leaves=env_int(env, "WAKELINE_SEGMENT_MAX_LEAVES", d.segment_max_leaves),
-            segment_max_age_s=env_int(
-                env, "WAKELINE_SEGMENT_MAX_AGE_MS", int(d.segment_max_age_s * 1000)
-            )
-            / 1000,
-            checkpoint_interval_s=float(
-                env_int(env, "WAKELINE_CHECKPOINT_INTERVAL_S", int(d.checkpoint_interval_s), lo=0)
-            ),
-            hash_suite=env.get("WAKELINE_HASH_SUITE") or d.hash_suite,
-            max_record_bytes=env_int(
-                env, "WAKELINE_MAX_RECORD_BYTES", d.max_record_bytes, lo=16_384
-            ),
-            stall_after_s=float(env_int(env, "WAKELINE_STALL_AFTER_S", int(d.stall_after_s), lo=1)),
+            group_id=GROUP.read(env),
+            batch_size=BATCH.read(env),
+            segment_max_leaves=SEGMENT_MAX_LEAVES.read(env),
+            segment_max_age_s=SEGMENT_MAX_AGE_MS.read(env) / 1000,
+            checkpoint_interval_s=CHECKPOINT_INTERVAL_S.read(env),
+            hash_suite=HASH_SUITE.read(env),
+            max_record_bytes=MAX_RECORD_BYTES.read(env),
+            stall_after_s=STALL_AFTER_S.read(env),
         )
+
+
+# the variables BuilderSettings.from_env reads; defaults are the dataclass defaults
+GROUP = Variable(
+    "WAKELINE_BUILDER_GROUP",
+    text,
+    None,
+    "consumer group of the ledger builder (default: <topic prefix>ledger-builder)",
+)
+BATCH = Variable(
+    "WAKELINE_BUILDER_BATCH",
+    integer(),
+    BuilderSettings.batch_size,
+    "records asked of Kafka per consume call",
+)
+SEGMENT_MAX_LEAVES = Variable(
+    "WAKELINE_SEGMENT_MAX_LEAVES",
+    integer(),
+    BuilderSettings.segment_max_leaves,
+    "a segment closes at this many leaves",
+)
+SEGMENT_MAX_AGE_MS = Variable(
+    "WAKELINE_SEGMENT_MAX_AGE_MS",
+    integer(),
+    round(BuilderSettings.segment_max_age_s * 1000),
+    "a segment closes when its first leaf has waited this many ms (caps ledger latency)",
+)
+CHECKPOINT_INTERVAL_S = Variable(
+    "WAKELINE_CHECKPOINT_INTERVAL_S",
+    number(lo=0),
+    BuilderSettings.checkpoint_interval_s,
+    "sign a checkpoint this often, in seconds (0 = only on SIGUSR1)",
+)
+HASH_SUITE = Variable(
+    "WAKELINE_HASH_SUITE",
+    text,
+    BuilderSettings.hash_suite,
+    "hash suite of new segments: blake3 or sha256",
+)
+MAX_RECORD_BYTES = Variable(
+    "WAKELINE_MAX_RECORD_BYTES",
+    integer(lo=16_384),
+    BuilderSettings.max_record_bytes,
+    "the most a derived (audit, DLQ) record may weigh; keep it under the broker's limits",
+)
+STALL_AFTER_S = Variable(
+    "WAKELINE_STALL_AFTER_S",
+    number(above=0),
+    BuilderSettings.stall_after_s,
+    "a partition whose backlog has not moved for this many seconds is reported as stalled",
+)
+BUILDER = declare(
+    "builder",
+    "the worker's ledger builder and audit publisher (`wakeline worker`)",
+    GROUP,
+    BATCH,
+    SEGMENT_MAX_LEAVES,
+    SEGMENT_MAX_AGE_MS,
+    CHECKPOINT_INTERVAL_S,
+    HASH_SUITE,
+    MAX_RECORD_BYTES,
+    STALL_AFTER_S,
+)
