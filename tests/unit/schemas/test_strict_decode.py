@@ -356,3 +356,17 @@ def test_an_int_beyond_32_bits_does_not_encode(attempt: int, make_event: Callabl
     for edge in ((1 << 31) - 1, -(1 << 31)):
         event = make_event("CompensationStarted", attempt=edge)
         assert decode_event(encode_event(event))["attempt"] == edge
+
+
+def test_deep_nesting_in_a_recursive_writer_schema_is_a_malformed_frame() -> None:
+    node = {
+        "type": "record",
+        "name": "Node",
+        "namespace": "test.wakeline",
+        "fields": [{"name": "next", "type": ["null", "Node"]}],
+    }
+    codec = Codec(packaged_schemas())
+    fp = codec.register(node)
+    assert codec.decode(MAGIC + fp + b"\x02\x02\x00") == {"next": {"next": {"next": None}}}
+    with pytest.raises(MalformedFrame, match="nest deeper"):
+        codec.decode(MAGIC + fp + b"\x02" * 100_000 + b"\x00")
