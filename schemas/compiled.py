@@ -41,8 +41,15 @@ def _zigzag(n: int) -> bytes:
 
 _LENGTH = [_zigzag(i) for i in range(64)]  # one-byte length prefixes
 
-#: public name of the Avro long writer (zig-zag varint), for code that frames by hand
-avro_long = _zigzag
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def avro_long(n: int) -> bytes:
+    """The Avro long (zig-zag varint) of n, for code that frames by hand; ValueError if n is
+    not a 64-bit signed integer (its varint would be longer than any decoder reads)."""
+    if _LONG_MIN <= n <= _LONG_MAX:
+        return _zigzag(n)
+    raise ValueError(f"{n} does not fit an Avro long (64-bit signed)")
 
 
 class _Refused(Exception):

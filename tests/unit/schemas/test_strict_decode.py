@@ -370,3 +370,13 @@ def test_deep_nesting_in_a_recursive_writer_schema_is_a_malformed_frame() -> Non
     assert codec.decode(MAGIC + fp + b"\x02\x02\x00") == {"next": {"next": {"next": None}}}
     with pytest.raises(MalformedFrame, match="nest deeper"):
         codec.decode(MAGIC + fp + b"\x02" * 100_000 + b"\x00")
+
+
+def test_avro_long_refuses_what_does_not_fit_64_bits() -> None:
+    from wakeline.schemas.compiled import avro_long
+
+    assert avro_long((1 << 63) - 1) == b"\xfe" + b"\xff" * 8 + b"\x01"
+    assert avro_long(-(1 << 63)) == b"\xff" * 9 + b"\x01"
+    for n in (1 << 63, -(1 << 63) - 1):
+        with pytest.raises(ValueError, match="does not fit an Avro long"):
+            avro_long(n)
