@@ -202,8 +202,8 @@ class Codec:
         self._current = dict(current)
         self._writers: dict[bytes, SchemaInfo] = {}
         # fingerprint -> (writer parsed, reader parsed or None when identical, compiled
-        # decoder when no resolution is needed and the shape compiles, strict decoder of the
-        # writer schema: the verdict on every body the compiled one refuses)
+        # decoder of the writer schema when its shape compiles, strict decoder of the writer
+        # schema: the verdict on every body the compiled one refuses)
         self._readers: dict[bytes, _Reader] = {}
         # type name -> (header bytes, parsed schema, compiled encoder or None): the hot path
         self._encoders = {
@@ -231,7 +231,7 @@ class Codec:
             self._readers[info.fingerprint] = (
                 info.parsed,
                 None if resolved is None else resolved.parsed,
-                compile_decoder(info.parsed) if resolved is None else None,
+                compile_decoder(info.parsed),
                 strict_decoder(info.parsed),
             )
         return info.fingerprint
@@ -310,9 +310,11 @@ class Codec:
         data = frame if type(frame) is bytes else bytes(frame)
         if reader[2] is not None:
             try:
-                return reader[2](data, HEADER_SIZE)
+                event = reader[2](data, HEADER_SIZE)
             except Exception:  # the strict decoder below gives the verdict and the message
                 pass
+            else:
+                return event if reader[1] is None else self._resolve_valid(data, fp, reader)
         return self._decode_strictly(data, fp, reader)
 
     def _decode_strictly(self, frame: bytes, fp: bytes, reader: _Reader) -> Event:
@@ -323,9 +325,10 @@ class Codec:
             raise MalformedFrame(
                 f"{name} frame of {len(frame)} bytes (schema {fp.hex()}) is not valid Avro: {e}"
             ) from None
-        if reader[1] is None:
-            return event
-        # valid for its writer schema: fastavro resolves it to the current reader schema
+        return event if reader[1] is None else self._resolve_valid(frame, fp, reader)
+
+    def _resolve_valid(self, frame: bytes, fp: bytes, reader: _Reader) -> Event:
+        """A body valid for its writer schema, resolved by fastavro to the current reader."""
         buf = BytesIO(frame)
         buf.seek(HEADER_SIZE)
         try:

@@ -4,11 +4,15 @@ fastavro's generic writer spends ~0.5 µs on every nullable union (it validates 
 and ~12 µs on a ToolIntent; its reader ~10 µs. For the record shapes the event schemas use
 (string, bytes, int, long, boolean, enum, ["null", X], array/map of string) we generate one
 function per schema that writes and reads the same bytes in about a third (encode) and a
-half (decode) of the time. Any other shape compiles to None and fastavro does the work.
+half (decode) of the time. Any other shape compiles to None.
 
-fastavro stays the reference: whenever a compiled function refuses an input, the codec asks
-fastavro, which either accepts it (the same result) or gives the verdict and the message.
-Property tests hold the two to byte and value equality.
+Writing, fastavro stays the reference: whenever the compiled encoder refuses a value, the
+codec asks fastavro, which writes the same bytes or gives the verdict and the message (and
+its output is checked with the strict decoder before it is framed). Reading, fastavro is not
+the reference, being laxer than the Avro specification: the compiled decoder and the generic
+strict decoder at the end of this file apply the specification's rules (listed below) and
+give the verdict; fastavro only resolves bodies already found valid. Property and fuzz tests
+hold all of them to byte and value equality with fastavro where it is right.
 """
 
 from __future__ import annotations
