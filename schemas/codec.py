@@ -1,4 +1,4 @@
-"""The wire codec: Avro single-object encoding of Wakeline events (DESIGN §3, schemas/README.md).
+"""The wire codec: Avro single-object encoding of Wakeline events (schemas/README.md).
 
 A frame is ``C3 01`` + the 8-byte CRC-64-AVRO fingerprint of the writer schema's parsing
 canonical form (little-endian, as the Avro spec and Java's ``SchemaNormalization`` give it) +
@@ -8,6 +8,12 @@ Timestamps (``time``, ``expires_at``) are ``long`` with logicalType ``timestamp-
 the .avsc files. The logical type changes neither the bytes nor the fingerprint (the parsing
 canonical form drops it), so the codec parses the schemas with it stripped: events carry
 plain ``int`` epoch microseconds both ways and fastavro does no datetime conversion per call.
+
+Decoding is exactly as strict as the Avro specification: a body is accepted only if it is
+valid Avro binary for its writer schema (schemas/compiled.py lists the rules; fastavro alone
+accepts negative enum and union indexes, overlong varints, booleans other than 0/1 and lying
+block sizes, see docs/decisions.md). Writer schemas that need resolution to the current
+reader schema are first validated strictly, then resolved by fastavro.
 
 Pure: fastavro and the standard library only; never Kafka, faust or click.
 """
@@ -29,7 +35,13 @@ from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 
 from wakeline.errors import SchemaError
-from wakeline.schemas.compiled import Decoder, compile_decoder, compile_encoder
+from wakeline.schemas.compiled import (
+    Decoder,
+    InvalidAvro,
+    compile_decoder,
+    compile_encoder,
+    strict_decoder,
+)
 
 MAGIC = b"\xc3\x01"
 FINGERPRINT_SIZE = 8
@@ -55,7 +67,7 @@ EVENT_TYPES = (
     "WorkflowCompleted",
 )
 
-#: the envelope every record starts with, in this order (DESIGN §3, docs/contracts.md)
+#: the envelope every record starts with, in this order (docs/contracts.md)
 ENVELOPE_FIELDS = (
     "event_id",
     "type",
@@ -75,7 +87,8 @@ ENVELOPE_FIELDS = (
 )
 
 Event = dict[str, Any]
-_Reader = tuple[dict[str, Any], "dict[str, Any] | None", "Decoder | None"]
+# (writer parsed, reader parsed or None when identical, compiled decoder or None, strict decoder)
+_Reader = tuple[dict[str, Any], "dict[str, Any] | None", "Decoder | None", Decoder]
 
 
 class MalformedFrame(SchemaError):
@@ -189,13 +202,16 @@ class Codec:
         self._current = dict(current)
         self._writers: dict[bytes, SchemaInfo] = {}
         # fingerprint -> (writer parsed, reader parsed or None when identical, compiled
-        # decoder when no resolution is needed and the shape compiles)
+        # decoder of the writer schema when its shape compiles, strict decoder of the writer
+        # schema: the verdict on every body the compiled one refuses)
         self._readers: dict[bytes, _Reader] = {}
         # type name -> (header bytes, parsed schema, compiled encoder or None): the hot path
         self._encoders = {
             name: (MAGIC + info.fingerprint, info.parsed, compile_encoder(info.parsed))
             for name, info in self._current.items()
         }
+        # type name -> strict decoder: what fastavro writes is checked with it
+        self._checks = {name: strict_decoder(info.parsed) for name, info in self._current.items()}
         self._lock = threading.Lock()
         self.resolver = resolver
         for info in self._current.values():
@@ -215,7 +231,8 @@ class Codec:
             self._readers[info.fingerprint] = (
                 info.parsed,
                 None if resolved is None else resolved.parsed,
-                compile_decoder(info.parsed) if resolved is None else None,
+                compile_decoder(info.parsed),
+                strict_decoder(info.parsed),
             )
         return info.fingerprint
 
@@ -262,13 +279,20 @@ class Codec:
             schemaless_writer(buf, parsed, event, strict_allow_default=True)
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
             raise SchemaError(_explain(event, info, e)) from e
-        return buf.getvalue()
+        frame = buf.getvalue()
+        try:  # fastavro writes some values Avro cannot hold (an int of 2**40 in 6 bytes)
+            self._checks[info.type_name](frame, HEADER_SIZE)
+        except InvalidAvro as e:
+            where = f"{info.type_name} {event.get('event_id', '<no event_id>')}"
+            raise SchemaError(f"{where}: a value does not fit the schema: {e}") from None
+        return frame
 
     def decode(self, frame: bytes | bytearray | memoryview) -> Event:
         """The event dict of a frame, resolved to the current schema of its type.
 
-        Raises MalformedFrame (short, wrong magic, body that does not decode, trailing
-        bytes) or UnknownFingerprint (writer schema unknown and not resolvable).
+        Raises MalformedFrame (short, wrong magic, a body that is not valid Avro for its
+        writer schema, trailing bytes: the message says what, where and at which byte) or
+        UnknownFingerprint (writer schema unknown and not resolvable).
         """
         if not isinstance(frame, (bytes, bytearray, memoryview)):
             raise MalformedFrame(f"frame is {type(frame).__name__}, want bytes")
@@ -283,30 +307,37 @@ class Codec:
         reader = self._readers.get(fp)
         if reader is None:
             reader = self._resolve(fp)
+        data = frame if type(frame) is bytes else bytes(frame)
         if reader[2] is not None:
             try:
-                return reader[2](frame if type(frame) is bytes else bytes(frame), HEADER_SIZE)
-            except Exception:  # fastavro below gives the verdict and the message
+                event = reader[2](data, HEADER_SIZE)
+            except Exception:  # the strict decoder below gives the verdict and the message
                 pass
-        return self._decode_with_fastavro(frame, fp, reader)
+            else:
+                return event if reader[1] is None else self._resolve_valid(data, fp, reader)
+        return self._decode_strictly(data, fp, reader)
 
-    def _decode_with_fastavro(
-        self, frame: bytes | bytearray | memoryview, fp: bytes, reader: _Reader
-    ) -> Event:
+    def _decode_strictly(self, frame: bytes, fp: bytes, reader: _Reader) -> Event:
+        try:
+            event = reader[3](frame, HEADER_SIZE)
+        except InvalidAvro as e:
+            name = self._writers[fp].type_name
+            raise MalformedFrame(
+                f"{name} frame of {len(frame)} bytes (schema {fp.hex()}) is not valid Avro: {e}"
+            ) from None
+        return event if reader[1] is None else self._resolve_valid(frame, fp, reader)
+
+    def _resolve_valid(self, frame: bytes, fp: bytes, reader: _Reader) -> Event:
+        """A body valid for its writer schema, resolved by fastavro to the current reader."""
         buf = BytesIO(frame)
         buf.seek(HEADER_SIZE)
         try:
-            event = schemaless_reader(buf, reader[0], reader[1])
-        except Exception as e:  # EOFError, UnicodeDecodeError, IndexError, ... on garbage
+            return schemaless_reader(buf, reader[0], reader[1])
+        except Exception as e:  # e.g. a writer's union branch the reader has no match for
             raise MalformedFrame(
-                f"body of {len(frame) - HEADER_SIZE} bytes does not decode with schema "
-                f"{fp.hex()}: {type(e).__name__}: {e}"
+                f"frame with schema {fp.hex()} is valid Avro but does not resolve to the "
+                f"current {self._writers[fp].type_name}: {type(e).__name__}: {e}"
             ) from e
-        if buf.tell() != len(frame):
-            raise MalformedFrame(
-                f"frame has {len(frame) - buf.tell()} trailing bytes after the body, want 0"
-            )
-        return event
 
     def _resolve(self, fp: bytes) -> _Reader:
         found = self.resolver(fp) if self.resolver is not None else None

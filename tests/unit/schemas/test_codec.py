@@ -143,7 +143,7 @@ def test_short_frame(cut: int, frame: bytes) -> None:
 
 
 def test_truncated_body(frame: bytes) -> None:
-    with pytest.raises(MalformedFrame, match="does not decode"):
+    with pytest.raises(MalformedFrame, match="not valid Avro: .* overruns the frame"):
         decode_event(frame[:-5])
 
 
