@@ -1,4 +1,4 @@
-"""The full verifier of DESIGN §5, fed segment by segment from any source.
+"""The full verifier of docs/ledger-format.md §9, fed segment by segment from any source.
 
 Sources (a bundle file, a LedgerStore, Kafka) call `begin`, `add_key`, `add_schema`,
 `add_segment`, `add_checkpoint` and `finish` in bundle order. Every check has a stable name
@@ -8,7 +8,8 @@ item with its partition, segment, leaf index, offset, event id, field, expected 
 Verdicts, worst first: tampered (the evidence contradicts itself or its signatures),
 unusable (the input cannot be read as a ledger), incomplete (the evidence is consistent but
 something it commits to is missing). Exit codes: 0 sound, 10 tampered, 11 incomplete,
-12 unusable.
+12 unusable. Warning findings (`event.header_mismatch`, `tail.behind`) name a position and
+never change the verdict.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from .report import (
     EXIT_CODES,
     INCOMPLETE,
     MAX_FINDINGS,
+    MAX_WARNINGS,
     SEVERITY,
     SOUND,
     TAMPERED,
     UNUSABLE,
+    WARNING,
     Finding,
     VerifyReport,
 )
@@ -105,6 +108,11 @@ class LedgerVerifier:
             elif where.get(k) is not None:
                 where[k] = str(where[k])
         listed = self.report.findings
+        if verdict == WARNING:
+            n = self._stats["warning_findings"] = self._stats.get("warning_findings", 0) + 1
+            if n <= MAX_WARNINGS:
+                listed.append(Finding(verdict, check, message, **where))
+            return
         if len(listed) < MAX_FINDINGS or all(f.verdict != verdict for f in listed):
             listed.append(Finding(verdict, check, message, **where))
         else:
@@ -241,6 +249,8 @@ class LedgerVerifier:
         if pairing is not None:
             for i, (leaf, off) in enumerate(zip(leaves, offsets, strict=True)):
                 issue = pairing.add(p, base + i, off, _leaf_value(leaf))
+                if pairing.last_event is not None:
+                    self._check_headers(leaf, pairing.last_event, p, n, base + i, off)
                 if issue is not None:
                     self._fail_pairing(issue)
         part.last_offset = last_offset
@@ -325,6 +335,37 @@ class LedgerVerifier:
         part.claimed = h.tree_size
         if self._progress is not None:
             self._progress(k)
+
+    def _check_headers(
+        self, leaf: bytes, ev: dict, p: int, n: int, leaf_index: int, offset: int
+    ) -> None:
+        """The body is the truth: each of ce_id, ce_type, ce_subject must appear once and
+        say what the decoded body says; otherwise a warning (the leaf commits to the bytes
+        as produced, so this is never tampering)."""
+        try:
+            headers = parse_leaf(leaf).headers
+        except FormatError:
+            return
+        for name, want in (
+            ("ce_id", ev.get("event_id")),
+            ("ce_type", f"dev.wakeline.{ev.get('type')}.v1"),
+            ("ce_subject", ev.get("workflow_id")),
+        ):
+            got = [v for k, v in headers if k == name]
+            if len(got) == 1 and want is not None and got[0] == want.encode("utf-8"):
+                continue
+            found = (
+                "no header" if not got
+                else f"{len(got)} headers" if len(got) > 1
+                else got[0].decode("utf-8", "replace") if got[0] is not None else "null"
+            )  # fmt: skip
+            self.fail(
+                WARNING,
+                "event.header_mismatch",
+                f"the {name} header disagrees with the event body",
+                partition=p, segment=n, leaf_index=leaf_index, offset=offset,
+                event_id=ev.get("event_id"), field=name, expected=want, found=found,
+            )  # fmt: skip
 
     def _slow_scan(
         self,
