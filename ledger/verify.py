@@ -14,6 +14,7 @@ never change the verdict.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -155,6 +156,10 @@ class LedgerVerifier:
 
     def add_schema(self, fingerprint: bytes, canonical_form: bytes) -> None:
         self._stats["schemas"] += 1
+        problem = canonical_form_problem(canonical_form)
+        if problem is not None:
+            self.fail(TAMPERED, "schema.canonical_form", problem,
+                      found=canonical_form[:200].decode("utf-8", "replace"))  # fmt: skip
         got = crc64_avro(canonical_form)
         if got != fingerprint:
             self.fail(
@@ -452,10 +457,10 @@ class LedgerVerifier:
                 self.fail(UNUSABLE, "checkpoint.keys", "no public key to check checkpoint "
                           "signatures with; pass --trusted-key")  # fmt: skip
             return
+        self._note_signers(note)
         try:
             body, _ = open_note(note, keys)
             cp = parse_body(body)
-            self._note_signers(note, body)
         except SignatureError as e:
             self.fail(TAMPERED, "checkpoint.signature", str(e), field=f"checkpoint #{idx}")
             return
@@ -482,10 +487,24 @@ class LedgerVerifier:
                 found=cp.suite,
             )
         prev = self._checkpoint
-        if prev is None:
-            if cp.seq == 0 and cp.prev is not None:
+        if (cp.seq == 0) != (cp.prev is None):
+            self.fail(
+                TAMPERED,
+                "checkpoint.chain",
+                "prev is '-' exactly when seq is 0",
+                **at,
+                expected="prev -" if cp.seq == 0 else "a prev hash",
+                found="a prev hash" if cp.seq == 0 else "prev -",
+            )
+        elif prev is None:
+            if cp.seq != 0:
                 self.fail(
-                    TAMPERED, "checkpoint.chain", "first checkpoint names a previous one", **at
+                    INCOMPLETE,
+                    "checkpoint.first_seq",
+                    "the input's first checkpoint is not seq 0: earlier ones are missing",
+                    **at,
+                    expected="seq 0",
+                    found=f"seq {cp.seq}",
                 )
         elif cp.seq != prev.seq + 1 or cp.prev != prev.hash():
             self.fail(
@@ -496,6 +515,18 @@ class LedgerVerifier:
                 expected=f"seq {prev.seq + 1}",
                 found=f"seq {cp.seq}",
             )
+        if prev is not None:
+            for old in prev.heads:
+                if cp.head(old.partition) is None:
+                    self.fail(
+                        TAMPERED,
+                        "checkpoint.consistency",
+                        "a partition of the previous checkpoint is missing from this one",
+                        partition=old.partition,
+                        **at,
+                        expected=f"a line for partition {old.partition}",
+                        found="none",
+                    )
         for head in cp.heads:
             hat = {"partition": head.partition, **at}
             old = prev.head(head.partition) if prev is not None else None
@@ -519,6 +550,13 @@ class LedgerVerifier:
                 )
             part = self._parts.get(head.partition)
             if head.tree_size == 0:
+                self.fail(
+                    TAMPERED,
+                    "checkpoint.head",
+                    "checkpoint names a partition with no leaves (size 0 is no segment end)",
+                    **hat,
+                    found=0,
+                )
                 continue
             if part is None or head.tree_size > part.claimed:
                 have = part.claimed if part else 0
@@ -562,9 +600,15 @@ class LedgerVerifier:
                 )
         self._checkpoint = cp
 
-    def _note_signers(self, note: bytes, body: bytes) -> None:
-        """Record which carried keys signed this note (each key is checked until it has)."""
-        sigs = split_note(note)[1]
+    def _note_signers(self, note: bytes) -> None:
+        """Record which carried keys signed this note, trusted or not (each key is checked
+        until it has). A note that does not split signs nothing."""
+        if not self.keys_are_evidence:
+            return
+        try:
+            body, sigs = split_note(note)
+        except FormatError:
+            return
         for k in self._bundle_keys:
             vkey = k.vkey()
             if vkey in self._used_keys:
@@ -577,7 +621,7 @@ class LedgerVerifier:
         r = self.report
         keys = self._pinned or self._bundle_keys
         r.trusted_keys = [k.vkey() for k in keys]
-        if self.keys_are_evidence and complete and self._checkpoint is not None:
+        if self.keys_are_evidence and complete and not self._stopped:
             for k in self._bundle_keys:
                 if k.vkey() not in self._used_keys:
                     self.fail(
@@ -642,6 +686,25 @@ def _fast_scan(
     if len(set(offsets)) != len(offsets) or sorted(offsets) != offsets:
         return None
     return offsets[0], offsets[-1], min(stamps), max(stamps), offsets
+
+
+def canonical_form_problem(text: bytes) -> str | None:
+    """Why a SCHEMA frame's text is not an Avro schema in Parsing Canonical Form, or None.
+
+    The fingerprint of a schema is defined over its canonical form; a text that is not one
+    cannot be the schema an event frame's fingerprint names."""
+    try:
+        from fastavro.schema import parse_schema, to_parsing_canonical_form
+    except ImportError:  # pragma: no cover - fastavro is a dependency
+        return None
+    try:
+        decoded = text.decode("utf-8")
+        canonical = to_parsing_canonical_form(parse_schema(json.loads(decoded), named_schemas={}))
+    except Exception as e:  # fastavro raises many kinds for a bad schema
+        return f"schema text is not a valid Avro schema: {e}"
+    if canonical != decoded:
+        return "schema text is not in Parsing Canonical Form"
+    return None
 
 
 def _event_id(leaf: bytes) -> str | None:
