@@ -108,6 +108,7 @@ def run_verify(
     public_key: tuple[str, ...],
     no_pairing: bool,
     as_json: bool,
+    stale_after: float,
 ) -> None:
     from wakeline.ledger.sources import verify_bundle, verify_store
 
@@ -131,6 +132,7 @@ def run_verify(
                     decode=decode,
                     dsn=dsn,
                     progress=progress,
+                    stale_after_s=stale_after,
                 )
             else:
                 from wakeline.ledger.store_postgres import PostgresLedgerStore
@@ -142,6 +144,7 @@ def run_verify(
                         public_keys=pubs or _default_public_keys(),
                         decode=decode,
                         progress=progress,
+                        tail=_broker_tail(stale_after),
                     )
     except ConfigError as e:
         _err(str(e), e.exit_code)
@@ -152,6 +155,23 @@ def run_verify(
     else:
         _print_report(report)
     sys.exit(report.exit_code)
+
+
+def _broker_tail(stale_after: float) -> Callable[[Any, dict[int, int]], None]:
+    """The unledgered-tail check of a PostgreSQL ledger, against the configured broker."""
+
+    def check(v: Any, last_offsets: dict[int, int]) -> None:
+        from wakeline.infra.kafka_source import check_tail
+        from wakeline.infra.settings import KafkaSettings
+
+        try:
+            settings = KafkaSettings.from_env()
+        except WakelineError as e:
+            v.tail_unchecked(f"no broker configured: {e}")
+            return
+        check_tail(v, settings, last_offsets, stale_after_s=stale_after)
+
+    return check
 
 
 def _default_public_keys() -> list[str]:
@@ -196,6 +216,17 @@ def _verify_options(fn: Callable) -> Callable:
         ),
         click.option("--no-pairing", is_flag=True, help="Skip the intent/result/seal checks."),
         click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+        click.option(
+            "--stale-after",
+            type=click.FloatRange(min=0),
+            default=60.0,
+            show_default=True,
+            envvar="WAKELINE_VERIFY_STALE_AFTER_S",
+            metavar="SECONDS",
+            help="PostgreSQL/Kafka: records on the events topic not yet ledgered whose broker "
+            "timestamp is older than this make the verdict incomplete (a stuck builder); "
+            "younger ones are a warning. Also WAKELINE_VERIFY_STALE_AFTER_S.",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

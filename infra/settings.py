@@ -42,6 +42,8 @@ KNOWN_VARIABLES = frozenset(
         "WAKELINE_SEGMENT_MAX_AGE_MS",
         "WAKELINE_CHECKPOINT_INTERVAL_S",
         "WAKELINE_HASH_SUITE",
+        # ledger-verify --stale-after: unledgered records older than this are incomplete
+        "WAKELINE_VERIFY_STALE_AFTER_S",
     }
 )
 

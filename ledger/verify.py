@@ -616,6 +616,44 @@ class LedgerVerifier:
             if any(n == k.name and r[:4] == k.key_id and k.verify(body, r[4:]) for n, r in sigs):
                 self._used_keys.add(vkey)
 
+    def add_tail(
+        self,
+        partition: int,
+        first_offset: int,
+        count: int,
+        timestamp_ms: int | None,
+        *,
+        now_ms: int,
+        stale_after_ms: int,
+    ) -> None:
+        """Records on the events topic after the partition's last ledgered offset: `count`
+        offsets from `first_offset`, the first with broker timestamp `timestamp_ms` (None
+        when the broker gives none). Older than the threshold: the ledger is incomplete (its
+        builder is stuck); younger: a warning (a builder is simply behind)."""
+        if count <= 0:
+            return
+        self._stats["unledgered_tail"] = self._stats.get("unledgered_tail", 0) + count
+        age = None if timestamp_ms is None else now_ms - timestamp_ms
+        stale = age is None or age > stale_after_ms
+        shown = "unknown" if age is None else f"{age / 1000:.1f} s"
+        self.fail(
+            INCOMPLETE if stale else WARNING,
+            "tail.stale" if stale else "tail.behind",
+            f"{count} record(s) on the events topic are not in the ledger; the first is "
+            f"{shown} old" + (f" (threshold {stale_after_ms / 1000:g} s)" if stale else ""),
+            partition=partition,
+            offset=first_offset,
+            field="unledgered tail",
+            expected=f"age <= {stale_after_ms / 1000:g} s",
+            found=f"{count} record(s), age {shown}",
+        )
+
+    def tail_unchecked(self, reason: str) -> None:
+        """The events topic could not be read: say so, the tail may hide a stuck partition."""
+        text = f"the unledgered tail could not be checked: {reason}"
+        self.fail(WARNING, "tail.unchecked", text)
+        self.report.warnings.append(text)
+
     def finish(self, *, complete: bool = True) -> VerifyReport:
         """End of input; `complete` is False when the source stopped short (truncation)."""
         r = self.report
