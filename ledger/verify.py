@@ -678,6 +678,14 @@ class LedgerVerifier:
                 self._fail_pairing(issue)
         if self._pairing is not None:
             self._stats["undecodable_events"] = self._pairing.undecodable
+            if self._pairing.redelivered:
+                self._stats["redelivered_events"] = self._pairing.redelivered
+                w = self._pairing.first_redelivered
+                r.warnings.append(
+                    f"{self._pairing.redelivered} event(s) repeat the event id of an earlier "
+                    f"event of their run and were counted once (first: partition "
+                    f"{w.partition} leaf {w.leaf_index}, event {w.event_id})"  # type: ignore[union-attr]
+                )
             if self._pairing.undecodable:
                 w = self._pairing.first_undecodable
                 r.warnings.append(
