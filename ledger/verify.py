@@ -468,6 +468,11 @@ class LedgerVerifier:
             self.fail(TAMPERED, "checkpoint.format", str(e), field=f"checkpoint #{idx}")
             return
         at = {"field": f"checkpoint seq {cp.seq}"}
+        parts = [h.partition for h in cp.heads]
+        if any(a >= b for a, b in zip(parts, parts[1:], strict=False)):
+            self.fail(TAMPERED, "checkpoint.format", "checkpoint has two lines for one partition",
+                      field=f"checkpoint #{idx}")  # fmt: skip
+            return
         if cp.origin != self._origin:
             self.fail(
                 TAMPERED,
