@@ -92,11 +92,17 @@ def _print_report(report: Any) -> None:
     for k, v in report.stats.items():
         stats.add_row(k, f"{v:,}")
     console.print(stats)
-    if len(report.findings) > 1:
-        console.print(f"{len(report.findings) + report.suppressed} findings in all:")
-        for f in report.findings[:20]:
+    bad = [f for f in report.findings if f.verdict != "warning"]
+    if len(bad) > 1:
+        console.print(f"{len(bad) + report.suppressed} findings in all:")
+        for f in bad[:20]:
             console.print(f"  {f.describe()}", highlight=False, markup=False)
+    for f in report.findings:
+        if f.verdict == "warning":  # positions worth a look; they never change the verdict
+            console.print(f.describe(), highlight=False, markup=False, style="yellow")
     for w in report.warnings:
+        if any(f.message == w for f in report.findings):
+            continue  # already printed as its finding
         console.print(f"warning: {w}", highlight=False, markup=False, style="yellow")
 
 
