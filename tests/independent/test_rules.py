@@ -23,13 +23,13 @@ from wakeline.ledger.sources import verify_bundle
 from wakeline.ledger.store import make_entries
 from wakeline.ledger.store_memory import MemoryLedgerStore
 
+from . import bundle as B
 from . import verifier as V
-from .test_independent_verifier import _ledger as _sound_ledger  # noqa: F401
 
 
 def both(data: bytes, keys: list[str] | None) -> tuple[tuple, tuple, object, object]:
     ours = verify_bundle(io.BytesIO(data), trusted_keys=keys)
-    theirs = V.verify_bundle(data, keys)
+    theirs = B.verify_bundle(data, keys)
     a = (ours.verdict, ours.first.check if ours.first else None)
     b = (theirs.verdict, theirs.first.check if theirs.first else None)
     return a, b, ours, theirs
