@@ -17,6 +17,17 @@ from typing import Any
 import click
 
 from wakeline.errors import ConfigError, WakelineError
+from wakeline.infra.settings import Variable, declare, number
+
+#: how old an unledgered record may be before `ledger-verify` calls the ledger incomplete
+STALE_AFTER_S = Variable(
+    "WAKELINE_VERIFY_STALE_AFTER_S",
+    number(lo=0),
+    60.0,
+    "ledger-verify from PostgreSQL/Kafka: unledgered records older than this (s) make the "
+    "verdict incomplete (a stuck builder); younger ones are a warning",
+)
+declare("verify", "ledger-verify", STALE_AFTER_S)
 
 EXIT_UNUSABLE = 12
 
@@ -92,11 +103,17 @@ def _print_report(report: Any) -> None:
     for k, v in report.stats.items():
         stats.add_row(k, f"{v:,}")
     console.print(stats)
-    if len(report.findings) > 1:
-        console.print(f"{len(report.findings) + report.suppressed} findings in all:")
-        for f in report.findings[:20]:
+    bad = [f for f in report.findings if f.verdict != "warning"]
+    if len(bad) > 1:
+        console.print(f"{len(bad) + report.suppressed} findings in all:")
+        for f in bad[:20]:
             console.print(f"  {f.describe()}", highlight=False, markup=False)
+    for f in report.findings:
+        if f.verdict == "warning":  # positions worth a look; they never change the verdict
+            console.print(f.describe(), highlight=False, markup=False, style="yellow")
     for w in report.warnings:
+        if any(f.message == w for f in report.findings):
+            continue  # already printed as its finding
         console.print(f"warning: {w}", highlight=False, markup=False, style="yellow")
 
 
@@ -108,6 +125,7 @@ def run_verify(
     public_key: tuple[str, ...],
     no_pairing: bool,
     as_json: bool,
+    stale_after: float,
 ) -> None:
     from wakeline.ledger.sources import verify_bundle, verify_store
 
@@ -131,6 +149,7 @@ def run_verify(
                     decode=decode,
                     dsn=dsn,
                     progress=progress,
+                    stale_after_s=stale_after,
                 )
             else:
                 from wakeline.ledger.store_postgres import PostgresLedgerStore
@@ -142,6 +161,7 @@ def run_verify(
                         public_keys=pubs or _default_public_keys(),
                         decode=decode,
                         progress=progress,
+                        tail=_broker_tail(stale_after),
                     )
     except ConfigError as e:
         _err(str(e), e.exit_code)
@@ -152,6 +172,23 @@ def run_verify(
     else:
         _print_report(report)
     sys.exit(report.exit_code)
+
+
+def _broker_tail(stale_after: float) -> Callable[[Any, dict[int, int]], None]:
+    """The unledgered-tail check of a PostgreSQL ledger, against the configured broker."""
+
+    def check(v: Any, last_offsets: dict[int, int]) -> None:
+        from wakeline.infra.kafka_source import check_tail
+        from wakeline.infra.settings import KafkaSettings
+
+        try:
+            settings = KafkaSettings.from_env()
+        except WakelineError as e:
+            v.tail_unchecked(f"no broker configured: {e}")
+            return
+        check_tail(v, settings, last_offsets, stale_after_s=stale_after)
+
+    return check
 
 
 def _default_public_keys() -> list[str]:
@@ -196,6 +233,17 @@ def _verify_options(fn: Callable) -> Callable:
         ),
         click.option("--no-pairing", is_flag=True, help="Skip the intent/result/seal checks."),
         click.option("--json", "as_json", is_flag=True, help="Print the report as JSON."),
+        click.option(
+            "--stale-after",
+            type=click.FloatRange(min=0),
+            default=STALE_AFTER_S.default,
+            show_default=True,
+            envvar=STALE_AFTER_S.name,
+            metavar="SECONDS",
+            help="PostgreSQL/Kafka: records on the events topic not yet ledgered whose broker "
+            "timestamp is older than this make the verdict incomplete (a stuck builder); "
+            "younger ones are a warning. Also WAKELINE_VERIFY_STALE_AFTER_S.",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)

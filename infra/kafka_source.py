@@ -10,6 +10,7 @@ never imports a Kafka client.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -78,6 +79,15 @@ def _read(
         consumer.unassign()
 
 
+def _first(consumer: Any, topic: str, partition: int, start: int, stop: int, timeout: float) -> Any:
+    """The first message with start <= offset < stop, or None."""
+    messages = _read(consumer, topic, partition, start, stop, timeout)
+    try:
+        return next(messages, None)
+    finally:
+        messages.close()
+
+
 def read_headers(settings: KafkaSettings, *, timeout: float = 10) -> dict[int, list[bytes]]:
     """Every header on the ledger topic, by the events partition it names, deduplicated
     (identical republished copies), in segment-number order."""
@@ -116,6 +126,55 @@ def record_of(m: Any) -> LedgerRecord:
     )
 
 
+DEFAULT_STALE_AFTER_S = 60.0
+
+
+def _timestamp(m: Any) -> int | None:
+    kind, ts = m.timestamp()
+    return None if kind == 0 else ts  # 0: TIMESTAMP_NOT_AVAILABLE
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def check_tail(
+    v: LedgerVerifier,
+    settings: KafkaSettings,
+    last_offsets: dict[int, int],
+    *,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    timeout: float = 5,
+) -> None:
+    """Report, per events partition, the records after its last ledgered offset
+    (`last_offsets`; a partition absent from it has none): `tail.stale` (incomplete) when
+    the first is older than `stale_after_s`, else `tail.behind` (a warning). When the broker
+    cannot be read, a `tail.unchecked` warning says so."""
+    topic = settings.topics.events
+    try:
+        consumer = _consumer(settings)
+    except Exception as e:  # a bad client configuration
+        v.tail_unchecked(f"{topic}: {e}")
+        return
+    try:
+        for p in _partitions(consumer, topic, timeout):
+            low, high = consumer.get_watermark_offsets(_tp(topic, p), timeout=timeout)
+            start = max(low, last_offsets.get(p, -1) + 1)
+            if start >= high:
+                continue
+            first = _first(consumer, topic, p, start, high, timeout)
+            if first is None:
+                continue
+            v.add_tail(
+                p, first.offset(), high - first.offset(), _timestamp(first),
+                now_ms=_now_ms(), stale_after_ms=int(stale_after_s * 1000),
+            )  # fmt: skip
+    except Exception as e:  # KafkaException, StackError: the broker is not there
+        v.tail_unchecked(f"{topic} is not readable: {e}")
+    finally:
+        consumer.close()
+
+
 def verify_from_kafka(
     settings: KafkaSettings,
     *,
@@ -125,9 +184,11 @@ def verify_from_kafka(
     dsn: str | None = None,
     progress: Progress | None = None,
     timeout: float = 10,
+    stale_after_s: float = DEFAULT_STALE_AFTER_S,
 ) -> VerifyReport:
     """Replay the events topic against the headers on the ledger topic, then check the
-    checkpoints PostgreSQL holds (when reachable) against what was rebuilt."""
+    checkpoints PostgreSQL holds (when reachable) against what was rebuilt. Records after
+    a partition's last segment are its unledgered tail (see `check_tail`)."""
     from wakeline.ledger.segments import SegmentHeader
 
     headers = read_headers(settings, timeout=timeout)
@@ -157,19 +218,26 @@ def verify_from_kafka(
         v.fail(TAMPERED, "segment.format", f"ledger topic holds a {len(bad)}-byte header")
     topic = settings.topics.events
     consumer = _consumer(settings)
+    tails: list[tuple[int, int, int, int | None]] = []
     try:
         for p in _partitions(consumer, topic, timeout):
             low, high = consumer.get_watermark_offsets(_tp(topic, p), timeout=timeout)
             raws = headers.get(p, [])
             if not raws:
-                if high > low:
-                    v.report.warnings.append(f"partition {p}: {high - low} events, no segments yet")
+                first = _first(consumer, topic, p, low, high, timeout)
+                if first is not None:
+                    tails.append((p, first.offset(), high - first.offset(), _timestamp(first)))
                 continue
-            _replay(v, consumer, topic, p, raws, low, high, timeout)
+            tail = _replay(v, consumer, topic, p, raws, low, high, timeout)
+            if tail is not None:
+                tails.append((p, tail.offset(), high - tail.offset(), _timestamp(tail)))
     finally:
         consumer.close()
     for note in notes:
         v.add_checkpoint(note)
+    now, stale_ms = _now_ms(), int(stale_after_s * 1000)
+    for p, first_offset, count, ts in tails:
+        v.add_tail(p, first_offset, count, ts, now_ms=now, stale_after_ms=stale_ms)
     return v.finish()  # no checkpoint at all is reported as checkpoint.missing
 
 
@@ -182,7 +250,9 @@ def _replay(
     low: int,
     high: int,
     timeout: float,
-) -> None:
+) -> Any:
+    """Feed one partition's segments; return the first record after the last segment (the
+    start of the unledgered tail), or None."""
     from wakeline.ledger.segments import SegmentHeader
 
     spans = []
@@ -209,12 +279,8 @@ def _replay(
                     leaves.append(record_of(pending).leaf_bytes())
                 pending = next(messages, None)
         v.add_segment(raw, leaves, None)
-    tail = 0
-    while pending is not None:
-        tail += 1
-        pending = next(messages, None)
-    if tail:
-        v.report.stats["unledgered_tail"] = v.report.stats.get("unledgered_tail", 0) + tail
+    messages.close()
+    return pending
 
 
 def _checkpoints(dsn: str | None) -> tuple[list[bytes], str | None]:

@@ -158,6 +158,7 @@ COMPONENT_MODULES = (
     "wakeline.processors.settings",
     "wakeline.processors.checkpointing",
     "wakeline.cli.main",
+    "wakeline.cli.ledger",
 )
 
 _COMPONENTS: dict[str, Component] = {}

@@ -1,9 +1,19 @@
-"""Pairing checks over decoded events (DESIGN §5, docs/contracts.md).
+"""Pairing checks over decoded events (docs/ledger-format.md §9, docs/contracts.md).
 
-Every ToolIntent has a ToolResult (an `aborted` result is the explicit abort), every
-ToolResult answers an earlier intent, and every WorkflowCompleted seal counts exactly the
-events of its (workflow_id, run_id) that precede it in partition order, the last of which
-is `last_event_id`. Events of one workflow share a partition, so partition order suffices.
+All pairing is scoped to one partition (events of one workflow share a partition: the record
+key is the workflow id), in leaf order:
+
+- every ToolResult answers a ToolIntent that is an earlier leaf of the same partition
+  (`pairing.orphan_result`), and no intent has two results (`pairing.duplicate_result`);
+- every ToolIntent has a result by the end of the input; an `aborted` result is the explicit
+  abort (`pairing.unanswered_intent`);
+- every WorkflowCompleted seal counts exactly the events of its (workflow_id, run_id) that
+  precede it in the partition, of every type, earlier seals included (`pairing.seal_count`),
+  and names the last of them as `last_event_id`, null when it counts none
+  (`pairing.seal_last_event`).
+
+An event whose `event_id` repeats an earlier event of the same run in the same partition is a
+redelivery: it is counted once, paired once, and reported as a warning.
 """
 
 from __future__ import annotations
@@ -43,20 +53,36 @@ class PairingIssue:
     found: str | None = None
 
 
+class _Run:
+    __slots__ = ("count", "last", "ids")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last: str | None = None
+        self.ids: set[str | None] = set()
+
+
 class PairingChecker:
     def __init__(self, decode: Decode) -> None:
         self.decode = decode
-        self.pending: dict[str, tuple[int, int, int]] = {}  # intent id -> partition, leaf, offset
-        self.answered: set[str] = set()
-        self.runs: dict[tuple[str, str], list] = {}  # (workflow, run) -> [count, last id]
+        #: (partition, intent id) -> (partition, leaf index, offset) of the intent
+        self.pending: dict[tuple[int, str], tuple[int, int, int]] = {}
+        #: (partition, intent id) -> event id of the result that answered it
+        self.answered: dict[tuple[int, str], str | None] = {}
+        self.runs: dict[tuple[int, object, object], _Run] = {}
         self.undecodable = 0
         self.first_undecodable: Position | None = None
+        self.redelivered = 0
+        self.first_redelivered: Position | None = None
         self.decoded = 0
+        #: the event the last `add` decoded (None when it did not decode)
+        self.last_event: dict | None = None
 
     def add(
         self, partition: int, leaf_index: int, offset: int, value: bytes | None
     ) -> PairingIssue | None:
         """Account for one event; return an issue it reveals at once, if any."""
+        self.last_event = None
         if value is None:
             return self._undecodable(Position(partition, leaf_index, offset))
         try:
@@ -64,55 +90,72 @@ class PairingChecker:
         except SchemaError:
             return self._undecodable(Position(partition, leaf_index, offset))
         self.decoded += 1
+        self.last_event = ev
         kind = ev.get("type")
         event_id = ev.get("event_id")
-        run = (ev.get("workflow_id"), ev.get("run_id"))
+        key = (partition, ev.get("workflow_id"), ev.get("run_id"))
+        run = self.runs.get(key)
+        if run is None:
+            run = self.runs[key] = _Run()
+        here = Position(partition, leaf_index, offset, event_id)
+        if event_id in run.ids:
+            self.redelivered += 1
+            if self.first_redelivered is None:
+                self.first_redelivered = here
+            return None
         issue = None
         if kind == "ToolIntent":
             if event_id is not None:
-                self.pending[event_id] = (partition, leaf_index, offset)
+                self.pending[(partition, event_id)] = (partition, leaf_index, offset)
         elif kind == "ToolResult":
-            here = Position(partition, leaf_index, offset, event_id)
-            intent_id = ev.get("intent_id")
-            if intent_id in self.pending:
-                del self.pending[intent_id]
-                self.answered.add(intent_id)
-            elif intent_id not in self.answered:
+            intent = (partition, ev.get("intent_id"))
+            if intent in self.pending:
+                del self.pending[intent]
+                self.answered[intent] = event_id
+            elif intent in self.answered:
+                issue = PairingIssue(
+                    "tampered",
+                    "pairing.duplicate_result",
+                    f"result {event_id} answers intent {intent[1]}, which result "
+                    f"{self.answered[intent]} already answered",
+                    here,
+                    expected="one ToolResult per ToolIntent",
+                    found=f"a second result after {self.answered[intent]}",
+                )
+            else:
                 issue = PairingIssue(
                     "tampered",
                     "pairing.orphan_result",
-                    f"result {event_id} answers intent {intent_id}, which is not in the ledger "
-                    "before it",
+                    f"result {event_id} answers intent {intent[1]}, which is not in the ledger "
+                    "before it in this partition",
                     here,
-                    expected=f"ToolIntent {intent_id}",
+                    expected=f"ToolIntent {intent[1]}",
                     found="nothing",
                 )
         elif kind == "WorkflowCompleted":
-            here = Position(partition, leaf_index, offset, event_id)
-            count, last = self.runs.get(run, (0, None))
             want_count, want_last = ev.get("event_count"), ev.get("last_event_id")
-            if want_count != count:
+            if want_count != run.count:
                 issue = PairingIssue(
                     "tampered",
                     "pairing.seal_count",
-                    f"seal {event_id} of workflow {run[0]} run {run[1]} counts {want_count} "
-                    f"events, the ledger holds {count} before it",
+                    f"seal {event_id} of workflow {key[1]} run {key[2]} counts {want_count} "
+                    f"events, the ledger holds {run.count} before it",
                     here,
                     expected=str(want_count),
-                    found=str(count),
+                    found=str(run.count),
                 )
-            elif want_last != last:
+            elif want_last != run.last:
                 issue = PairingIssue(
                     "tampered",
                     "pairing.seal_last_event",
-                    f"seal {event_id} names last event {want_last}, the ledger has {last}",
+                    f"seal {event_id} names last event {want_last}, the ledger has {run.last}",
                     here,
                     expected=str(want_last),
-                    found=str(last),
+                    found=str(run.last),
                 )
-        entry = self.runs.setdefault(run, [0, None])
-        entry[0] += 1
-        entry[1] = event_id
+        run.count += 1
+        run.last = event_id
+        run.ids.add(event_id)
         return issue
 
     def _undecodable(self, where: Position) -> None:
@@ -127,10 +170,10 @@ class PairingChecker:
             PairingIssue(
                 "incomplete",
                 "pairing.unanswered_intent",
-                f"intent {event_id} has no result and no explicit abort",
-                Position(*where, event_id),
+                f"intent {key[1]} has no result and no explicit abort",
+                Position(*where, key[1]),
                 expected="ToolResult",
                 found="nothing",
             )
-            for event_id, where in sorted(self.pending.items(), key=lambda kv: kv[1])
+            for key, where in sorted(self.pending.items(), key=lambda kv: kv[1])
         ]

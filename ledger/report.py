@@ -1,7 +1,9 @@
-"""The verifier's report: findings with a verdict, a check name and where (DESIGN §5).
+"""The verifier's report: findings with a verdict, a check name and where
+(docs/ledger-format.md §9).
 
-Verdicts, worst first: tampered, unusable, incomplete; none means sound. Exit codes:
-0 sound, 10 tampered, 11 incomplete, 12 unusable (docs/ledger-format.md §9).
+Verdicts, worst first: tampered, unusable, incomplete; none means sound. A `warning` finding
+names a position worth a look and never changes the verdict. Exit codes: 0 sound,
+10 tampered, 11 incomplete, 12 unusable.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SOUND, TAMPERED, INCOMPLETE, UNUSABLE = "sound", "tampered", "incomplete", "unusable"
+WARNING = "warning"
 EXIT_CODES = {SOUND: 0, TAMPERED: 10, INCOMPLETE: 11, UNUSABLE: 12}
-SEVERITY = {SOUND: 0, INCOMPLETE: 1, UNUSABLE: 2, TAMPERED: 3}
+SEVERITY = {WARNING: 0, SOUND: 0, INCOMPLETE: 1, UNUSABLE: 2, TAMPERED: 3}
 MAX_FINDINGS = 100
+MAX_WARNINGS = 20  # warning findings listed; the rest are counted in the stats
 
 
 @dataclass(frozen=True)

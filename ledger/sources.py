@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -42,7 +42,7 @@ def verify_bundle(
     progress: Progress | None = None,
     chunk: int = 8 << 20,
 ) -> VerifyReport:
-    """Verify an export bundle with no services: every check of DESIGN §5.
+    """Verify an export bundle with no services: every check of docs/ledger-format.md §9.
 
     The file is read `chunk` bytes at a time, never whole."""
     if isinstance(src, str | Path):
@@ -153,13 +153,17 @@ def verify_store(
     public_keys: Sequence[str] = (),
     decode: object = True,
     progress: Progress | None = None,
+    tail: TailCheck | None = None,
 ) -> VerifyReport:
-    """Verify what a store holds (PostgreSQL or memory), segment by segment."""
+    """Verify what a store holds (PostgreSQL or memory), segment by segment. `tail`, when
+    given, is called with the verifier and each partition's last ledgered offset to report
+    the records not yet ledgered (wakeline.infra.kafka_source.check_tail reads the broker)."""
     v = LedgerVerifier(trusted_keys=trusted_keys, decode=decode, progress=progress)  # type: ignore[arg-type]
     origin, suite = store_identity(store)
     v.begin(origin, suite)
     for k in public_keys:
         v.add_key(k)
+    last_offsets: dict[int, int] = {}
     with _gc_paused():
         for p in store.partitions():
             for h in store.headers(p):
@@ -167,9 +171,16 @@ def verify_store(
                 entries = list(store.entries(p, first, first + h.leaf_count))
                 leaves = [e.leaf for e in entries]
                 v.add_segment(h.to_bytes(), leaves, [e.leaf_hash for e in entries])
+                last_offsets[p] = h.last_offset
     for note in store.checkpoints():
         v.add_checkpoint(note)
+    if tail is not None:
+        tail(v, last_offsets)
     return v.finish()
+
+
+#: (verifier, partition -> last ledgered offset) -> None; reports the unledgered tail
+TailCheck = Callable[[LedgerVerifier, dict[int, int]], None]
 
 
 def store_identity(store: LedgerStore, default_origin: str = "wakeline/ledger") -> tuple[str, str]:

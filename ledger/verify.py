@@ -1,4 +1,4 @@
-"""The full verifier of DESIGN §5, fed segment by segment from any source.
+"""The full verifier of docs/ledger-format.md §9, fed segment by segment from any source.
 
 Sources (a bundle file, a LedgerStore, Kafka) call `begin`, `add_key`, `add_schema`,
 `add_segment`, `add_checkpoint` and `finish` in bundle order. Every check has a stable name
@@ -8,11 +8,13 @@ item with its partition, segment, leaf index, offset, event id, field, expected 
 Verdicts, worst first: tampered (the evidence contradicts itself or its signatures),
 unusable (the input cannot be read as a ledger), incomplete (the evidence is consistent but
 something it commits to is missing). Exit codes: 0 sound, 10 tampered, 11 incomplete,
-12 unusable.
+12 unusable. Warning findings (`event.header_mismatch`, `tail.behind`) name a position and
+never change the verdict.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,10 +32,12 @@ from .report import (
     EXIT_CODES,
     INCOMPLETE,
     MAX_FINDINGS,
+    MAX_WARNINGS,
     SEVERITY,
     SOUND,
     TAMPERED,
     UNUSABLE,
+    WARNING,
     Finding,
     VerifyReport,
 )
@@ -105,6 +109,11 @@ class LedgerVerifier:
             elif where.get(k) is not None:
                 where[k] = str(where[k])
         listed = self.report.findings
+        if verdict == WARNING:
+            n = self._stats["warning_findings"] = self._stats.get("warning_findings", 0) + 1
+            if n <= MAX_WARNINGS:
+                listed.append(Finding(verdict, check, message, **where))
+            return
         if len(listed) < MAX_FINDINGS or all(f.verdict != verdict for f in listed):
             listed.append(Finding(verdict, check, message, **where))
         else:
@@ -147,6 +156,10 @@ class LedgerVerifier:
 
     def add_schema(self, fingerprint: bytes, canonical_form: bytes) -> None:
         self._stats["schemas"] += 1
+        problem = canonical_form_problem(canonical_form)
+        if problem is not None:
+            self.fail(TAMPERED, "schema.canonical_form", problem,
+                      found=canonical_form[:200].decode("utf-8", "replace"))  # fmt: skip
         got = crc64_avro(canonical_form)
         if got != fingerprint:
             self.fail(
@@ -241,6 +254,8 @@ class LedgerVerifier:
         if pairing is not None:
             for i, (leaf, off) in enumerate(zip(leaves, offsets, strict=True)):
                 issue = pairing.add(p, base + i, off, _leaf_value(leaf))
+                if pairing.last_event is not None:
+                    self._check_headers(leaf, pairing.last_event, p, n, base + i, off)
                 if issue is not None:
                     self._fail_pairing(issue)
         part.last_offset = last_offset
@@ -325,6 +340,36 @@ class LedgerVerifier:
         part.claimed = h.tree_size
         if self._progress is not None:
             self._progress(k)
+
+    def _check_headers(
+        self, leaf: bytes, ev: dict, p: int, n: int, leaf_index: int, offset: int
+    ) -> None:
+        """The body is the truth: each of ce_id, ce_type, ce_subject must appear once and
+        say what the decoded body says; otherwise a warning (the leaf commits to the bytes
+        as produced, so this is never tampering)."""
+        headers = _ce_headers(leaf)
+        if headers is None:  # not well-formed leaf bytes: the entry checks speak
+            return
+        for name, want in (
+            (b"ce_id", ev.get("event_id")),
+            (b"ce_type", f"dev.wakeline.{ev.get('type')}.v1"),
+            (b"ce_subject", ev.get("workflow_id")),
+        ):
+            got = headers.get(name, ())
+            if len(got) == 1 and want is not None and got[0] == want.encode("utf-8"):
+                continue
+            found = (
+                "no header" if not got
+                else f"{len(got)} headers" if len(got) > 1
+                else got[0].decode("utf-8", "replace") if got[0] is not None else "null"
+            )  # fmt: skip
+            self.fail(
+                WARNING,
+                "event.header_mismatch",
+                f"the {name.decode()} header disagrees with the event body",
+                partition=p, segment=n, leaf_index=leaf_index, offset=offset,
+                event_id=ev.get("event_id"), field=name.decode(), expected=want, found=found,
+            )  # fmt: skip
 
     def _slow_scan(
         self,
@@ -411,10 +456,10 @@ class LedgerVerifier:
                 self.fail(UNUSABLE, "checkpoint.keys", "no public key to check checkpoint "
                           "signatures with; pass --trusted-key")  # fmt: skip
             return
+        self._note_signers(note)
         try:
             body, _ = open_note(note, keys)
             cp = parse_body(body)
-            self._note_signers(note, body)
         except SignatureError as e:
             self.fail(TAMPERED, "checkpoint.signature", str(e), field=f"checkpoint #{idx}")
             return
@@ -422,6 +467,11 @@ class LedgerVerifier:
             self.fail(TAMPERED, "checkpoint.format", str(e), field=f"checkpoint #{idx}")
             return
         at = {"field": f"checkpoint seq {cp.seq}"}
+        parts = [h.partition for h in cp.heads]
+        if any(a >= b for a, b in zip(parts, parts[1:], strict=False)):
+            self.fail(TAMPERED, "checkpoint.format", "checkpoint has two lines for one partition",
+                      field=f"checkpoint #{idx}")  # fmt: skip
+            return
         if cp.origin != self._origin:
             self.fail(
                 TAMPERED,
@@ -441,10 +491,24 @@ class LedgerVerifier:
                 found=cp.suite,
             )
         prev = self._checkpoint
-        if prev is None:
-            if cp.seq == 0 and cp.prev is not None:
+        if (cp.seq == 0) != (cp.prev is None):
+            self.fail(
+                TAMPERED,
+                "checkpoint.chain",
+                "prev is '-' exactly when seq is 0",
+                **at,
+                expected="prev -" if cp.seq == 0 else "a prev hash",
+                found="a prev hash" if cp.seq == 0 else "prev -",
+            )
+        elif prev is None:
+            if cp.seq != 0:
                 self.fail(
-                    TAMPERED, "checkpoint.chain", "first checkpoint names a previous one", **at
+                    INCOMPLETE,
+                    "checkpoint.first_seq",
+                    "the input's first checkpoint is not seq 0: earlier ones are missing",
+                    **at,
+                    expected="seq 0",
+                    found=f"seq {cp.seq}",
                 )
         elif cp.seq != prev.seq + 1 or cp.prev != prev.hash():
             self.fail(
@@ -455,6 +519,18 @@ class LedgerVerifier:
                 expected=f"seq {prev.seq + 1}",
                 found=f"seq {cp.seq}",
             )
+        if prev is not None:
+            for old in prev.heads:
+                if cp.head(old.partition) is None:
+                    self.fail(
+                        TAMPERED,
+                        "checkpoint.consistency",
+                        "a partition of the previous checkpoint is missing from this one",
+                        partition=old.partition,
+                        **at,
+                        expected=f"a line for partition {old.partition}",
+                        found="none",
+                    )
         for head in cp.heads:
             hat = {"partition": head.partition, **at}
             old = prev.head(head.partition) if prev is not None else None
@@ -478,6 +554,13 @@ class LedgerVerifier:
                 )
             part = self._parts.get(head.partition)
             if head.tree_size == 0:
+                self.fail(
+                    TAMPERED,
+                    "checkpoint.head",
+                    "checkpoint names a partition with no leaves (size 0 is no segment end)",
+                    **hat,
+                    found=0,
+                )
                 continue
             if part is None or head.tree_size > part.claimed:
                 have = part.claimed if part else 0
@@ -521,9 +604,15 @@ class LedgerVerifier:
                 )
         self._checkpoint = cp
 
-    def _note_signers(self, note: bytes, body: bytes) -> None:
-        """Record which carried keys signed this note (each key is checked until it has)."""
-        sigs = split_note(note)[1]
+    def _note_signers(self, note: bytes) -> None:
+        """Record which carried keys signed this note, trusted or not (each key is checked
+        until it has). A note that does not split signs nothing."""
+        if not self.keys_are_evidence:
+            return
+        try:
+            body, sigs = split_note(note)
+        except FormatError:
+            return
         for k in self._bundle_keys:
             vkey = k.vkey()
             if vkey in self._used_keys:
@@ -531,12 +620,50 @@ class LedgerVerifier:
             if any(n == k.name and r[:4] == k.key_id and k.verify(body, r[4:]) for n, r in sigs):
                 self._used_keys.add(vkey)
 
+    def add_tail(
+        self,
+        partition: int,
+        first_offset: int,
+        count: int,
+        timestamp_ms: int | None,
+        *,
+        now_ms: int,
+        stale_after_ms: int,
+    ) -> None:
+        """Records on the events topic after the partition's last ledgered offset: `count`
+        offsets from `first_offset`, the first with broker timestamp `timestamp_ms` (None
+        when the broker gives none). Older than the threshold: the ledger is incomplete (its
+        builder is stuck); younger: a warning (a builder is simply behind)."""
+        if count <= 0:
+            return
+        self._stats["unledgered_tail"] = self._stats.get("unledgered_tail", 0) + count
+        age = None if timestamp_ms is None else now_ms - timestamp_ms
+        stale = age is None or age > stale_after_ms
+        shown = "unknown" if age is None else f"{age / 1000:.1f} s"
+        self.fail(
+            INCOMPLETE if stale else WARNING,
+            "tail.stale" if stale else "tail.behind",
+            f"{count} record(s) on the events topic are not in the ledger; the first is "
+            f"{shown} old" + (f" (threshold {stale_after_ms / 1000:g} s)" if stale else ""),
+            partition=partition,
+            offset=first_offset,
+            field="unledgered tail",
+            expected=f"age <= {stale_after_ms / 1000:g} s",
+            found=f"{count} record(s), age {shown}",
+        )
+
+    def tail_unchecked(self, reason: str) -> None:
+        """The events topic could not be read: say so, the tail may hide a stuck partition."""
+        text = f"the unledgered tail could not be checked: {reason}"
+        self.fail(WARNING, "tail.unchecked", text)
+        self.report.warnings.append(text)
+
     def finish(self, *, complete: bool = True) -> VerifyReport:
         """End of input; `complete` is False when the source stopped short (truncation)."""
         r = self.report
         keys = self._pinned or self._bundle_keys
         r.trusted_keys = [k.vkey() for k in keys]
-        if self.keys_are_evidence and complete and self._checkpoint is not None:
+        if self.keys_are_evidence and complete and not self._stopped:
             for k in self._bundle_keys:
                 if k.vkey() not in self._used_keys:
                     self.fail(
@@ -555,6 +682,14 @@ class LedgerVerifier:
                 self._fail_pairing(issue)
         if self._pairing is not None:
             self._stats["undecodable_events"] = self._pairing.undecodable
+            if self._pairing.redelivered:
+                self._stats["redelivered_events"] = self._pairing.redelivered
+                w = self._pairing.first_redelivered
+                r.warnings.append(
+                    f"{self._pairing.redelivered} event(s) repeat the event id of an earlier "
+                    f"event of their run and were counted once (first: partition "
+                    f"{w.partition} leaf {w.leaf_index}, event {w.event_id})"  # type: ignore[union-attr]
+                )
             if self._pairing.undecodable:
                 w = self._pairing.first_undecodable
                 r.warnings.append(
@@ -603,12 +738,67 @@ def _fast_scan(
     return offsets[0], offsets[-1], min(stamps), max(stamps), offsets
 
 
+def canonical_form_problem(text: bytes) -> str | None:
+    """Why a SCHEMA frame's text is not an Avro schema in Parsing Canonical Form, or None.
+
+    The fingerprint of a schema is defined over its canonical form; a text that is not one
+    cannot be the schema an event frame's fingerprint names."""
+    try:
+        from fastavro.schema import parse_schema, to_parsing_canonical_form
+    except ImportError:  # pragma: no cover - fastavro is a dependency
+        return None
+    try:
+        decoded = text.decode("utf-8")
+        canonical = to_parsing_canonical_form(parse_schema(json.loads(decoded), named_schemas={}))
+    except Exception as e:  # fastavro raises many kinds for a bad schema
+        return f"schema text is not a valid Avro schema: {e}"
+    if canonical != decoded:
+        return "schema text is not in Parsing Canonical Form"
+    return None
+
+
 def _event_id(leaf: bytes) -> str | None:
     """The event id (ce_id header) of leaf bytes, for naming a bad item; None if unreadable."""
     try:
         return parse_leaf(leaf).event_id
     except FormatError:
         return None
+
+
+_CE_NAMES = frozenset((b"ce_id", b"ce_type", b"ce_subject"))
+_U32 = struct.Struct(">I")
+
+
+def _ce_headers(leaf: bytes) -> dict[bytes, list[bytes | None]] | None:
+    """The values of the ce_id, ce_type and ce_subject headers of leaf bytes, by name, in
+    record order; None unless the leaf's blobs and headers account for every byte. (The
+    verifier's hot path: parse_leaf builds a whole record, this only walks the headers.)"""
+    i32, u32 = _I32.unpack_from, _U32.unpack_from
+    size = len(leaf)
+    found: dict[bytes, list[bytes | None]] = {}
+    try:
+        pos = 21
+        for _ in range(2):  # key, value
+            (k,) = i32(leaf, pos)
+            pos += 4 + max(k, 0)
+            if k < -1:
+                return None
+        (count,) = u32(leaf, pos)
+        pos += 4
+        for _ in range(count):
+            (k,) = u32(leaf, pos)
+            name = leaf[pos + 4 : pos + 4 + k]
+            pos += 4 + k
+            (m,) = i32(leaf, pos)
+            pos += 4
+            if m < -1:
+                return None
+            if name in _CE_NAMES:
+                found.setdefault(name, []).append(leaf[pos : pos + m] if m >= 0 else None)
+            pos += max(m, 0)
+    except struct.error:
+        return None
+    return found if pos == size else None
 
 
 def _leaf_value(leaf: bytes) -> bytes | None:

@@ -13,6 +13,7 @@ from tests.unit.ledger.ledgerkit import build_ledger, frames, workflow_events
 from wakeline.ledger import BLAKE3, SHA256
 from wakeline.ledger.service import checkpoint_consistency, event_proof
 
+from . import bundle as B
 from . import verifier as V
 
 SUITES = [pytest.param(BLAKE3, id="blake3"), pytest.param(SHA256, id="sha256")]
@@ -32,9 +33,9 @@ def _entry_frames(raw: bytes, kind: int):
 def test_independent_verifier_agrees_with_the_project(suite) -> None:
     _, led = _ledger(suite)
     raw = led.bundle()
-    res = V.verify_bundle(raw, [led.vkey])
+    res = B.verify_bundle(raw, [led.vkey])
     assert res.ok, res.problem
-    assert V.verify_bundle(raw).ok  # with the keys the bundle carries
+    assert B.verify_bundle(raw).ok  # with the keys the bundle carries
     # the project's own numbers equal ours, segment by segment
     segs = [V.parse_header(f.payload) for f in _entry_frames(raw, V.SEGMENT)]
     assert len(segs) == len(res.header_hashes) > 2
@@ -83,7 +84,7 @@ def test_a_foreign_key_is_refused(suite) -> None:
 
     _, led = _ledger(suite)
     stranger = generate_signer("wakeline.test/ledger").verifier.vkey()
-    res = V.verify_bundle(led.bundle(), [stranger])
+    res = B.verify_bundle(led.bundle(), [stranger])
     assert not res.ok and "trusted signature" in res.problem
 
 
@@ -100,20 +101,20 @@ def test_flipped_bytes_are_rejected(suite) -> None:
     notes = _entry_frames(raw, V.CHECKPOINT)
     # a byte of the leaf bytes (after the 32-byte stored hash) of a middle entry
     e = entries[len(entries) // 2]
-    res = V.verify_bundle(_flip(raw, e.start + 5 + 32 + 10), [led.vkey])
+    res = B.verify_bundle(_flip(raw, e.start + 5 + 32 + 10), [led.vkey])
     assert not res.ok and "leaf hash" in res.problem
     # every field of a header
     h = headers[len(headers) // 2]
     for off in (0, 1, 5, 13, 21, 29, 37, 45, 53, 61, 70, 100, 110, 140):
-        res = V.verify_bundle(_flip(raw, h.start + 5 + off), [led.vkey])
+        res = B.verify_bundle(_flip(raw, h.start + 5 + off), [led.vkey])
         assert not res.ok, off
     # a body byte and a signature byte of a checkpoint
     n = notes[len(notes) // 2]
-    assert not V.verify_bundle(_flip(raw, n.start + 5 + 40), [led.vkey]).ok
-    assert not V.verify_bundle(_flip(raw, n.end - 10), [led.vkey]).ok
+    assert not B.verify_bundle(_flip(raw, n.start + 5 + 40), [led.vkey]).ok
+    assert not B.verify_bundle(_flip(raw, n.end - 10), [led.vkey]).ok
     # the trailer
-    assert not V.verify_bundle(raw[:-1] + bytes([raw[-1] ^ 1]), [led.vkey]).ok
-    assert not V.verify_bundle(raw[:-3], [led.vkey]).ok
+    assert not B.verify_bundle(raw[:-1] + bytes([raw[-1] ^ 1]), [led.vkey]).ok
+    assert not B.verify_bundle(raw[:-3], [led.vkey]).ok
 
 
 def test_the_worked_examples_of_the_document() -> None:

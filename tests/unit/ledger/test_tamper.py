@@ -282,7 +282,7 @@ def test_flips_outside_segments_are_caught_by_their_own_checks(data, mask) -> No
     expect = {
         META: {"bundle.format", "checkpoint.origin", "meta.suite"},
         KEY: {"key.format"},
-        SCHEMA: {"schema.fingerprint"},
+        SCHEMA: {"schema.fingerprint", "schema.canonical_form"},
         CHECKPOINT: {"checkpoint.signature", "checkpoint.format"},
         END: {"bundle.trailer"},
     }

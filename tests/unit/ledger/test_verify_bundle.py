@@ -116,3 +116,85 @@ def test_export_keeps_only_keys_that_signed_and_no_key_at_all_is_unusable() -> N
     r = verify_bundle(io.BytesIO(bare.getvalue()))
     assert (r.verdict, r.first.check) == ("unusable", "checkpoint.keys")
     assert verify_bundle(io.BytesIO(bare.getvalue()), trusted_keys=[led.vkey]).ok
+
+
+# ------------------------------------------------------------------ the unledgered tail
+
+
+def _tail_report(age_ms: int | None, stale_after_ms: int, count: int = 5):
+    led = build_ledger(workflow_events(4))
+    seen: dict[int, int] = {}
+
+    def tail(v, last_offsets: dict[int, int]) -> None:
+        seen.update(last_offsets)
+        ts = None if age_ms is None else 1_000_000 - age_ms
+        v.add_tail(0, last_offsets[0] + 1, count, ts, now_ms=1_000_000,
+                   stale_after_ms=stale_after_ms)  # fmt: skip
+
+    report = verify_store(led.store, trusted_keys=[led.vkey], tail=tail)
+    last = {p: list(led.store.headers(p))[-1].last_offset for p in led.store.partitions()}
+    assert seen == last  # the callback is told each partition's last ledgered offset
+    return report, last
+
+
+def test_an_old_unledgered_tail_is_incomplete() -> None:
+    report, last = _tail_report(age_ms=61_000, stale_after_ms=60_000)
+    assert (report.verdict, report.exit_code) == ("incomplete", 11)
+    f = report.first
+    assert (f.check, f.partition, f.offset) == ("tail.stale", 0, last[0] + 1)
+    assert "5 record(s)" in f.found and "61.0 s" in f.found
+    assert report.stats["unledgered_tail"] == 5
+    # no broker timestamp: the age is unknown, which is stale
+    assert _tail_report(age_ms=None, stale_after_ms=60_000)[0].first.check == "tail.stale"
+
+
+def test_a_young_unledgered_tail_is_a_warning() -> None:
+    report, last = _tail_report(age_ms=59_000, stale_after_ms=60_000)
+    assert report.verdict == "sound" and report.first is None
+    assert [(f.verdict, f.check, f.offset) for f in report.findings] == [
+        ("warning", "tail.behind", last[0] + 1)
+    ]
+
+
+def test_a_tail_that_cannot_be_checked_is_said() -> None:
+    led = build_ledger(workflow_events(2))
+    report = verify_store(
+        led.store, trusted_keys=[led.vkey], tail=lambda v, _: v.tail_unchecked("no broker")
+    )
+    assert report.verdict == "sound"
+    assert [f.check for f in report.findings] == ["tail.unchecked"]
+    assert any("could not be checked: no broker" in w for w in report.warnings)
+
+
+def test_a_header_that_lies_about_the_body_is_a_warning_from_the_store_too() -> None:
+    from wakeline.ledger.records import LedgerRecord
+
+    from .ledgerkit import record_of
+
+    events = workflow_events(1, calls=1)
+    led = build_ledger(events, partitions=1)
+    r = record_of(events[0], 0, 0)
+    lying = tuple((k, b"someone-else" if k == "ce_id" else v) for k, v in r.headers)
+    forged = LedgerRecord(r.partition, r.offset, r.timestamp, r.key, r.value, lying)
+    from wakeline.ledger import BLAKE3
+    from wakeline.ledger.segments import PartitionChain
+    from wakeline.ledger.service import sign_checkpoint
+    from wakeline.ledger.store import make_entries
+    from wakeline.ledger.store_memory import MemoryLedgerStore
+
+    store = MemoryLedgerStore()
+    chain = PartitionChain(BLAKE3, 0)
+    leaves = [forged.leaf_bytes()] + [
+        record_of(e, 0, i).leaf_bytes() for i, e in enumerate(events)
+    ][1:]
+    header, hashes = chain.seal(leaves)
+    store.append_segment(header, make_entries(header, leaves, hashes), chain.tree.nodes)
+    sign_checkpoint(store, [led.signer], origin="o", force=True, now_ms=1)
+    report = verify_store(store, trusted_keys=[led.vkey])
+    assert report.verdict == "sound"
+    (f,) = report.findings
+    assert (f.verdict, f.check, f.partition, f.leaf_index, f.offset, f.field) == (
+        "warning", "event.header_mismatch", 0, 0, 0, "ce_id"
+    )  # fmt: skip
+    assert (f.expected, f.found, f.event_id) == (events[0]["event_id"], "someone-else",
+                                                 events[0]["event_id"])  # fmt: skip
