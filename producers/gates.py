@@ -209,8 +209,19 @@ class QuarantineGate:
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._warned = False
-        self._thread = threading.Thread(target=self._run, name="wakeline-quarantine", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if kafka.bootstrap:
+            self._thread = threading.Thread(
+                target=self._run, name="wakeline-quarantine", daemon=True
+            )
+            self._thread.start()
+        else:
+            self._ready.set()
+
+    @classmethod
+    def offline(cls, *, fail_closed: bool = False) -> QuarantineGate:
+        """A gate with no consumer: its state is only what `apply` feeds it (tests)."""
+        return cls(KafkaSettings(bootstrap=""), fail_closed=fail_closed)
 
     def check(self, workflow_id: str, run_id: str | None = None) -> QuarantineState | None:
         """The quarantine on `workflow_id` (and `run_id`), if any. Waits for the first
@@ -244,7 +255,8 @@ class QuarantineGate:
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition

@@ -29,6 +29,7 @@ from wakeline.producers.errors import (
 )
 from wakeline.producers.framing import Headers, checked_framer, intent_tail
 from wakeline.producers.gates import ALLOW_ALL, PolicyDecision, PolicyRequest, allow_all
+from wakeline.producers.redaction import NOTHING, Scrubber, error_message, scrub_text
 from wakeline.producers.registry import Durability, ToolSpec
 from wakeline.schemas import cloudevents_headers, decode_event, encode_event, new_event_id
 
@@ -289,7 +290,11 @@ class WorkflowContext:
         )
         reads = spec.resources_read(args) if spec.reads else []
         writes = spec.resources_written(args) if spec.writes else []
-        decision, refusal, loop_count = self._gates(spec, args, canonical)
+        scrub = NOTHING
+        if spec.redacted_fields:
+            scrub = Scrubber.for_call(spec, args)
+            _check_resource_keys(spec, scrub, reads, writes)
+        decision, refusal, loop_count = self._gates(spec, args, canonical, scrub)
         mode = durability or spec.effective_durability
         reason = _reason(decision)
         event_id = new_event_id()
@@ -338,10 +343,11 @@ class WorkflowContext:
             step_id,
             refusal,
             loop_count,
+            scrub,
         )
 
     def _gates(
-        self, spec: ToolSpec, args: Mapping[str, Any], canonical: Canonical
+        self, spec: ToolSpec, args: Mapping[str, Any], canonical: Canonical, scrub: Scrubber
     ) -> tuple[PolicyDecision, GateRefused | None, int]:
         em = self.emitter
         if em.gate is not None:
@@ -373,6 +379,11 @@ class WorkflowContext:
                 self.boundary,
             )
         )
+        if scrub and (scrub.contains(decision.reason) or scrub.contains(decision.policy)):
+            # a policy sees the raw arguments; what it says is recorded, so it is scrubbed
+            decision = PolicyDecision(
+                decision.outcome, scrub(decision.reason), scrub(decision.policy)
+            )
         if decision.outcome == "deny":
             return (
                 decision,
@@ -406,6 +417,7 @@ class ToolCall:
         "step_id",
         "refusal",
         "loop_count",
+        "scrub",
         "done",
     )
 
@@ -421,6 +433,7 @@ class ToolCall:
         step_id: str | None,
         refusal: GateRefused | None,
         loop_count: int,
+        scrub: Scrubber = NOTHING,
     ) -> None:
         self.ctx = ctx
         self.spec = spec
@@ -433,6 +446,8 @@ class ToolCall:
         self.step_id = step_id
         self.refusal = refusal
         self.loop_count = loop_count
+        #: removes the call's redacted and digest-only values from what it records
+        self.scrub = scrub
         self.done = False
 
     @property
@@ -471,14 +486,21 @@ class ToolCall:
         spec = self.spec
         canonical = canonical_result(result, max_bytes=self.ctx.emitter.max_payload_bytes)
         summary = ids = None
+        scrub = self.scrub
         try:
             if spec.summarise is not None:
-                summary = str(spec.summarise(result))[:MAX_ERROR_MESSAGE]
+                summary = scrub_text(str(spec.summarise(result)), scrub, MAX_ERROR_MESSAGE)
             if spec.external_ids is not None:
-                ids = {str(k): str(v) for k, v in dict(spec.external_ids(result)).items()}
-        except Exception:  # noqa: BLE001 - the tool ran; never lose its result over a summary
-            log.exception(
-                "tool %s: summarise/external_ids failed (intent %s)", spec.name, self.intent_id
+                ids = {
+                    scrub(str(k)): scrub(str(v)) for k, v in dict(spec.external_ids(result)).items()
+                }
+        except Exception as e:  # noqa: BLE001 - the tool ran; never lose its result over a summary
+            # no traceback: its text is the exception's, which may quote the arguments
+            log.error(
+                "tool %s: summarise/external_ids failed (intent %s): %s",
+                spec.name,
+                self.intent_id,
+                error_message(e, _NO_SCRUBBER, scrub, MAX_ERROR_MESSAGE),
             )
         return self._result(
             "ok",
@@ -493,12 +515,16 @@ class ToolCall:
         return self._result(
             status,
             duration_us,
-            error_type=_type_name(error),
-            error_message=str(error)[:MAX_ERROR_MESSAGE],
+            error_type=self.scrub(_type_name(error)),
+            error_message=error_message(error, self.spec, self.scrub, MAX_ERROR_MESSAGE),
         )
 
     def abort(self, reason: str = "aborted") -> str:
-        return self._result("aborted", error_type="Aborted", error_message=reason)
+        return self._result(
+            "aborted",
+            error_type="Aborted",
+            error_message=scrub_text(reason, self.scrub, MAX_ERROR_MESSAGE),
+        )
 
     def _refuse(self) -> None:
         refusal = self.refusal
@@ -507,7 +533,7 @@ class ToolCall:
         self._result(
             "denied",
             error_type=type(refusal).__name__,
-            error_message=str(refusal)[:MAX_ERROR_MESSAGE],
+            error_message=scrub_text(str(refusal), self.scrub, MAX_ERROR_MESSAGE),
         )
         if isinstance(refusal, LoopRefused) and self.loop_count > 0:
             guard = self.ctx.emitter.loop_guard
@@ -528,6 +554,22 @@ class ToolCall:
             )
             self.ctx._alert(alert)
         raise refusal
+
+
+#: `error_message` for the SDK's own texts: no spec scrubber, only the call's values
+_NO_SCRUBBER = ToolSpec("wakeline.sdk")
+
+
+def _check_resource_keys(spec: ToolSpec, scrub: Scrubber, *keys: list[str]) -> None:
+    """Resource keys are written in clear: one that holds a secret value refuses the call
+    (templates are checked at registration; this catches key functions)."""
+    for key in (k for group in keys for k in group):
+        if scrub.contains(key):
+            raise SdkError(
+                f"tool {spec.name}: a resource key contains the value of a redacted or "
+                "digest-only argument; resource keys are written in clear, so the call is "
+                "refused before anything is written"
+            )
 
 
 def _reason(decision: PolicyDecision) -> str:
