@@ -22,12 +22,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from wakeline.infra.settings import KafkaSettings, StackSettings
 from wakeline.producers.canonical import DEFAULT_MAX_PAYLOAD
-from wakeline.producers.gates import LoopGuard, PolicyHook, QuarantineGate, allow_all
+from wakeline.producers.gates import (
+    Gate,
+    LoopGuard,
+    PolicyGate,
+    PolicyHook,
+    QuarantineGate,
+    allow_all,
+)
 from wakeline.producers.registry import ToolRegistry
 from wakeline.producers.spool import Spool
 from wakeline.producers.transport import Transport, TransportOptions
@@ -56,15 +64,15 @@ class Emitter:
         transport: TransportOptions | None = None,
         alerts_topic: bool = True,
         publish_schemas: bool = True,
+        gates: Sequence[Gate] = (),
     ) -> None:
         self.kafka = kafka
         self.registry = registry if registry is not None else ToolRegistry()
         self.source = source
-        self.policy = policy
-        if loop_guard is True:
-            self.loop_guard: LoopGuard | None = LoopGuard()
-        else:
-            self.loop_guard = loop_guard or None
+        self._policy_gate = PolicyGate(policy)
+        self._loop_guard: LoopGuard | None = LoopGuard() if loop_guard is True else None
+        if isinstance(loop_guard, LoopGuard):
+            self._loop_guard = loop_guard
         self.max_payload_bytes = max_payload_bytes
         self.events_topic = kafka.topics.events
         self.alerts_topic = kafka.topics.alerts if alerts_topic else None
@@ -82,6 +90,37 @@ class Emitter:
             self.gate: QuarantineGate | None = QuarantineGate(kafka)
         else:
             self.gate = quarantine_gate or None
+        #: the gate pipeline, in order: quarantine, loop guard, policy, then `gates`. A plain
+        #: list: insert a gate where it belongs (an approvals gate before the policy, say)
+        self.gates: list[Gate] = [
+            g for g in (self.gate, self._loop_guard, self._policy_gate) if g is not None
+        ]
+        self.gates.extend(gates)
+
+    @property
+    def policy(self) -> PolicyHook:
+        return self._policy_gate.policy
+
+    @policy.setter
+    def policy(self, hook: PolicyHook) -> None:
+        self._policy_gate.policy = hook
+
+    @property
+    def loop_guard(self) -> LoopGuard | None:
+        return self._loop_guard
+
+    @loop_guard.setter
+    def loop_guard(self, guard: LoopGuard | None) -> None:
+        """Replace (or, with None, remove) the loop guard, in its place in the pipeline."""
+        old = self._loop_guard
+        if old is not None and old in self.gates:
+            at = self.gates.index(old)
+            self.gates.pop(at)
+        else:
+            at = 1 if self.gate is not None and self.gate in self.gates else 0
+        if guard is not None:
+            self.gates.insert(at, guard)
+        self._loop_guard = guard
 
     @classmethod
     def from_env(cls, *, spool_name: str = "default", **kwargs: Any) -> Emitter:
