@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             stats = emitter.transport
-            spooled = stats.spooled
+            spooled = getattr(stats, "spooled", 0)
         finally:
             left = emitter.close(60)
             with contextlib.suppress(Exception):

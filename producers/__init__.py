@@ -49,7 +49,12 @@ from wakeline.producers.registry import (
     from_mcp_annotations,
 )
 from wakeline.producers.spool import Spool, SpoolRecord
-from wakeline.producers.transport import TransportOptions
+from wakeline.producers.transport import (
+    KafkaTransport,
+    SpoolTransport,
+    Transport,
+    TransportOptions,
+)
 
 __all__ = [
     "REDACTED",
@@ -61,6 +66,7 @@ __all__ = [
     "Gate",
     "GateCall",
     "GateRefused",
+    "KafkaTransport",
     "LoopGuard",
     "LoopRefused",
     "MissingWorkflow",
@@ -76,9 +82,11 @@ __all__ = [
     "Spool",
     "SpoolError",
     "SpoolRecord",
+    "SpoolTransport",
     "ToolCall",
     "ToolRegistry",
     "ToolSpec",
+    "Transport",
     "TransportOptions",
     "UnknownTool",
     "Verdict",

@@ -38,7 +38,12 @@ from wakeline.producers.gates import (
 )
 from wakeline.producers.registry import ToolRegistry
 from wakeline.producers.spool import Spool
-from wakeline.producers.transport import Transport, TransportOptions
+from wakeline.producers.transport import (
+    KafkaTransport,
+    SpoolTransport,
+    Transport,
+    TransportOptions,
+)
 from wakeline.producers.workflow import ToolCall, WorkflowContext
 from wakeline.schemas import cloudevents_headers, encode_event
 
@@ -61,7 +66,8 @@ class Emitter:
         loop_guard: LoopGuard | bool = True,
         quarantine_gate: QuarantineGate | bool = True,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
-        transport: TransportOptions | None = None,
+        transport: TransportOptions | Transport | None = None,
+        spool_only: bool = False,
         alerts_topic: bool = True,
         publish_schemas: bool = True,
         gates: Sequence[Gate] = (),
@@ -77,8 +83,14 @@ class Emitter:
         self.events_topic = kafka.topics.events
         self.alerts_topic = kafka.topics.alerts if alerts_topic else None
         self.spool = Spool(spool_dir)
+        self.transport: Transport
         try:
-            self.transport = Transport(kafka, self.spool, transport)
+            if spool_only:
+                self.transport = SpoolTransport(self.spool)
+            elif transport is None or isinstance(transport, TransportOptions):
+                self.transport = KafkaTransport(kafka, self.spool, transport)
+            else:
+                self.transport = transport
         except Exception:
             self.spool.close()
             raise
@@ -141,7 +153,9 @@ class Emitter:
         """Flush up to `timeout`; what is still undelivered stays durable in the spool."""
         if self.gate is not None:
             self.gate.close()
-        return self.transport.close(timeout)
+        left = self.transport.close(timeout)
+        self.spool.close()  # a transport of one's own may not use it
+        return left
 
     def __enter__(self) -> Emitter:
         return self

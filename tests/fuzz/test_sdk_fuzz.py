@@ -155,11 +155,9 @@ def emitter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emitter]:
         publish_schemas=False,
         loop_guard=False,
         max_payload_bytes=64 * 1024,
+        transport=_Recorder(),
     )
-    real = em.transport
-    em.transport = _Recorder()
     yield em
-    em.transport = real
     em.close(timeout=1)
 
 
