@@ -1,6 +1,6 @@
-"""Agent-side SDK: tool registry, emitter, policy/quarantine gates, adapters (DESIGN §3, §8).
+"""Agent-side SDK: tool registry, emitter, the gate pipeline, transports, adapters.
 
-Never imports faust or the compensator: an agent that only emits events stays light.
+Never imports faust, psycopg or the compensator: an agent needs Kafka only (a test checks).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Canonical arguments: redact, digest, RFC 8785 JSON, BLAKE3 (DESIGN §3).
+"""Canonical arguments: redact, digest, RFC 8785 JSON, BLAKE3.
 
 The same call always gives the same bytes and so the same digest: key order, whitespace and
 number spelling do not matter (RFC 8785, the `rfc8785` package). Fields a tool's spec marks

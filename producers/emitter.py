@@ -1,4 +1,4 @@
-"""The call path: gates -> ToolIntent -> the tool -> ToolResult (issue 4 item 3).
+"""The call path: gates -> ToolIntent -> the tool -> ToolResult.
 
     emitter = Emitter.from_env(registry=registry)
     ctx = emitter.workflow("wf-42", agent_id="billing-bot", principal="alice@example.com")
@@ -169,9 +169,9 @@ class Emitter:
 
 
 def _publish_schemas(kafka: KafkaSettings) -> None:
-    """Best effort, in the background: the writer schemas on the compacted schemas topic
-    (DESIGN §4: written by the SDK), so any consumer can decode what this process emits.
-    Idempotent: a fingerprint names one schema forever."""
+    """Best effort, in the background: the writer schemas on the compacted schemas topic, so
+    any consumer can decode what this process emits (the worker copies them into PostgreSQL:
+    an agent needs Kafka only). Idempotent: a fingerprint names one schema forever."""
     try:
         from wakeline.producers.schema_registry import publish_to_kafka
         from wakeline.schemas import default_codec

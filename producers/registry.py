@@ -1,4 +1,4 @@
-"""Tool registry: declare a tool once; every call of it is described by its spec (DESIGN §8).
+"""Tool registry: declare a tool once; every call of it is described by its spec.
 
 A `ToolSpec` says how dangerous a tool is (reversibility x impact), which resources a call
 reads and writes (as a function of its arguments), which compensating action undoes it,
