@@ -1,6 +1,6 @@
-"""Agent-side SDK: tool registry, emitter, policy/quarantine gates, adapters (DESIGN §3, §8).
+"""Agent-side SDK: tool registry, emitter, the gate pipeline, transports, adapters.
 
-Never imports faust or the compensator: an agent that only emits events stays light.
+Never imports faust, psycopg or the compensator: an agent needs Kafka only (a test checks).
 """
 
 from __future__ import annotations
@@ -26,14 +26,20 @@ from wakeline.producers.errors import (
     SdkError,
     SpoolError,
     UnknownTool,
+    WaitTimedOut,
     WorkflowQuarantined,
 )
 from wakeline.producers.gates import (
+    AlertSpec,
+    Gate,
+    GateCall,
     LoopGuard,
+    Pending,
     PolicyDecision,
     PolicyHook,
     PolicyRequest,
     QuarantineGate,
+    Verdict,
     allow_all,
 )
 from wakeline.producers.registry import (
@@ -43,20 +49,30 @@ from wakeline.producers.registry import (
     from_mcp_annotations,
 )
 from wakeline.producers.spool import Spool, SpoolRecord
-from wakeline.producers.transport import TransportOptions
+from wakeline.producers.transport import (
+    KafkaTransport,
+    SpoolTransport,
+    Transport,
+    TransportOptions,
+)
 
 __all__ = [
     "REDACTED",
+    "AlertSpec",
     "ApprovalRequired",
     "Canonical",
     "Emitter",
     "EmitterClosed",
+    "Gate",
+    "GateCall",
     "GateRefused",
+    "KafkaTransport",
     "LoopGuard",
     "LoopRefused",
     "MissingWorkflow",
     "NotSerialisable",
     "PayloadTooLarge",
+    "Pending",
     "PolicyDecision",
     "PolicyDenied",
     "PolicyHook",
@@ -66,11 +82,15 @@ __all__ = [
     "Spool",
     "SpoolError",
     "SpoolRecord",
+    "SpoolTransport",
     "ToolCall",
     "ToolRegistry",
     "ToolSpec",
+    "Transport",
     "TransportOptions",
     "UnknownTool",
+    "Verdict",
+    "WaitTimedOut",
     "WorkflowContext",
     "WorkflowQuarantined",
     "allow_all",

@@ -1,4 +1,4 @@
-"""Canonical arguments: redact, digest, RFC 8785 JSON, BLAKE3 (DESIGN §3).
+"""Canonical arguments: redact, digest, RFC 8785 JSON, BLAKE3.
 
 The same call always gives the same bytes and so the same digest: key order, whitespace and
 number spelling do not matter (RFC 8785, the `rfc8785` package). Fields a tool's spec marks
@@ -160,9 +160,10 @@ def _digest_field(path: str):  # type: ignore[no-untyped-def]
     def replace(value: Any) -> str:
         try:
             data = rfc8785.dumps(value)
-        except Exception as e:  # noqa: BLE001
-            bad = _find_bad(value, "$." + path)
-            where, reason = bad or ("$." + path, str(e))
+        except Exception:  # noqa: BLE001
+            # the reason never quotes the value: it is a secret (see docs/redaction.md)
+            bad = _find_bad(value, "$." + path, show_values=False)
+            where, reason = bad or ("$." + path, "not representable in canonical JSON")
             raise NotSerialisable(where, reason) from None
         return DIGEST_PREFIX + digest(data).hex()
 
@@ -183,8 +184,9 @@ def _replace(node: Any, parts: list[str], fn) -> Any:  # type: ignore[no-untyped
     return copy
 
 
-def _find_bad(value: Any, path: str) -> tuple[str, str] | None:
-    """The first field of `value` that RFC 8785 cannot represent, with the reason."""
+def _find_bad(value: Any, path: str, *, show_values: bool = True) -> tuple[str, str] | None:
+    """The first field of `value` that RFC 8785 cannot represent, with the reason (which
+    quotes the value only if `show_values`)."""
     stack: list[tuple[Any, str, int]] = [(value, path, 0)]
     while stack:
         v, p, depth = stack.pop()
@@ -194,7 +196,8 @@ def _find_bad(value: Any, path: str) -> tuple[str, str] | None:
             continue
         if isinstance(v, int):
             if abs(v) > _SAFE_INT:
-                return p, f"integer {v} is outside the interoperable range ±(2**53-1)"
+                shown = f"integer {v}" if show_values else "an integer"
+                return p, f"{shown} is outside the interoperable range ±(2**53-1)"
             continue
         if isinstance(v, float):
             if not math.isfinite(v):
@@ -204,7 +207,8 @@ def _find_bad(value: Any, path: str) -> tuple[str, str] | None:
             items = []
             for k, child in v.items():
                 if not isinstance(k, str):
-                    return f"{p}[{k!r}]", f"object keys must be strings, got {type(k).__name__}"
+                    where = f"{p}[{k!r}]" if show_values else f"{p}[?]"
+                    return where, f"object keys must be strings, got {type(k).__name__}"
                 items.append((child, f"{p}.{k}" if k.isidentifier() else f"{p}[{k!r}]", depth + 1))
             stack.extend(reversed(items))
             continue

@@ -1,4 +1,4 @@
-"""The call path: gates -> ToolIntent -> the tool -> ToolResult (issue 4 item 3).
+"""The call path: gates -> ToolIntent -> the tool -> ToolResult.
 
     emitter = Emitter.from_env(registry=registry)
     ctx = emitter.workflow("wf-42", agent_id="billing-bot", principal="alice@example.com")
@@ -22,15 +22,28 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from wakeline.infra.settings import KafkaSettings, StackSettings
 from wakeline.producers.canonical import DEFAULT_MAX_PAYLOAD
-from wakeline.producers.gates import LoopGuard, PolicyHook, QuarantineGate, allow_all
+from wakeline.producers.gates import (
+    Gate,
+    LoopGuard,
+    PolicyGate,
+    PolicyHook,
+    QuarantineGate,
+    allow_all,
+)
 from wakeline.producers.registry import ToolRegistry
 from wakeline.producers.spool import Spool
-from wakeline.producers.transport import Transport, TransportOptions
+from wakeline.producers.transport import (
+    KafkaTransport,
+    SpoolTransport,
+    Transport,
+    TransportOptions,
+)
 from wakeline.producers.workflow import ToolCall, WorkflowContext
 from wakeline.schemas import cloudevents_headers, encode_event
 
@@ -53,24 +66,31 @@ class Emitter:
         loop_guard: LoopGuard | bool = True,
         quarantine_gate: QuarantineGate | bool = True,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
-        transport: TransportOptions | None = None,
+        transport: TransportOptions | Transport | None = None,
+        spool_only: bool = False,
         alerts_topic: bool = True,
         publish_schemas: bool = True,
+        gates: Sequence[Gate] = (),
     ) -> None:
         self.kafka = kafka
         self.registry = registry if registry is not None else ToolRegistry()
         self.source = source
-        self.policy = policy
-        if loop_guard is True:
-            self.loop_guard: LoopGuard | None = LoopGuard()
-        else:
-            self.loop_guard = loop_guard or None
+        self._policy_gate = PolicyGate(policy)
+        self._loop_guard: LoopGuard | None = LoopGuard() if loop_guard is True else None
+        if isinstance(loop_guard, LoopGuard):
+            self._loop_guard = loop_guard
         self.max_payload_bytes = max_payload_bytes
         self.events_topic = kafka.topics.events
         self.alerts_topic = kafka.topics.alerts if alerts_topic else None
         self.spool = Spool(spool_dir)
+        self.transport: Transport
         try:
-            self.transport = Transport(kafka, self.spool, transport)
+            if spool_only:
+                self.transport = SpoolTransport(self.spool)
+            elif transport is None or isinstance(transport, TransportOptions):
+                self.transport = KafkaTransport(kafka, self.spool, transport)
+            else:
+                self.transport = transport
         except Exception:
             self.spool.close()
             raise
@@ -82,6 +102,37 @@ class Emitter:
             self.gate: QuarantineGate | None = QuarantineGate(kafka)
         else:
             self.gate = quarantine_gate or None
+        #: the gate pipeline, in order: quarantine, loop guard, policy, then `gates`. A plain
+        #: list: insert a gate where it belongs (an approvals gate before the policy, say)
+        self.gates: list[Gate] = [
+            g for g in (self.gate, self._loop_guard, self._policy_gate) if g is not None
+        ]
+        self.gates.extend(gates)
+
+    @property
+    def policy(self) -> PolicyHook:
+        return self._policy_gate.policy
+
+    @policy.setter
+    def policy(self, hook: PolicyHook) -> None:
+        self._policy_gate.policy = hook
+
+    @property
+    def loop_guard(self) -> LoopGuard | None:
+        return self._loop_guard
+
+    @loop_guard.setter
+    def loop_guard(self, guard: LoopGuard | None) -> None:
+        """Replace (or, with None, remove) the loop guard, in its place in the pipeline."""
+        old = self._loop_guard
+        if old is not None and old in self.gates:
+            at = self.gates.index(old)
+            self.gates.pop(at)
+        else:
+            at = 1 if self.gate is not None and self.gate in self.gates else 0
+        if guard is not None:
+            self.gates.insert(at, guard)
+        self._loop_guard = guard
 
     @classmethod
     def from_env(cls, *, spool_name: str = "default", **kwargs: Any) -> Emitter:
@@ -102,7 +153,9 @@ class Emitter:
         """Flush up to `timeout`; what is still undelivered stays durable in the spool."""
         if self.gate is not None:
             self.gate.close()
-        return self.transport.close(timeout)
+        left = self.transport.close(timeout)
+        self.spool.close()  # a transport of one's own may not use it
+        return left
 
     def __enter__(self) -> Emitter:
         return self
@@ -116,9 +169,9 @@ class Emitter:
 
 
 def _publish_schemas(kafka: KafkaSettings) -> None:
-    """Best effort, in the background: the writer schemas on the compacted schemas topic
-    (DESIGN §4: written by the SDK), so any consumer can decode what this process emits.
-    Idempotent: a fingerprint names one schema forever."""
+    """Best effort, in the background: the writer schemas on the compacted schemas topic, so
+    any consumer can decode what this process emits (the worker copies them into PostgreSQL:
+    an agent needs Kafka only). Idempotent: a fingerprint names one schema forever."""
     try:
         from wakeline.producers.schema_registry import publish_to_kafka
         from wakeline.schemas import default_codec

@@ -68,6 +68,11 @@ class LoopRefused(GateRefused):
     """The same call repeated too often within the loop guard's window."""
 
 
+class WaitTimedOut(GateRefused):
+    """A gate made the call wait (for an approval, say) and nothing resolved it in time:
+    the call is refused (fails closed)."""
+
+
 class SpoolError(SdkError):
     """The local spool is unusable: locked by another process, or corrupt before its tail."""
 

@@ -1,27 +1,43 @@
-"""Gates that run before a tool does: quarantine, loop guard, policy (DESIGN §7, §8).
+"""Gates that run before a tool does, as one ordered pipeline in the `Emitter`.
 
-- `QuarantineGate` keeps the current state of the compacted `<prefix>quarantines` topic
+A `Gate` sees the call about to run (`GateCall`) and returns None (allow, the cheap case) or
+a `Verdict`: allow with a decision to record, refuse with an error (and maybe an `AlertSpec`),
+or wait for something (an approval) on a `Waiter`, such as `Pending`: the call blocks, sync or
+async, until it resolves to allow or refuse, or times out (refused: fail closed). The
+default pipeline is `QuarantineGate`, `LoopGuard`, `PolicyGate`; anything later (approvals,
+grants) is one more gate in `Emitter.gates`, with no change to the call path.
+
+- `QuarantineGate` follows the compacted `<prefix>quarantines` topic through a `StateReader`
   (key = workflow id; value = a `Quarantine` event, or a `Release` event / tombstone that lifts
-  it) with a background consumer, so a quarantined workflow is refused within a poll interval.
+  it), so a quarantined workflow is refused within a poll interval.
 - `LoopGuard` refuses the same (agent, tool, args digest) once it has run `max_repeats - 1`
   times within `window_s` seconds, locally, before the loop detector downstream would notice.
 - `PolicyHook` is any callable `PolicyRequest -> PolicyDecision`; `allow_all` is the default.
-  The full policy engine (a later issue) plugs in here. The decision goes into the intent.
+  The decision goes into the intent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from wakeline.infra.settings import KafkaSettings
+from wakeline.producers.errors import (
+    ApprovalRequired,
+    GateRefused,
+    LoopRefused,
+    PolicyDenied,
+    WaitTimedOut,
+    WorkflowQuarantined,
+)
 from wakeline.producers.registry import ToolSpec
+from wakeline.producers.state import StateReader
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +80,194 @@ ALLOW_ALL = PolicyDecision("allow", "no policy configured", "allow-all")
 def allow_all(_request: PolicyRequest) -> PolicyDecision:
     """The default policy: everything is allowed (and recorded as such in the intent)."""
     return ALLOW_ALL
+
+
+# -- the gate protocol -------------------------------------------------------------------
+@dataclass(slots=True)  # not frozen: one is built per call, and frozen init costs ~2 µs
+class GateCall:
+    """What a gate sees: the call about to run. `args` are the raw arguments (a gate must
+    not record them: `scrub` removes the call's redacted values from any text it writes)."""
+
+    spec: ToolSpec
+    args: Mapping[str, Any]
+    canonical_args: str
+    args_digest: bytes
+    workflow_id: str
+    run_id: str
+    agent_id: str
+    principal: str
+    tenant: str | None
+    boundary: str | None
+    scrub: Callable[[str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSpec:
+    """An Alert a refusing gate asks for; the SDK adds the envelope and the intent's id."""
+
+    kind: Literal["runaway_loop", "race", "policy_violation", "other"]
+    detail: str
+    detector: str
+    severity: Literal["info", "warning", "error", "critical"] = "warning"
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # checked here: at emit time the refusal is recorded
+        if self.kind not in ALERT_KINDS:
+            raise ValueError(f"alert kind {self.kind!r} is not one of {ALERT_KINDS}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"alert severity {self.severity!r} is not one of {SEVERITIES}")
+
+
+#: the Alert schema's enums (schemas/Alert.avsc)
+ALERT_KINDS = ("runaway_loop", "race", "policy_violation", "other")
+SEVERITIES = ("info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """allow (the decision recorded in the intent), refuse (an error to raise after the
+    denied result; maybe an alert), or wait (for `waiter`; the call blocks until it resolves
+    to allow or refuse, or `timeout_s` passes: then it is refused, fail closed)."""
+
+    outcome: Literal["allow", "refuse", "wait"]
+    decision: PolicyDecision
+    error: GateRefused | None = None
+    alert: AlertSpec | None = None
+    waiter: Waiter | None = None
+    timeout_s: float = 0.0
+
+    @staticmethod
+    def allow(decision: PolicyDecision) -> Verdict:
+        return Verdict("allow", decision)
+
+    @staticmethod
+    def refuse(
+        error: GateRefused, decision: PolicyDecision, alert: AlertSpec | None = None
+    ) -> Verdict:
+        if decision.outcome == "allow":
+            raise ValueError("a refusal must record a deny or require_approval decision")
+        return Verdict("refuse", decision, error, alert)
+
+    @staticmethod
+    def wait(waiter: Waiter, decision: PolicyDecision, timeout_s: float) -> Verdict:
+        return Verdict("wait", decision, waiter=waiter, timeout_s=timeout_s)
+
+
+class Gate(Protocol):
+    """One step of the Emitter's gate pipeline (`Emitter.gates`, run in order before every
+    call's intent). `decide` returns None (allow, nothing to record: the cheap common case),
+    or a `Verdict`; the first refuse or wait stops the pipeline. `name` names the gate in
+    refusals; a gate with `recheck_after_wait = True` is asked again after another gate's
+    wait resolved to allow (a quarantine may have started while a human was approving)."""
+
+    name: str
+
+    def decide(self, call: GateCall) -> Verdict | None: ...
+
+
+class Waiter(Protocol):
+    """What a waiting call blocks on; `Pending` is the ready-made one."""
+
+    def wait(self, timeout: float) -> Verdict | None: ...
+
+    async def wait_async(self, timeout: float) -> Verdict | None: ...
+
+
+class Pending:
+    """A verdict that arrives later, from any thread: `resolve(verdict)` wakes every call
+    blocked in `wait` (threads) or `wait_async` (any event loop). None = timed out."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._done = threading.Event()
+        self._verdict: Verdict | None = None
+        self._lock = threading.Lock()
+        self._futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Verdict]]] = []
+
+    def resolve(self, verdict: Verdict) -> None:
+        if verdict.outcome == "wait":
+            raise ValueError("a wait resolves to allow or refuse")
+        with self._lock:
+            if self._done.is_set():
+                return
+            self._verdict = verdict
+            self._done.set()
+            futures, self._futures = self._futures, []
+        for loop, fut in futures:
+            loop.call_soon_threadsafe(_set_result, fut, verdict)
+
+    @property
+    def resolved(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float) -> Verdict | None:
+        return self._verdict if self._done.wait(timeout) else None
+
+    async def wait_async(self, timeout: float) -> Verdict | None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._done.is_set():
+                return self._verdict
+            fut: asyncio.Future[Verdict] = loop.create_future()
+            self._futures.append((loop, fut))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+
+
+def _set_result(fut: asyncio.Future[Verdict], verdict: Verdict) -> None:
+    if not fut.done():
+        fut.set_result(verdict)
+
+
+def timed_out(gate: str, verdict: Verdict, tool: str) -> Verdict:
+    """The refusal of a call whose wait ran out."""
+    what = getattr(verdict.waiter, "what", "a decision")
+    why = f"{tool} waited {verdict.timeout_s:g}s for {what} ({gate}); refused"
+    return Verdict.refuse(WaitTimedOut(why), PolicyDecision("deny", why, gate))
+
+
+class PolicyGate:
+    """The policy hook as a gate: deny refuses; require_approval refuses too (no approvals
+    gate is installed to wait for one: put such a gate before this one)."""
+
+    name = "policy"
+
+    def __init__(self, policy: PolicyHook) -> None:
+        self.policy = policy
+
+    def decide(self, call: GateCall) -> Verdict | None:
+        if self.policy is allow_all:  # the default: no request object to build
+            return None
+        decision = self.policy(
+            PolicyRequest(
+                call.spec,
+                call.args,
+                call.canonical_args,
+                call.args_digest,
+                call.workflow_id,
+                call.agent_id,
+                call.principal,
+                call.tenant,
+                call.boundary,
+            )
+        )
+        # a policy sees the raw arguments; what it says is recorded, so it is scrubbed
+        decision = PolicyDecision(
+            decision.outcome, call.scrub(decision.reason), call.scrub(decision.policy)
+        )
+        name = call.spec.name
+        if decision.outcome == "deny":
+            why = f"policy {decision.policy} denied {name}: {decision.reason}"
+            return Verdict.refuse(PolicyDenied(why), decision)
+        if decision.outcome == "require_approval":
+            why = (
+                f"policy {decision.policy} requires approval for {name} ({decision.reason}); "
+                "no approvals gate is installed, so the call is refused"
+            )
+            return Verdict.refuse(ApprovalRequired(why), decision)
+        return Verdict.allow(decision)
 
 
 # -- loop guard --------------------------------------------------------------------------
@@ -130,6 +334,32 @@ class LoopGuard:
             times.append(now)
             return _allowed(len(times))
 
+    name = "loop-guard"
+
+    def decide(self, call: GateCall) -> Verdict | None:
+        verdict = self.check(call.agent_id, call.spec.name, call.args_digest)
+        if verdict.allowed:
+            return None
+        why = (
+            f"{call.spec.name} called with the same arguments {verdict.count} times "
+            f"within {self.window_s:g}s by agent {call.agent_id}"
+        )
+        alert = None
+        if verdict.alert:
+            alert = AlertSpec(
+                "runaway_loop",
+                why,
+                "sdk-loop-guard",
+                attributes={
+                    "tool": call.spec.name,
+                    "args_digest": call.args_digest.hex(),
+                    "count": str(verdict.count),
+                    "max_repeats": str(self.max_repeats),
+                    "window_s": f"{self.window_s:g}",
+                },
+            )
+        return Verdict.refuse(LoopRefused(why), PolicyDecision("deny", why, self.name), alert)
+
     def _prune(self, now: float) -> None:
         """Make room: drop keys idle past the window, then, if every key is recent (more
         than `max_keys` distinct calls within one window), the least recently seen tenth.
@@ -190,7 +420,19 @@ def parse_quarantine_value(workflow_id: str, value: bytes | None) -> QuarantineS
 
 
 class QuarantineGate:
-    """Current quarantine state, from a background consumer of the compacted topic."""
+    """Refuses calls of quarantined workflows: a thin user of a `StateReader` of the
+    compacted `<prefix>quarantines` topic.
+
+    `fail_closed` is the choice for when the reader is not live (still catching up, or its
+    consumer broken and restarting): True refuses every call ("quarantine state unknown");
+    False (the default, so an agent keeps working on the spool while the broker is away)
+    serves the last state it had, and logs a warning each time the reader stops being live.
+    The first call waits up to `startup_timeout_s` for the first catch-up either way.
+    """
+
+    name = "quarantine"
+    #: re-checked after another gate made the call wait: a quarantine may start meanwhile
+    recheck_after_wait = True
 
     def __init__(
         self,
@@ -199,94 +441,81 @@ class QuarantineGate:
         poll_interval_s: float = 0.05,
         startup_timeout_s: float = 5.0,
         fail_closed: bool = False,
+        start: bool = True,
+        consumer_factory: Callable[[Mapping[str, Any]], Any] | None = None,
     ) -> None:
         self.kafka = kafka
         self.topic = kafka.topics.quarantines
-        self.poll_interval_s = poll_interval_s
         self.startup_timeout_s = startup_timeout_s
         self.fail_closed = fail_closed
-        self._state: dict[str, QuarantineState] = {}
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._warned = False
-        self._thread = threading.Thread(target=self._run, name="wakeline-quarantine", daemon=True)
-        self._thread.start()
+        self.reader: StateReader[QuarantineState] = StateReader(
+            kafka,
+            self.topic,
+            _parse_quarantine_record,
+            name="quarantine",
+            poll_interval_s=poll_interval_s,
+            consumer_factory=consumer_factory,
+        )
+        self._started_waiting = False
+        self._warned_health: str | None = None
+        if start:
+            self.reader.start()
 
+    @classmethod
+    def offline(cls, *, fail_closed: bool = False) -> QuarantineGate:
+        """A gate with no consumer: its state is only what `apply` feeds it (tests)."""
+        gate = cls(KafkaSettings(bootstrap=""), fail_closed=fail_closed, start=False)
+        gate.reader.start_offline()
+        return gate
+
+    def start(self) -> QuarantineGate:
+        self.reader.start()
+        return self
+
+    # -- the Gate protocol ----------------------------------------------------------------
+    def decide(self, call: GateCall) -> Verdict | None:
+        q = self.check(call.workflow_id, call.run_id)
+        if q is None:
+            return None
+        why = f"workflow {call.workflow_id} is quarantined by {q.by}: {q.reason}"
+        return Verdict.refuse(WorkflowQuarantined(why), PolicyDecision("deny", why, self.name))
+
+    # -- state ----------------------------------------------------------------------------
     def check(self, workflow_id: str, run_id: str | None = None) -> QuarantineState | None:
-        """The quarantine on `workflow_id` (and `run_id`), if any. Waits for the first
-        catch-up once."""
-        if not self._ready.is_set() and not self._ready.wait(self.startup_timeout_s):
-            if self.fail_closed:
-                return QuarantineState(workflow_id, "quarantine state unknown", "gate", None)
-            if not self._warned:
-                self._warned = True
-                log.warning("quarantine gate not caught up on %s; allowing calls", self.topic)
-        state = self._state.get(workflow_id)
+        """The quarantine on `workflow_id` (and `run_id`), if any, by the rule above."""
+        reader = self.reader
+        if reader.health != "live":
+            if not self._started_waiting:
+                self._started_waiting = True
+                reader.wait_live(self.startup_timeout_s)
+            if reader.health != "live":
+                if self.fail_closed:
+                    why = f"quarantine state unknown (reader {reader.health})"
+                    return QuarantineState(workflow_id, why, "gate", None)
+                if self._warned_health != reader.health:
+                    self._warned_health = reader.health
+                    log.warning(
+                        "quarantine gate: reader %s on %s; allowing calls on the last state",
+                        reader.health,
+                        self.topic,
+                    )
+        state = reader.get(workflow_id.encode())
         return state if state is not None and state.applies_to(run_id) else None
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        return self.reader.live
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        return self._ready.wait(timeout)
+        return self.reader.wait_live(timeout)
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         """Apply one record of the topic (also used by tests without a broker)."""
-        if key is None:
-            return
-        workflow_id = key.decode("utf-8", "replace")
-        state = parse_quarantine_value(workflow_id, value)
-        if state is None:
-            self._state.pop(workflow_id, None)
-        else:
-            self._state[workflow_id] = state
+        self.reader.apply(key, value)
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self.reader.close()
 
-    def _run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-        consumer = Consumer(
-            self.kafka.client_config(
-                **{
-                    "group.id": f"wakeline-gate-{uuid.uuid4()}",
-                    "enable.auto.commit": False,
-                    "enable.partition.eof": True,
-                    "fetch.wait.max.ms": max(10, int(self.poll_interval_s * 1000)),
-                    "auto.offset.reset": "earliest",
-                }
-            )
-        )
-        try:
-            partitions: list[int] = []
-            while not partitions and not self._stop.is_set():
-                try:
-                    meta = consumer.list_topics(self.topic, timeout=0.5)
-                    tmeta = meta.topics.get(self.topic)
-                    if tmeta is not None and tmeta.error is None:
-                        partitions = sorted(tmeta.partitions)
-                except Exception as e:  # noqa: BLE001 - broker down: keep trying
-                    log.debug("quarantine gate: metadata for %s failed: %s", self.topic, e)
-                if not partitions:
-                    self._stop.wait(0.5)
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
-            at_eof: set[int] = set()
-            while not self._stop.is_set():
-                for msg in consumer.consume(1000, self.poll_interval_s):
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            at_eof.add(msg.partition())
-                            if len(at_eof) >= len(partitions):
-                                self._ready.set()
-                        else:
-                            log.warning("quarantine gate: %s", err)
-                        continue
-                    self.apply(msg.key(), msg.value())
-        except Exception:  # noqa: BLE001
-            log.exception("quarantine gate consumer stopped")
-        finally:
-            consumer.close()
+def _parse_quarantine_record(key: bytes, value: bytes | None) -> QuarantineState | None:
+    return parse_quarantine_value(key.decode("utf-8", "replace"), value)

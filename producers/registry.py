@@ -1,4 +1,4 @@
-"""Tool registry: declare a tool once; every call of it is described by its spec (DESIGN §8).
+"""Tool registry: declare a tool once; every call of it is described by its spec.
 
 A `ToolSpec` says how dangerous a tool is (reversibility x impact), which resources a call
 reads and writes (as a function of its arguments), which compensating action undoes it,
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from wakeline.producers.errors import SdkError, UnknownTool
+from wakeline.producers.redaction import secret_in_template
 
 Reversibility = Literal["read", "reversible", "compensable", "irreversible"]
 Impact = Literal["low", "medium", "high", "critical"]
@@ -51,6 +52,9 @@ class ToolSpec:
     summarise: Callable[[Any], str] | None = None
     #: result -> ids the outside world assigned (charge id, ...) that compensation needs
     external_ids: Callable[[Any], Mapping[str, str]] | None = None
+    #: (exception, message) -> the message to record, before the SDK removes every redacted
+    #: and digest-only value of the call from it (see `docs/redaction.md`)
+    scrub_error: Callable[[BaseException, str], str] | None = None
     description: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
     #: redact + digest_only, sorted (derived; recorded in every intent)
@@ -79,6 +83,20 @@ class ToolSpec:
         both = self.redact & self.digest_only
         if both:
             raise SdkError(f"tool {self.name}: {sorted(both)[0]} is both redacted and digested")
+        for which in ("reads", "writes"):
+            keys = getattr(self, which)
+            if isinstance(keys, str):
+                raise SdkError(f"tool {self.name}: {which} must be a list of templates, not a str")
+            if callable(keys) or not self.redacted_fields:
+                continue
+            for template in keys:
+                path = secret_in_template(template, self.redacted_fields)
+                if path is not None:
+                    raise SdkError(
+                        f"tool {self.name}: resource template {template!r} ({which}) uses "
+                        f"{path}, which is redacted or digest-only; resource keys are written "
+                        "in clear, so name the resource by a field that is not secret"
+                    )
 
     @property
     def mutates(self) -> bool:
@@ -104,8 +122,10 @@ def _resource_keys(tool: str, which: str, keys: ResourceKeys, args: Mapping[str,
         if callable(keys):
             return [str(k) for k in keys(args)]
         return [template.format(**args) for template in keys]
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
-        raise SdkError(f"tool {tool}: cannot compute resource keys ({which}): {e!r}") from e
+    except Exception as e:  # noqa: BLE001 - any failure of a template or key function
+        # a missing field is named; other errors could quote an argument's value
+        why = f"missing {e}" if isinstance(e, KeyError) else type(e).__name__
+        raise SdkError(f"tool {tool}: cannot compute resource keys ({which}): {why}") from e
 
 
 def default_spec(name: str) -> ToolSpec:

@@ -1,6 +1,6 @@
 """Publish the Avro schemas where any consumer can find them, and learn them back.
 
-Every schema goes to two places (DESIGN §3): the append-only PostgreSQL table `schemas`
+Every schema goes to two places: the append-only PostgreSQL table `schemas`
 (migration 0003) and the compacted `<prefix>schemas` topic, keyed by the 8-byte fingerprint
 that frames carry, value = the schema JSON. Both are idempotent: a fingerprint names one
 schema forever, so republishing changes nothing.
@@ -9,6 +9,10 @@ Consumers learn fingerprints they do not know with `load_schemas_from_postgres`,
 `load_schemas_from_kafka`, or lazily with `PostgresSchemaResolver` set as a codec's
 resolver. Whatever is loaded is re-fingerprinted; a row or record whose schema does not hash
 to its key is refused (logged), never registered.
+
+Importing this module loads neither psycopg nor the database layer: an agent publishes its
+schemas to Kafka only (`publish_to_kafka`); `wakeline init` and the worker
+(`wakeline/processors/schema_sync.py`) put them into PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,10 +23,7 @@ import time
 import uuid
 from collections.abc import Iterable
 
-import psycopg
-
 from wakeline.errors import SchemaError, StackError, StoreError
-from wakeline.infra import db
 from wakeline.infra.settings import KafkaSettings
 from wakeline.schemas import Codec, SchemaInfo, default_codec, packaged_avsc
 
@@ -67,6 +68,10 @@ def publish_schemas(
 
 def publish_to_postgres(dsn: str, schemas: Iterable[SchemaInfo]) -> dict[bytes, bool]:
     """Insert the schemas in one transaction; fingerprint -> True if the row is new."""
+    import psycopg
+
+    from wakeline.infra import db
+
     result: dict[bytes, bool] = {}
     try:
         with db.connect(dsn) as conn, conn.transaction():
@@ -154,6 +159,10 @@ def _verified(fingerprint: bytes, schema_json: str, where: str) -> SchemaInfo | 
 
 def load_schemas_from_postgres(dsn: str) -> list[SchemaInfo]:
     """Every schema in the registry table whose JSON hashes to its fingerprint."""
+    import psycopg
+
+    from wakeline.infra import db
+
     try:
         with db.connect(dsn) as conn:
             rows = conn.execute(_SELECT + " ORDER BY first_seen, fingerprint").fetchall()
@@ -244,6 +253,10 @@ class PostgresSchemaResolver:
             missed = self._misses.get(fingerprint)
             if missed is not None and now - missed < self._retry_after:
                 return None
+        import psycopg
+
+        from wakeline.infra import db
+
         try:
             with db.connect(self._dsn) as conn:
                 row = conn.execute(_SELECT + " WHERE fingerprint = %s", (fingerprint,)).fetchone()

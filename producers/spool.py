@@ -1,4 +1,4 @@
-"""Durable local spool: where events wait while the broker is unreachable (issue 4 item 4).
+"""Durable local spool: where events wait while the broker is unreachable.
 
 Layout: `<WAKELINE_HOME>/spool/<name>/` holds a `LOCK` file (flock: one emitter per spool) and
 append-only segments `000000000001.seg`, ... Each segment starts with `MAGIC`; each record is

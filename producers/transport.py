@@ -1,4 +1,12 @@
-"""One Kafka producer per emitter, shared by every call; the spool behind it (issue 4 §3-4).
+"""How the SDK's events leave the process: the `Transport` protocol and its two transports.
+
+`Transport` is what an `Emitter` needs: `send` / `send_async` (with `wait=True`: return only
+once the event is durable: acknowledged by the broker, or fsync'd into the spool), `flush`,
+`close`. `KafkaTransport` is the default; `SpoolTransport` only writes the spool (a host that
+cannot reach the broker; a later emitter on the same spool directory drains it); tests pass
+their own recorder. A future HTTP gateway is one more class with these four methods.
+
+`KafkaTransport`: one Kafka producer per emitter, shared by every call; the spool behind it.
 
 Every event is produced with `on_delivery` bound to a `_Pending`; delivery reports resolve
 waiters as they arrive, so many concurrent strict calls ride the same produce request
@@ -42,7 +50,7 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -76,7 +84,7 @@ class TransportOptions:
 class _Pending:
     __slots__ = ("rec", "transport", "lock", "loop", "future", "state", "from_spool", "error")
 
-    def __init__(self, rec: SpoolRecord, transport: Transport) -> None:
+    def __init__(self, rec: SpoolRecord, transport: KafkaTransport) -> None:
         self.rec = rec
         self.transport = transport
         self.lock: Any = None
@@ -118,7 +126,7 @@ class _Pump:
 
     __slots__ = ("transport", "loop", "waiting", "scheduled")
 
-    def __init__(self, transport: Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: KafkaTransport, loop: asyncio.AbstractEventLoop) -> None:
         self.transport = transport
         self.loop = loop
         self.waiting = 0  # this loop's unresolved strict sends
@@ -140,7 +148,66 @@ class _Pump:
                 t._hand_over()  # quiet: let the background thread wait for the reports
 
 
-class Transport:
+class Transport(Protocol):
+    """The producer side of an `Emitter`."""
+
+    def send(
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[Header], *, wait: bool
+    ) -> None: ...
+
+    async def send_async(
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[Header], *, wait: bool
+    ) -> None: ...
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait until every event is on the broker; how many are not (0 = all)."""
+        ...
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Flush up to `timeout`, then release everything; how many are undelivered."""
+        ...
+
+
+class SpoolTransport:
+    """Every event into the spool, in order; `wait=True` fsyncs it before returning.
+
+    Nothing reaches the broker from here: `flush` and `close` count every event as
+    undelivered (it is durable, and a `KafkaTransport` on the same directory sends it)."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self._seq = itertools.count(spool.max_seq() + 1)
+        self._lock = threading.Lock()
+        self._closed = False
+        self.spooled = 0
+
+    def send(
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[Header], *, wait: bool
+    ) -> None:
+        with self._lock:
+            if self._closed:
+                raise EmitterClosed("the emitter is closed")
+            rec = SpoolRecord(next(self._seq), topic, key, value, list(headers))
+            self.spool.append([rec], sync=wait)
+            self.spooled += 1
+
+    async def send_async(
+        self, topic: str, key: bytes, value: bytes, headers: Sequence[Header], *, wait: bool
+    ) -> None:
+        self.send(topic, key, value, headers, wait=wait)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        self.spool.sync()
+        return self.spooled
+
+    def close(self, timeout: float = 30.0) -> int:
+        with self._lock:
+            self._closed = True
+        self.spool.close()
+        return self.spooled
+
+
+class KafkaTransport:
     def __init__(
         self, kafka: KafkaSettings, spool: Spool, options: TransportOptions | None = None
     ) -> None:

@@ -18,17 +18,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from wakeline.producers.canonical import Canonical, canonical_result, canonicalise
-from wakeline.producers.errors import (
-    ApprovalRequired,
-    GateRefused,
-    LoopRefused,
-    MissingWorkflow,
-    PolicyDenied,
-    SdkError,
-    WorkflowQuarantined,
-)
+from wakeline.producers.errors import MissingWorkflow, SdkError
 from wakeline.producers.framing import Headers, checked_framer, intent_tail
-from wakeline.producers.gates import ALLOW_ALL, PolicyDecision, PolicyRequest, allow_all
+from wakeline.producers.gates import ALLOW_ALL, GateCall, PolicyDecision, Verdict, timed_out
+from wakeline.producers.redaction import NOTHING, Scrubber, error_message, scrub_text
 from wakeline.producers.registry import Durability, ToolSpec
 from wakeline.schemas import cloudevents_headers, decode_event, encode_event, new_event_id
 
@@ -196,7 +189,10 @@ class WorkflowContext:
         """Gates, then the intent (acknowledged first when strict). Refusals raise."""
         call = self._prepare(tool, args, parents, step_id, durability)
         self._send(call.intent_id, *call.frame, call.strict)
-        if call.refusal is not None:
+        while call.verdict is not None and call.verdict.outcome == "wait":
+            v = call.verdict
+            call.verdict = self._after_wait(call, v.waiter.wait(v.timeout_s))  # type: ignore[union-attr]
+        if call.verdict is not None:
             call._refuse()
         return call
 
@@ -211,7 +207,11 @@ class WorkflowContext:
     ) -> ToolCall:
         call = self._prepare(tool, args, parents, step_id, durability)
         await self._asend(call.intent_id, *call.frame, call.strict)
-        if call.refusal is not None:
+        while call.verdict is not None and call.verdict.outcome == "wait":
+            v = call.verdict
+            got = await v.waiter.wait_async(v.timeout_s)  # type: ignore[union-attr]
+            call.verdict = self._after_wait(call, got)
+        if call.verdict is not None:
             call._refuse()
         return call
 
@@ -289,7 +289,34 @@ class WorkflowContext:
         )
         reads = spec.resources_read(args) if spec.reads else []
         writes = spec.resources_written(args) if spec.writes else []
-        decision, refusal, loop_count = self._gates(spec, args, canonical)
+        scrub = NOTHING
+        if spec.redacted_fields:
+            scrub = Scrubber.for_call(spec, args)
+            _check_resource_keys(spec, scrub, reads, writes)
+        gate_call = None
+        decision, verdict, gate_index = ALLOW_ALL, None, -1
+        if em.gates:
+            gate_call = GateCall(
+                spec,
+                args,
+                canonical.text,
+                canonical.digest,
+                self.workflow_id,
+                self.run_id,
+                self.agent_id,
+                self.principal,
+                self.tenant,
+                self.boundary,
+                scrub,
+            )
+            for gate_index, gate in enumerate(em.gates):  # noqa: B007 - kept for a wait
+                v = gate.decide(gate_call)
+                if v is None:
+                    continue
+                decision = v.decision
+                if v.outcome != "allow":
+                    verdict = v
+                    break
         mode = durability or spec.effective_durability
         reason = _reason(decision)
         event_id = new_event_id()
@@ -336,60 +363,36 @@ class WorkflowContext:
             frame,
             mode == "strict",
             step_id,
-            refusal,
-            loop_count,
+            verdict,
+            scrub,
+            gate_call,
+            gate_index,
         )
 
-    def _gates(
-        self, spec: ToolSpec, args: Mapping[str, Any], canonical: Canonical
-    ) -> tuple[PolicyDecision, GateRefused | None, int]:
-        em = self.emitter
-        if em.gate is not None:
-            q = em.gate.check(self.workflow_id, self.run_id)
-            if q is not None:
-                why = f"workflow {self.workflow_id} is quarantined by {q.by}: {q.reason}"
-                return (PolicyDecision("deny", why, "quarantine"), WorkflowQuarantined(why), 0)
-        if em.loop_guard is not None:
-            verdict = em.loop_guard.check(self.agent_id, spec.name, canonical.digest)
-            if not verdict.allowed:
-                why = (
-                    f"{spec.name} called with the same arguments {verdict.count} times "
-                    f"within {em.loop_guard.window_s:g}s by agent {self.agent_id}"
-                )
-                count = verdict.count if verdict.alert else -verdict.count
-                return PolicyDecision("deny", why, "loop-guard"), LoopRefused(why), count
-        if em.policy is allow_all:  # the default: no request object to build
-            return ALLOW_ALL, None, 0
-        decision = em.policy(
-            PolicyRequest(
-                spec,
-                args,
-                canonical.text,
-                canonical.digest,
-                self.workflow_id,
-                self.agent_id,
-                self.principal,
-                self.tenant,
-                self.boundary,
-            )
-        )
-        if decision.outcome == "deny":
-            return (
-                decision,
-                PolicyDenied(f"policy {decision.policy} denied {spec.name}: {decision.reason}"),
-                0,
-            )
-        if decision.outcome == "require_approval":
-            return (
-                decision,
-                ApprovalRequired(
-                    f"policy {decision.policy} requires approval for {spec.name} "
-                    f"({decision.reason}); approvals are not available in this SDK version, "
-                    "so the call is refused"
-                ),
-                0,
-            )
-        return decision, None, 0
+    def _after_wait(self, call: ToolCall, got: Verdict | None) -> Verdict | None:
+        """What a call does once the gate it waited on answered (None: it timed out).
+
+        An allow runs the gates after the waiting one, and again those before it that ask
+        for it (`recheck_after_wait`); the first refuse or wait among them decides."""
+        gates = self.emitter.gates
+        waited = call.verdict
+        assert waited is not None
+        name = getattr(gates[call.gate_index], "name", "gate")
+        if got is None:
+            return timed_out(name, waited, call.spec.name)
+        if got.outcome == "refuse":
+            return got
+        assert call.gate_call is not None
+        for i, gate in enumerate(gates):
+            if i == call.gate_index:
+                continue
+            if i < call.gate_index and not getattr(gate, "recheck_after_wait", False):
+                continue
+            v = gate.decide(call.gate_call)
+            if v is not None and v.outcome != "allow":
+                call.gate_index = i
+                return v
+        return None
 
 
 class ToolCall:
@@ -404,8 +407,10 @@ class ToolCall:
         "frame",
         "strict",
         "step_id",
-        "refusal",
-        "loop_count",
+        "verdict",
+        "scrub",
+        "gate_call",
+        "gate_index",
         "done",
     )
 
@@ -419,8 +424,10 @@ class ToolCall:
         frame: tuple[bytes, Headers],
         strict: bool,
         step_id: str | None,
-        refusal: GateRefused | None,
-        loop_count: int,
+        verdict: Verdict | None,
+        scrub: Scrubber = NOTHING,
+        gate_call: GateCall | None = None,
+        gate_index: int = -1,
     ) -> None:
         self.ctx = ctx
         self.spec = spec
@@ -431,8 +438,13 @@ class ToolCall:
         self.frame = frame
         self.strict = strict
         self.step_id = step_id
-        self.refusal = refusal
-        self.loop_count = loop_count
+        #: None when the gates allowed the call; else the refusal or wait that stopped them
+        self.verdict = verdict
+        #: what the gates saw, and which of them gave `verdict`
+        self.gate_call = gate_call
+        self.gate_index = gate_index
+        #: removes the call's redacted and digest-only values from what it records
+        self.scrub = scrub
         self.done = False
 
     @property
@@ -471,14 +483,21 @@ class ToolCall:
         spec = self.spec
         canonical = canonical_result(result, max_bytes=self.ctx.emitter.max_payload_bytes)
         summary = ids = None
+        scrub = self.scrub
         try:
             if spec.summarise is not None:
-                summary = str(spec.summarise(result))[:MAX_ERROR_MESSAGE]
+                summary = scrub_text(str(spec.summarise(result)), scrub, MAX_ERROR_MESSAGE)
             if spec.external_ids is not None:
-                ids = {str(k): str(v) for k, v in dict(spec.external_ids(result)).items()}
-        except Exception:  # noqa: BLE001 - the tool ran; never lose its result over a summary
-            log.exception(
-                "tool %s: summarise/external_ids failed (intent %s)", spec.name, self.intent_id
+                ids = {
+                    scrub(str(k)): scrub(str(v)) for k, v in dict(spec.external_ids(result)).items()
+                }
+        except Exception as e:  # noqa: BLE001 - the tool ran; never lose its result over a summary
+            # no traceback: its text is the exception's, which may quote the arguments
+            log.error(
+                "tool %s: summarise/external_ids failed (intent %s): %s",
+                spec.name,
+                self.intent_id,
+                error_message(e, _NO_SCRUBBER, scrub, MAX_ERROR_MESSAGE),
             )
         return self._result(
             "ok",
@@ -493,41 +512,56 @@ class ToolCall:
         return self._result(
             status,
             duration_us,
-            error_type=_type_name(error),
-            error_message=str(error)[:MAX_ERROR_MESSAGE],
+            error_type=self.scrub(_type_name(error)),
+            error_message=error_message(error, self.spec, self.scrub, MAX_ERROR_MESSAGE),
         )
 
     def abort(self, reason: str = "aborted") -> str:
-        return self._result("aborted", error_type="Aborted", error_message=reason)
+        return self._result(
+            "aborted",
+            error_type="Aborted",
+            error_message=scrub_text(reason, self.scrub, MAX_ERROR_MESSAGE),
+        )
 
     def _refuse(self) -> None:
-        refusal = self.refusal
-        assert refusal is not None
+        verdict = self.verdict
+        assert verdict is not None and verdict.error is not None
+        refusal = verdict.error
         refusal.intent_id = self.intent_id
         self._result(
             "denied",
             error_type=type(refusal).__name__,
-            error_message=str(refusal)[:MAX_ERROR_MESSAGE],
+            error_message=scrub_text(str(refusal), self.scrub, MAX_ERROR_MESSAGE),
         )
-        if isinstance(refusal, LoopRefused) and self.loop_count > 0:
-            guard = self.ctx.emitter.loop_guard
+        spec = verdict.alert
+        if spec is not None:
             alert = self.ctx.envelope("Alert", step_id=self.step_id)
             alert.update(
-                kind="runaway_loop",
-                severity="warning",
-                detail=str(refusal),
-                detector="sdk-loop-guard",
+                kind=spec.kind,
+                severity=spec.severity,
+                detail=scrub_text(spec.detail, self.scrub, MAX_ERROR_MESSAGE),
+                detector=spec.detector,
                 related_event_ids=[self.intent_id],
-                attributes={
-                    "tool": self.spec.name,
-                    "args_digest": self.canonical.digest.hex(),
-                    "count": str(self.loop_count),
-                    "max_repeats": str(guard.max_repeats),
-                    "window_s": f"{guard.window_s:g}",
-                },
+                attributes={k: self.scrub(v) for k, v in spec.attributes.items()},
             )
             self.ctx._alert(alert)
         raise refusal
+
+
+#: `error_message` for the SDK's own texts: no spec scrubber, only the call's values
+_NO_SCRUBBER = ToolSpec("wakeline.sdk")
+
+
+def _check_resource_keys(spec: ToolSpec, scrub: Scrubber, *keys: list[str]) -> None:
+    """Resource keys are written in clear: one that holds a secret value refuses the call
+    (templates are checked at registration; this catches key functions)."""
+    for key in (k for group in keys for k in group):
+        if scrub.contains(key):
+            raise SdkError(
+                f"tool {spec.name}: a resource key contains the value of a redacted or "
+                "digest-only argument; resource keys are written in clear, so the call is "
+                "refused before anything is written"
+            )
 
 
 def _reason(decision: PolicyDecision) -> str:

@@ -132,3 +132,33 @@ def test_a_row_whose_schema_does_not_hash_to_its_key_is_refused(
     assert {i.fingerprint for i in loaded} == {i.fingerprint for i in packaged_avsc()}
     assert forged_key.hex() in caplog.text
     assert PostgresSchemaResolver(fresh_dsn)(forged_key) is None
+
+
+def test_the_worker_copies_schemas_from_the_topic_into_postgres(
+    kafka: KafkaSettings, fresh_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Agents publish to Kafka only; `processors.schema_sync` puts the schemas into
+    PostgreSQL, skipping a record whose schema does not hash to its key."""
+    from confluent_kafka import Producer
+
+    from wakeline.processors.schema_sync import store_schema_records, sync_schemas
+    from wakeline.producers.schema_registry import publish_to_kafka
+
+    infos = list(packaged_avsc())
+    publish_to_kafka(kafka, infos)
+    release = next(i for i in infos if i.type_name == "Release")
+    forged = bytes.fromhex("00112233445566ff")
+    producer = Producer(kafka.client_config())
+    producer.produce(kafka.topics.schemas, key=forged, value=release.schema_json.encode())
+    producer.produce(kafka.topics.schemas, key=b"tombstone-key", value=None)
+    assert producer.flush(30) == 0
+
+    with caplog.at_level("ERROR"):
+        assert sync_schemas(kafka, fresh_dsn) == len(infos)
+    assert "schema refused" in caplog.text
+    assert sync_schemas(kafka, fresh_dsn) == 0  # idempotent
+    stored = {i.fingerprint for i in load_schemas_from_postgres(fresh_dsn)}
+    assert stored == {i.fingerprint for i in infos}
+    assert forged not in stored
+    records = [(i.fingerprint, i.schema_json.encode()) for i in infos] + [(b"x", None), (None, b"")]
+    assert store_schema_records(fresh_dsn, records) == 0

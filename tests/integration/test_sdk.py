@@ -428,3 +428,47 @@ def test_broker_killed_mid_run_every_event_arrives_once_in_order(
         assert [e["args"] for e in intents] == [f'{{"key":"{k}"}}' for k in range(calls[wf])]
         results = {e["intent_id"] for e in events if e["type"] == "ToolResult"}
         assert results == {e["event_id"] for e in intents}
+
+
+def test_a_redacted_canary_reaches_no_broker_log_segment(kafka, emitter, registry, local_stack):
+    """A tool fails quoting its redacted card number: the error is recorded, the number is in
+    no record of any topic and in no file of the broker's data directory."""
+    import secrets
+
+    card = "4" + "".join(secrets.choice("0123456789") for _ in range(15))
+    spaced = " ".join(card[i : i + 4] for i in range(0, 16, 4))
+    marker = f"visible-{uuid.uuid4().hex}"
+    registry.declare(
+        "card.charge",
+        reversibility="compensable",
+        impact="high",
+        redact={"card_number"},
+        writes=("order:{order}",),
+        summarise=lambda r: f"charged {r}",
+    )
+
+    def declined(card_number: int, order: str) -> None:
+        raise ValueError(f"card {spaced} was declined for {order}") from KeyError(card_number)
+
+    wf = new_wf()
+    ctx = emitter.workflow(wf, agent_id="agent-1", principal="alice")
+    with pytest.raises(ValueError):
+        ctx.call("card.charge", declined, {"card_number": int(card), "order": marker})
+    ctx.call("card.charge", lambda card_number, order: card, {"card_number": card, "order": "o2"})
+    ctx.complete_workflow("failed")
+    assert emitter.flush(10) == 0
+
+    events = events_of(kafka, wf)
+    assert [e["status"] for e in events if e["type"] == "ToolResult"] == ["error", "ok"]
+    assert events[1]["error_message"] == f"card [REDACTED] was declined for {marker}"
+    assert events[3]["result_summary"] == "charged [REDACTED]"
+    data = local_stack.home / "kafka" / "data"
+    prefix = kafka.topics.events.split("-")[0]
+    segments = [p for p in data.glob(f"{prefix}*/*.log") if p.stat().st_size]
+    assert segments, f"no log segment of {prefix} under {data}"
+    blob = b"".join(p.read_bytes() for p in segments)
+    assert marker.encode() in blob  # the grep can see what the broker stored
+    for path in (p for p in data.rglob("*") if p.is_file()):
+        content = path.read_bytes()
+        for secret in (card, spaced, "-".join(spaced.split())):
+            assert secret.encode() not in content, f"{secret} in {path}"

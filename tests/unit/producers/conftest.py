@@ -1,4 +1,4 @@
-"""A real Emitter whose transport records frames instead of producing (no broker needed)."""
+"""A real Emitter with a transport that records frames instead of producing (no broker)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ class Recorder:
 
     async def send_async(self, topic, key, value, headers, *, wait):  # noqa: ANN001
         self.send(topic, key, value, headers, wait=wait)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        return 0
+
+    def close(self, timeout: float = 30.0) -> int:
+        return 0
 
     def events(self, topic_suffix: str = "events") -> list[dict]:
         return [decode_event(v) for t, _, v, _, _ in self.records if t.endswith(topic_suffix)]
@@ -53,6 +59,7 @@ def registry() -> ToolRegistry:
 @pytest.fixture
 def recorded(tmp_path: Path, registry: ToolRegistry) -> Iterator[tuple[Emitter, Recorder]]:
     kafka = KafkaSettings(bootstrap="127.0.0.1:1", topics=Topics("unit."))
+    rec = Recorder()
     emitter = Emitter(
         kafka,
         spool_dir=tmp_path / "spool",
@@ -60,10 +67,7 @@ def recorded(tmp_path: Path, registry: ToolRegistry) -> Iterator[tuple[Emitter, 
         quarantine_gate=False,
         publish_schemas=False,
         loop_guard=LoopGuard(max_repeats=3, window_s=60),
+        transport=rec,  # a Transport: no broker, no producer
     )
-    real = emitter.transport
-    rec = Recorder()
-    emitter.transport = rec  # type: ignore[assignment]
     yield emitter, rec
-    emitter.transport = real
     emitter.close(timeout=1)

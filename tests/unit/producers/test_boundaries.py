@@ -21,3 +21,29 @@ def test_the_sdk_never_loads_the_stream_engine_or_other_components():
         or m in forbidden
         or any(m.startswith(f + ".") for f in forbidden)
     }
+
+
+def test_an_agent_needs_kafka_only_no_psycopg_no_faust():
+    """Import the SDK, run a workflow (gates, intent, result, seal) and load the Kafka side of
+    the schema registry: neither psycopg nor faust nor the database layer is ever loaded."""
+    code = (
+        "import json, sys, tempfile\n"
+        "from pathlib import Path\n"
+        "import wakeline.producers as p\n"
+        "from wakeline.infra.settings import KafkaSettings, Topics\n"
+        "from wakeline.producers.schema_registry import publish_to_kafka\n"
+        "kafka = KafkaSettings(bootstrap='127.0.0.1:1', topics=Topics('b.'))\n"
+        "with tempfile.TemporaryDirectory() as tmp:\n"
+        "    em = p.Emitter(kafka, spool_dir=Path(tmp), spool_only=True, publish_schemas=False,\n"
+        "                   quarantine_gate=p.QuarantineGate(kafka, startup_timeout_s=0.05))\n"
+        "    ctx = em.workflow('wf', agent_id='a', principal='p')\n"
+        "    ctx.call('t', lambda x: x, {'x': 1})\n"
+        "    ctx.complete_workflow()\n"
+        "    em.close()\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout))
+    forbidden = {"psycopg", "psycopg_binary", "faust", "wakeline.infra.db", "wakeline.ledger"}
+    assert "wakeline.producers.workflow" in loaded and "confluent_kafka" in loaded
+    assert not {m for m in loaded if m in forbidden or m.split(".")[0] in forbidden}

@@ -112,14 +112,13 @@ def test_quarantine_state_follows_the_compacted_topic_semantics():
 
 
 def test_gate_apply_tracks_current_state_per_workflow():
-    gate = QuarantineGate.__new__(QuarantineGate)  # no consumer thread: only the state logic
-    gate._state = {}
+    gate = QuarantineGate.offline()  # no consumer thread: only the state logic
     for wf in ("wf-1", "wf-2"):
         gate.apply(
             wf.encode(), _event("Quarantine", scope="workflow", reason="r", by="b", workflow_id=wf)
         )
     gate.apply(b"wf-1", None)
-    assert set(gate._state) == {"wf-2"}
+    assert set(gate.reader.snapshot()) == {b"wf-2"}
 
 
 def test_gate_without_broker_fails_open_by_default_and_closed_when_asked():
@@ -135,10 +134,7 @@ def test_gate_without_broker_fails_open_by_default_and_closed_when_asked():
 
 
 def test_a_run_scoped_quarantine_stops_only_that_run():
-    gate = QuarantineGate.__new__(QuarantineGate)
-    gate._state = {}
-    gate._ready = __import__("threading").Event()
-    gate._ready.set()
+    gate = QuarantineGate.offline()
     gate.apply(b"wf-q", _event("Quarantine", scope="run", run_id="run-bad", reason="r", by="b"))
     assert gate.check("wf-q", "run-bad") is not None
     assert gate.check("wf-q", "run-good") is None

@@ -75,3 +75,31 @@ def test_a_restarted_emitter_keeps_spooled_events_ahead_of_new_ones(tmp_path: Pa
     assert [r.seq for r in records] == sorted(r.seq for r in records)
     first, second = records[0], records[2]
     assert decode_event(first.value)["time"] < decode_event(second.value)["time"]
+
+
+def test_a_spool_only_emitter_writes_every_event_to_the_spool_and_never_to_a_broker(
+    tmp_path: Path,
+):
+    reg = ToolRegistry()
+    reg.declare("w", reversibility="compensable", impact="low")
+    em = Emitter(
+        NOBODY,
+        spool_dir=tmp_path,
+        registry=reg,
+        quarantine_gate=False,
+        publish_schemas=False,
+        spool_only=True,
+    )
+    ctx = em.workflow("wf-spool", agent_id="a", principal="p")
+    for i in range(3):
+        ctx.call("w", lambda i: i, {"i": i})
+    ctx.complete_workflow()
+    assert em.flush() == 7
+    assert em.close() == 7
+    spool = Spool(tmp_path)
+    events = [decode_event(r.value) for r in spool.read()]
+    spool.close()
+    assert [e["type"] for e in events] == ["ToolIntent", "ToolResult"] * 3 + ["WorkflowCompleted"]
+    again = Emitter(NOBODY, spool_dir=tmp_path, quarantine_gate=False, publish_schemas=False)
+    assert again.transport.spooling  # a Kafka transport on the same spool sends them first
+    again.close(timeout=0.2)

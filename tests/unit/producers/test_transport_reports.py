@@ -13,7 +13,7 @@ import pytest
 
 from wakeline.infra.settings import KafkaSettings, Topics
 from wakeline.producers import Spool, TransportOptions
-from wakeline.producers.transport import Transport
+from wakeline.producers.transport import KafkaTransport
 
 
 class Broker:
@@ -54,9 +54,9 @@ class Broker:
 
 
 @pytest.fixture
-def transport(tmp_path: Path) -> Iterator[tuple[Transport, Broker]]:
+def transport(tmp_path: Path) -> Iterator[tuple[KafkaTransport, Broker]]:
     spool = Spool(tmp_path)
-    t = Transport(
+    t = KafkaTransport(
         KafkaSettings(bootstrap="127.0.0.1:1", topics=Topics("unit.")),
         spool,
         TransportOptions(strict_timeout_s=5.0),
