@@ -1,7 +1,7 @@
 """The fuzz suite's budget: a bounded number of examples under `make test`, more for a soak.
 
 Every fuzz property in this folder uses the same budget, read from the environment variable
-WAKELINE_FUZZ_EXAMPLES (default 200 per property):
+FUZZ_EXAMPLES (default 200 per property):
 
     from .conftest import examples, fuzz_settings
 
@@ -13,7 +13,7 @@ WAKELINE_FUZZ_EXAMPLES (default 200 per property):
         ...
 
 ``fuzz_settings(scale=0.1)`` runs a tenth of the budget, for properties that cost more per
-example. A soak: ``WAKELINE_FUZZ_EXAMPLES=20000 .venv/bin/pytest tests/fuzz``.
+example. A soak: ``FUZZ_EXAMPLES=20000 .venv/bin/pytest tests/fuzz``.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-ENV = "WAKELINE_FUZZ_EXAMPLES"
+ENV = "FUZZ_EXAMPLES"
 DEFAULT_EXAMPLES = 200
 
 
 def examples(default: int = DEFAULT_EXAMPLES) -> int:
-    """The number of examples per fuzz property: WAKELINE_FUZZ_EXAMPLES, else `default`."""
+    """The number of examples per fuzz property: FUZZ_EXAMPLES, else `default`."""
     raw = os.environ.get(ENV, "").strip()
     if not raw:
         return default

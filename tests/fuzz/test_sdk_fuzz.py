@@ -1,18 +1,17 @@
 """Hostile input against the SDK's gates and its emitter: never a crash, never fail open.
 
-Bounded: `WAKELINE_FUZZ_EXAMPLES` examples per property (default 200), no deadline (the
+Bounded: `FUZZ_EXAMPLES` examples per property (default 200), no deadline (the
 machine is shared; performance is measured in `bench/`).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 from wakeline.infra.settings import KafkaSettings, Topics
@@ -20,11 +19,10 @@ from wakeline.producers import Emitter, SdkError, ToolRegistry
 from wakeline.producers.gates import QuarantineGate
 from wakeline.schemas import decode_event, encode_event, new_event_id
 
-EXAMPLES = int(os.environ.get("WAKELINE_FUZZ_EXAMPLES", "200"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+from .conftest import fuzz_settings
+
+FUZZ = fuzz_settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 WF = b"wf-quarantined"
 

@@ -6,8 +6,8 @@ undecodable record has a DLQ record with its reason; every ledgered record has i
 record or a DLQ record saying why not; every derived record fits the size limit; the body's
 event id, not a header, is what lookups find.
 
-`WAKELINE_FUZZ_EXAMPLES` sets how many random records join the fixed hostile cases (default
-60, bounded for `make test`; a soak sets thousands).
+`FUZZ_EXAMPLES` sets how many random records join the fixed hostile cases (60 under
+`make test`; a soak sets thousands); `FUZZ_SEED` picks another stream of them.
 """
 
 from __future__ import annotations
@@ -38,13 +38,11 @@ from wakeline.processors.runner import postgres_store_factory
 from wakeline.processors.samples import frames, intent, result
 from wakeline.schemas import decode_event
 
+from .conftest import examples
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MAX_RECORD = 200_000  # the worker's derived-record limit in this test
-
-
-def examples(default: int = 60) -> int:
-    return int(os.environ.get("WAKELINE_FUZZ_EXAMPLES") or default)
 
 
 @pytest.fixture
@@ -116,7 +114,7 @@ def test_hostile_records_never_stop_the_ledger_or_lose_an_audit_record(
     fresh_kafka: KafkaSettings, fresh_dsn: str, tmp_path: Path
 ) -> None:
     kafka = fresh_kafka
-    sent = hostile_records(examples(), seed=int(os.environ.get("WAKELINE_FUZZ_SEED", "8")))
+    sent = hostile_records(examples(60), seed=int(os.environ.get("FUZZ_SEED", "8")))
     p = Producer(
         kafka.client_config(**{"enable.idempotence": True, "message.max.bytes": 2_000_000})
     )

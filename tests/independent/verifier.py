@@ -492,6 +492,29 @@ def _b64(s: str) -> bytes:
     return base64.b64decode(s, validate=True)
 
 
+def body_event_id(value: bytes | None) -> str | None:
+    """The first field of an event frame's Avro body (`event_id`, a string), or None."""
+    if value is None or value[:2] != b"\xc3\x01":
+        return None
+    pos, shift, n = 10, 0, 0
+    while pos < len(value):
+        byte = value[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            break
+    else:
+        return None
+    length = (n >> 1) ^ -(n & 1)
+    if length < 0 or pos + length > len(value):
+        return None
+    try:
+        return value[pos : pos + length].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def check_event_proof(doc: dict, vkeys: list[str]) -> Result:
     try:
         if doc.get("format") != "wakeline-proof/v1":
@@ -506,9 +529,8 @@ def check_event_proof(doc: dict, vkeys: list[str]) -> Result:
         size, root, _ = head
         leaf = _b64(doc["leaf"])
         rec = parse_leaf(leaf)
-        ids = [v for n, v in rec["headers"] if n == "ce_id"]
-        if ids != [doc["event_id"].encode()]:
-            raise Problem("leaf's ce_id is not the event id")
+        if body_event_id(rec["value"]) != doc["event_id"]:
+            raise Problem("the event id in the leaf's value is not the proof's event_id")
         if rec["partition"] != doc["partition"] or rec["offset"] != doc["offset"]:
             raise Problem("leaf partition/offset differ from the document")
         lh = leaf_hash(suite, leaf)
