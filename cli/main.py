@@ -155,14 +155,19 @@ def init(as_json: bool) -> None:
 @cli.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(as_json: bool) -> None:
-    """Check Java, Maven, broker, database, topics and schema version."""
+    """Check Java, Maven, broker, database, topics, schema version and ledger progress
+    (`stalled` when records older than WAKELINE_STALL_AFTER_S are not ledgered)."""
     from wakeline.infra.doctor import run_checks
     from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
+    from wakeline.processors.settings import BuilderSettings
 
     checks = run_guarded(
         lambda: run_checks(
-            StackSettings.from_env(), KafkaSettings.from_env(), DatabaseSettings.from_env()
-        )
+            StackSettings.from_env(),
+            KafkaSettings.from_env(),
+            DatabaseSettings.from_env(),
+            stall_after_s=BuilderSettings.from_env().stall_after_s,
+        )  # fmt: skip
     )
     if as_json:
         emit_json([c.__dict__ for c in checks])
@@ -172,6 +177,8 @@ def doctor(as_json: bool) -> None:
             table.add_column(col)
         for c in checks:
             mark = "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            if c.state:
+                mark = f"[green]{c.state}[/]" if c.ok else f"[red]{c.state}[/]"
             table.add_row(c.name, mark, c.detail, "" if c.ok else c.fix)
         console.print(table)
     if not all(c.ok for c in checks):

@@ -16,10 +16,17 @@ class Check:
     ok: bool
     detail: str
     fix: str = ""
+    #: a word for the state when "ok"/"FAIL" says too little (the ledger: up to date,
+    #: behind, stalled)
+    state: str = ""
 
 
 def run_checks(
-    stack_settings: StackSettings, kafka: KafkaSettings, database: DatabaseSettings
+    stack_settings: StackSettings,
+    kafka: KafkaSettings,
+    database: DatabaseSettings,
+    *,
+    stall_after_s: float = 60.0,
 ) -> list[Check]:
     checks: list[Check] = []
     if not kafka.external:
@@ -73,4 +80,45 @@ def run_checks(
     except WakelineError as e:
         fix = "check WAKELINE_DSN" if database.external else "run `wakeline stack up`"
         checks.append(Check("database", False, str(e).splitlines()[0], fix))
+        return checks
+    checks.append(ledger_progress(kafka, database.dsn, stall_after_s))
     return checks
+
+
+def ledger_progress(kafka: KafkaSettings, dsn: str, stall_after_s: float) -> Check:
+    """Whether the ledger keeps up with the events topic: `stalled` when a partition holds
+    records older than `stall_after_s` that are not ledgered (a stuck or stopped builder),
+    `behind` when it only lags."""
+    from wakeline.infra.kafka_source import unledgered_tails
+    from wakeline.ledger.store_postgres import PostgresLedgerStore
+
+    fix = (
+        "is `wakeline worker` running? its log says why at error level ('partition "
+        "stalled'); `ledger-verify` reports the same records as incomplete"
+    )
+    try:
+        with PostgresLedgerStore(dsn, connect_timeout=5) as store:
+            last = {
+                p: seg[0].last_offset for p in store.partitions() if (seg := store.last_segment(p))
+            }
+        tails = unledgered_tails(kafka, last, timeout=5)
+    except Exception as e:  # the broker or the database answered above; say what failed
+        return Check("ledger", False, f"progress unknown: {e}", fix, "unknown")
+    stalled = [t for t in tails if (t.age_s() or 0) > stall_after_s]
+    if stalled:
+        worst = max(stalled, key=lambda t: t.age_s() or 0)
+        parts = ", ".join(str(t.partition) for t in stalled)
+        return Check(
+            "ledger",
+            False,
+            f"stalled: partition(s) {parts} hold records not ledgered after "
+            f"{stall_after_s:.0f} s (partition {worst.partition}: {worst.count} records from "
+            f"offset {worst.first_offset}, the oldest {worst.age_s():.0f} s old)",
+            fix,
+            "stalled",
+        )
+    if tails:
+        total = sum(t.count for t in tails)
+        detail = f"{total} records not yet ledgered (catching up)"
+        return Check("ledger", True, detail, state="behind")
+    return Check("ledger", True, "every record of the events topic is ledgered", state="up to date")

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from wakeline.errors import StackError, WakelineError
@@ -138,6 +139,45 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(frozen=True)
+class Tail:
+    """Records of an events partition after its last ledgered offset."""
+
+    partition: int
+    first_offset: int
+    #: high watermark - first offset (transaction markers count too: an upper bound)
+    count: int
+    #: broker timestamp of the first of them (None when the broker gave none)
+    timestamp_ms: int | None
+
+    def age_s(self, now_ms: int | None = None) -> float | None:
+        if self.timestamp_ms is None:
+            return None
+        return ((now_ms if now_ms is not None else _now_ms()) - self.timestamp_ms) / 1000
+
+
+def unledgered_tails(
+    settings: KafkaSettings, last_offsets: dict[int, int], *, timeout: float = 5
+) -> list[Tail]:
+    """Per events partition, the records after its last ledgered offset (`last_offsets`;
+    a partition absent from it has none). Raises when the broker cannot be read."""
+    topic = settings.topics.events
+    consumer = _consumer(settings)
+    try:
+        out = []
+        for p in _partitions(consumer, topic, timeout):
+            low, high = consumer.get_watermark_offsets(_tp(topic, p), timeout=timeout)
+            start = max(low, last_offsets.get(p, -1) + 1)
+            if start >= high:
+                continue
+            first = _first(consumer, topic, p, start, high, timeout)
+            if first is not None:
+                out.append(Tail(p, first.offset(), high - first.offset(), _timestamp(first)))
+        return out
+    finally:
+        consumer.close()
+
+
 def check_tail(
     v: LedgerVerifier,
     settings: KafkaSettings,
@@ -146,33 +186,20 @@ def check_tail(
     stale_after_s: float = DEFAULT_STALE_AFTER_S,
     timeout: float = 5,
 ) -> None:
-    """Report, per events partition, the records after its last ledgered offset
-    (`last_offsets`; a partition absent from it has none): `tail.stale` (incomplete) when
-    the first is older than `stale_after_s`, else `tail.behind` (a warning). When the broker
-    cannot be read, a `tail.unchecked` warning says so."""
-    topic = settings.topics.events
+    """Report, per events partition, the records after its last ledgered offset:
+    `tail.stale` (incomplete) when the first is older than `stale_after_s`, else
+    `tail.behind` (a warning). When the broker cannot be read, a `tail.unchecked` warning
+    says so."""
     try:
-        consumer = _consumer(settings)
-    except Exception as e:  # a bad client configuration
-        v.tail_unchecked(f"{topic}: {e}")
+        tails = unledgered_tails(settings, last_offsets, timeout=timeout)
+    except Exception as e:  # KafkaException, StackError, a bad client configuration
+        v.tail_unchecked(f"{settings.topics.events} is not readable: {e}")
         return
-    try:
-        for p in _partitions(consumer, topic, timeout):
-            low, high = consumer.get_watermark_offsets(_tp(topic, p), timeout=timeout)
-            start = max(low, last_offsets.get(p, -1) + 1)
-            if start >= high:
-                continue
-            first = _first(consumer, topic, p, start, high, timeout)
-            if first is None:
-                continue
-            v.add_tail(
-                p, first.offset(), high - first.offset(), _timestamp(first),
-                now_ms=_now_ms(), stale_after_ms=int(stale_after_s * 1000),
-            )  # fmt: skip
-    except Exception as e:  # KafkaException, StackError: the broker is not there
-        v.tail_unchecked(f"{topic} is not readable: {e}")
-    finally:
-        consumer.close()
+    for t in tails:
+        v.add_tail(
+            t.partition, t.first_offset, t.count, t.timestamp_ms,
+            now_ms=_now_ms(), stale_after_ms=int(stale_after_s * 1000),
+        )  # fmt: skip
 
 
 def verify_from_kafka(

@@ -30,9 +30,11 @@ from wakeline.errors import ConfigError, WakelineError
 from wakeline.infra.settings import KafkaSettings
 from wakeline.ledger.checkpoints import Signer
 from wakeline.ledger.store import LedgerStore
+from wakeline.schemas import default_codec
 
 from .auditor import Auditor, AuditProcessor
 from .checkpointing import sign_checkpoint
+from .schema_sync import WorkerSchemaResolver
 from .service import LedgerBuilderService
 from .settings import BuilderSettings
 from .stream import KafkaRunner, RunnerSettings
@@ -93,6 +95,8 @@ def create_worker(
         runners.append(builder)
     if settings.audit:
         runners.append(audit_runner(kafka, settings, store_factory))
+        # frames written with schemas agents published on the schemas topic decode too
+        default_codec().resolver = WorkerSchemaResolver(kafka, dsn)
     lock = asyncio.Lock()
     stop_hooks: list[Callable[[], None]] = []
 

@@ -397,8 +397,10 @@ class KafkaRunner:
             )  # fmt: skip
 
         retrying = Retrying(
-            wait=wait_exponential_jitter(
-                initial=self.settings.backoff_initial_s, max=self.settings.backoff_max_s
+            wait=wait_exponential_jitter(  # jitter is absolute in tenacity: scale it too
+                multiplier=self.settings.backoff_initial_s,
+                jitter=self.settings.backoff_initial_s,
+                max=self.settings.backoff_max_s,
             ),
             retry=retry_if_exception(lambda e: not self._stop.is_set()),
             stop=lambda state: self._stop.is_set(),

@@ -264,7 +264,9 @@ class PostgresSchemaResolver:
             log.warning("schema lookup failed fingerprint=%s error=%s", fingerprint.hex(), e)
             row = None
         info = _verified(fingerprint, row[1], "postgres") if row else None
-        if info is None:
+        if info is None and self._retry_after > 0:
             with self._lock:
+                if len(self._misses) >= 10_000:  # hostile input: random fingerprints
+                    self._misses.clear()
                 self._misses[fingerprint] = now
         return info
