@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import threading
 import time as _time
 from collections.abc import Callable, Mapping
@@ -125,6 +126,34 @@ def _strip_logical_types(node: Any) -> Any:
     return node
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_names(node: Any) -> None:
+    """Every name, namespace, field name and enum symbol must be what the Avro spec allows
+    (`[A-Za-z_][A-Za-z0-9_]*`, dot-separated for full names): fastavro takes any string,
+    and a schema read from a topic must not smuggle a NUL or worse into the registry."""
+    if isinstance(node, list):
+        for item in node:
+            _check_names(item)
+        return
+    if not isinstance(node, dict):
+        return
+    for key in ("name", "namespace"):
+        value = node.get(key)
+        if value is None or (key == "namespace" and value == ""):
+            continue
+        parts = value.split(".") if isinstance(value, str) else [value]
+        if not all(isinstance(p, str) and _NAME.fullmatch(p) for p in parts):
+            raise SchemaError(f"schema {key} {value!r} is not a valid Avro name")
+    for symbol in node.get("symbols", ()) if node.get("type") == "enum" else ():
+        if not isinstance(symbol, str) or not _NAME.fullmatch(symbol):
+            raise SchemaError(f"enum symbol {symbol!r} is not a valid Avro name")
+    for key in ("type", "fields", "items", "values"):
+        if key in node and not isinstance(node[key], str):
+            _check_names(node[key])
+
+
 @dataclass(frozen=True)
 class SchemaInfo:
     """One writer schema as the registry knows it."""
@@ -143,6 +172,7 @@ class SchemaInfo:
             if not isinstance(raw, dict) or raw.get("type") != "record":
                 got = raw.get("type") if isinstance(raw, dict) else type(raw).__name__
                 raise SchemaError(f"schema is {got!r}, want an Avro record")
+            _check_names(raw)
             canonical = to_parsing_canonical_form(parse_schema(raw, named_schemas={}))
             parsed = parse_schema(_strip_logical_types(raw), named_schemas={})
         except SchemaError:
