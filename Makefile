@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 WL     := $(BIN)/wakeline
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo up down status init bench lint clean unit
+.PHONY: test demo up down status init bench lint clean unit soak
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
@@ -33,6 +33,14 @@ test: $(STAMP)
 	$(WL) stack up
 	$(WL) init
 	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; $(WL) stack down; exit $$status
+
+# Longer fuzzing than `make test` runs (FUZZ_EXAMPLES per property; FUZZ_SEED for another
+# stream of hostile records), then the crash tests again.
+SOAK_EXAMPLES ?= 5000
+soak: $(STAMP)
+	$(WL) stack up
+	$(WL) init
+	status=0; FUZZ_EXAMPLES=$(SOAK_EXAMPLES) $(BIN)/pytest tests/fuzz tests/integration/test_crash_restart.py $(PYTEST_ARGS) || status=$$?; $(WL) stack down; exit $$status
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)

@@ -7,8 +7,10 @@ on a partition serialise and the loser sees a duplicate or a conflict. Driver er
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 import psycopg
 
@@ -20,9 +22,20 @@ from .hashing import HASH_SIZE
 from .segments import SegmentHeader
 from .store import MAX_LOOKUP_KEY, Entry, LedgerStore, check_append, check_checkpoint
 
+log = logging.getLogger(__name__)
+
 _LOCK = 0x57414B4C  # "WAKL": advisory lock class for ledger appends
 _CHECKPOINT_LOCK = -1  # second key for the checkpoint chain
 _PAGE = 5000
+
+#: errors caused by what a value holds (PostgreSQL class 22 "data exception", 54 "program
+#: limit exceeded" such as an index entry too large, a CHECK on a key's size), as opposed to
+#: a lost connection or a conflict
+_CONTENT_ERRORS = (
+    psycopg.errors.DataError,
+    psycopg.errors.ProgramLimitExceeded,
+    psycopg.errors.CheckViolation,
+)
 
 _ENTRY_COLUMNS = "partition, leaf_index, kafka_offset, leaf_hash, leaf, event_id, workflow_id"
 
@@ -69,6 +82,27 @@ class PostgresLedgerStore(LedgerStore):
         frontier: Sequence[bytes],
         *,
         hashed_by_caller: bool = False,
+    ) -> bool:
+        try:
+            return self._append(header, entries, frontier, hashed_by_caller)
+        except StoreError as e:
+            if not isinstance(e.__cause__, _CONTENT_ERRORS):
+                raise
+            # What a record carries must never stop the ledger: store the segment again
+            # without its lookup keys (the leaves keep every byte), and say so loudly.
+            log.error(
+                "segment stored without lookup keys partition=%d segment=%d reason=%s",
+                header.partition, header.segment_number, e.__cause__,
+            )  # fmt: skip
+            bare = [replace(x, event_id=None, key=None) for x in entries]
+            return self._append(header, bare, frontier, hashed_by_caller)
+
+    def _append(
+        self,
+        header: SegmentHeader,
+        entries: Sequence[Entry],
+        frontier: Sequence[bytes],
+        hashed_by_caller: bool,
     ) -> bool:
         p = header.partition
         raw = header.to_bytes()

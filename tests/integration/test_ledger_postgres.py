@@ -200,3 +200,27 @@ def test_cli_checkpoint_verify_export_and_proof_against_postgres(fresh_dsn, tmp_
 
     res = run(ledger_verify_main, ["--dsn", "postgresql://nobody@/nowhere?host=/nonexistent"])
     assert res.exit_code == 12
+
+
+def test_a_segment_whose_lookup_keys_postgresql_refuses_is_stored_without_them(
+    fresh_dsn: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a record holds, its segment is stored: keys the database refuses (here one
+    past the indexed size: the store's own cap is lifted so PostgreSQL's CHECK refuses it)
+    are dropped, the leaves keep every byte, and the log says so at error level."""
+    from dataclasses import replace
+
+    from wakeline.ledger import store_postgres
+    from wakeline.ledger.store import Entry
+
+    monkeypatch.setattr(store_postgres, "MAX_LOOKUP_KEY", 1 << 20)
+    with PostgresLedgerStore(fresh_dsn) as store:
+        header, entries, frontier = seal(store, PartitionChain(BLAKE3, 0), [0, 1])
+        entries = [replace(entries[0], key=b"k" * 5000)] + list(entries[1:])
+        assert isinstance(entries[0], Entry)
+        with caplog.at_level("ERROR", logger="wakeline.ledger.store_postgres"):
+            assert store.append_segment(header, entries, frontier)
+        stored = list(store.entries(0))
+        assert [e.leaf for e in stored] == [e.leaf for e in entries]
+        assert all(e.key is None and e.event_id is None for e in stored)
+        assert "stored without lookup keys" in caplog.text
