@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,8 +113,9 @@ def _header_findings(record: LedgerRecord, event: dict[str, Any]) -> list[str]:
         ("ce_type", ce_type(event["type"])),
         ("ce_subject", event["workflow_id"]),
     )
+    headers = dict(reversed(record.headers))  # the first of a repeated name, as header() does
     for name, body in want:
-        raw = record.header(name)
+        raw = headers.get(name)
         if raw is None:
             found.append(f"no {name} header")
         elif raw != body.encode("utf-8", "surrogatepass"):
@@ -195,9 +196,10 @@ class Auditor:
 
     def outputs(
         self, header: SegmentHeader, entries: Sequence[Entry], at_us: int | None = None
-    ) -> list[Output]:
-        """Audit (and DLQ) records for `entries` of the segment `header`, in leaf order.
-        Each audit record's tag is (record, leaf hash), for a DLQ record if it is refused."""
+    ) -> Iterator[Output]:
+        """Audit (and DLQ) records for `entries` of the segment `header`, in leaf order,
+        made as they are produced (a segment holds up to tens of thousands). Each audit
+        record's tag is (record, leaf hash), for a DLQ record if it is refused."""
         at_us = at_us if at_us is not None else header.max_timestamp * 1000
         fixed = {
             "topic": self.events_topic,
@@ -210,12 +212,11 @@ class Auditor:
         ce_time = ("ce_time", rfc3339_micros(at_us).encode())
         ce_prefix = f"{self.events_topic}/{header.partition}/"
         limit = self.max_record_bytes
-        out: list[Output] = []
         for entry in entries:
             r = entry.record()
             event, error = decode_record(r)
             if error is not None:
-                out.append(self._dead_letter(r, error, entry.leaf_hash))
+                yield self._dead_letter(r, error, entry.leaf_hash)
             record = self.audit_record(r, event, error, fixed, entry.leaf_index, entry.leaf_hash)
             value, key = encode_audit(record), r.key
             subject = record["workflow_id"] or ""
@@ -224,7 +225,7 @@ class Auditor:
                     value, key, headers = fit_audit_record(record, key, limit)
                 except SchemaError as e:
                     reason = f"audit record cannot be produced: {e}"
-                    out.append(self._dead_letter(r, reason, entry.leaf_hash))
+                    yield self._dead_letter(r, reason, entry.leaf_hash)
                     continue
             else:
                 headers = [
@@ -233,8 +234,7 @@ class Auditor:
                     ce_time,
                     ("ce_subject", subject.encode()),
                 ]
-            out.append(Output(self.audit_topic, value, key, headers, tag=(r, entry.leaf_hash)))
-        return out
+            yield Output(self.audit_topic, value, key, headers, tag=(r, entry.leaf_hash))
 
     def _lookup(self, intent_id: str) -> IntentMemo | None:
         memo = self.intents.get(intent_id)

@@ -34,14 +34,15 @@ after them):
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from itertools import chain
+from typing import Any, NamedTuple, Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
@@ -59,10 +60,10 @@ class PublishError(WakelineError):
     """The broker did not acknowledge what a processor produced."""
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
     """A record a processor wants produced. `tag` is the processor's own handle on it,
-    handed back if the broker refuses the record."""
+    handed back if the broker refuses the record. (A NamedTuple: the audit publisher makes
+    one per ledgered record, and a tuple is the cheapest object to make.)"""
 
     topic: str
     value: bytes | None
@@ -78,7 +79,8 @@ class Applied:
     (input partition -> next offset)."""
 
     work: Any
-    outputs: list[Output] = field(default_factory=list)
+    #: a list, or a generator that makes them while they are produced
+    outputs: Iterable[Output] = field(default_factory=list)
     commit: dict[int, int] = field(default_factory=dict)
 
 
@@ -139,7 +141,7 @@ PERMANENT_ERRORS = frozenset(
 
 
 def deliver(
-    producer: Any, outputs: Sequence[Output], timeout: float = 60
+    producer: Any, outputs: Iterable[Output], timeout: float = 60
 ) -> list[tuple[Output, str]]:
     """Produce `outputs`, wait for the broker; return those it refused for good, with why.
 
@@ -158,13 +160,20 @@ def deliver(
         else:
             transient.append(f"{out.topic}: {err}")
 
+    produce = producer.produce
     for out in outputs:
-        kwargs: dict[str, Any] = {"value": out.value, "key": out.key, "headers": list(out.headers)}
-        if out.partition is not None:
-            kwargs["partition"] = out.partition
+        topic, value, key, headers, partition, _ = out
+        if type(headers) is not list:
+            headers = list(headers)
         while True:
             try:
-                producer.produce(out.topic, on_delivery=functools.partial(failed, out), **kwargs)
+                if partition is None:
+                    produce(topic, value, key, on_delivery=partial(failed, out), headers=headers)
+                else:
+                    produce(
+                        topic, value, key, partition, on_delivery=partial(failed, out),
+                        headers=headers,
+                    )  # fmt: skip
                 break
             except BufferError:  # the local queue is full: let it drain
                 producer.poll(0.1)
@@ -510,8 +519,8 @@ class KafkaRunner:
 
     def _sink(self, works: list[Any]) -> None:
         applied = self.processor.apply(works)
-        outputs = [o for a in applied for o in a.outputs]
-        refused = deliver(self.producer, outputs) if outputs else []
+        # outputs may be generators: made while they are produced, never all held at once
+        refused = deliver(self.producer, chain.from_iterable(a.outputs for a in applied))
         extra = self.processor.delivered(applied, refused)
         if extra:
             still = deliver(self.producer, extra)
@@ -631,9 +640,8 @@ class MemoryRunner:
 
     def _sink(self, works: list[Any]) -> None:
         applied = self.processor.apply(works)
-        outputs = [o for a in applied for o in a.outputs]
         refused = []
-        for o in outputs:
+        for o in chain.from_iterable(a.outputs for a in applied):
             why = self.refuse(o) if self.refuse else None
             if why is None:
                 self.outputs.append(o)
