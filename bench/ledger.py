@@ -35,8 +35,8 @@ from psycopg import conninfo
 
 from wakeline.infra import db, topics
 from wakeline.infra.settings import DatabaseSettings, KafkaSettings, Topics
-from wakeline.processors.harness import start_worker, stop_worker
-from wakeline.processors.samples import frames, traffic
+from wakeline.testkit.harness import start_worker, stop_worker
+from wakeline.testkit.samples import frames, traffic
 
 WORKER_ARGS: tuple[str, ...] = ("--checkpoint-interval-s", "0")
 

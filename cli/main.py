@@ -62,7 +62,7 @@ def stack() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stack_up(as_json: bool) -> None:
     """Start the local broker and database (no-op for what already runs)."""
-    from wakeline.infra import stack as local
+    from wakeline.devstack import stack as local
     from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
 
     def go() -> dict:
@@ -94,7 +94,7 @@ def stack_up(as_json: bool) -> None:
 @stack.command("down")
 def stack_down() -> None:
     """Stop the local broker and database."""
-    from wakeline.infra import stack as local
+    from wakeline.devstack import stack as local
     from wakeline.infra.settings import StackSettings
 
     stopped = run_guarded(lambda: local.down(StackSettings.from_env()))
@@ -106,7 +106,7 @@ def stack_down() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def stack_status(as_json: bool) -> None:
     """Versions, addresses and pids of the local stack."""
-    from wakeline.infra import stack as local
+    from wakeline.devstack import stack as local
     from wakeline.infra.settings import StackSettings
 
     report = run_guarded(lambda: local.status(StackSettings.from_env()))
@@ -157,7 +157,7 @@ def init(as_json: bool) -> None:
 def doctor(as_json: bool) -> None:
     """Check Java, Maven, broker, database, topics, schema version and ledger progress
     (`stalled` when records older than WAKELINE_STALL_AFTER_S are not ledgered)."""
-    from wakeline.infra.doctor import run_checks
+    from wakeline.devstack.doctor import run_checks
     from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
     from wakeline.processors.settings import BuilderSettings
 

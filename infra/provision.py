@@ -18,7 +18,7 @@ def initialise(kafka: KafkaSettings, database: DatabaseSettings) -> dict:
         "schemas_published": None,
     }
     try:
-        from wakeline.producers.schema_registry import publish_schemas
+        from wakeline.infra.schema_registry import publish_schemas
     except ImportError:
         return report
     report["schemas_published"] = publish_schemas(kafka, database.dsn)

@@ -20,12 +20,12 @@ import threading
 import time
 from collections.abc import Iterable
 
-from wakeline.infra.settings import KafkaSettings
-from wakeline.producers.schema_registry import (
+from wakeline.infra.schema_registry import (
     _verified,
     load_schemas_from_kafka,
     publish_to_postgres,
 )
+from wakeline.infra.settings import KafkaSettings
 from wakeline.schemas import SchemaInfo
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class WorkerSchemaResolver:
     ``default_codec().resolver = WorkerSchemaResolver(kafka, dsn)``."""
 
     def __init__(self, kafka: KafkaSettings, dsn: str, *, sync_every: float = 30.0) -> None:
-        from wakeline.producers.schema_registry import PostgresSchemaResolver
+        from wakeline.infra.schema_registry import PostgresSchemaResolver
 
         self._kafka = kafka
         self._dsn = dsn

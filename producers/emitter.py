@@ -173,7 +173,7 @@ def _publish_schemas(kafka: KafkaSettings) -> None:
     any consumer can decode what this process emits (the worker copies them into PostgreSQL:
     an agent needs Kafka only). Idempotent: a fingerprint names one schema forever."""
     try:
-        from wakeline.producers.schema_registry import publish_to_kafka
+        from wakeline.infra.schema_registry import publish_to_kafka
         from wakeline.schemas import default_codec
 
         publish_to_kafka(kafka, default_codec().current().values(), timeout=60)

@@ -19,8 +19,9 @@ import psycopg
 import pytest
 from psycopg import conninfo
 
+from wakeline.devstack import stack
 from wakeline.errors import WakelineError
-from wakeline.infra import db, stack, topics
+from wakeline.infra import db, topics
 from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings, Topics
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,9 @@ from confluent_kafka import Producer
 from wakeline.infra import topics
 from wakeline.infra.settings import KafkaSettings, Topics
 from wakeline.processors.audit import decode_audit, record_size
-from wakeline.processors.harness import (
+from wakeline.processors.runner import postgres_store_factory
+from wakeline.schemas import decode_event
+from wakeline.testkit.harness import (
     check_against_topic,
     ledger_size,
     read_topic,
@@ -34,9 +36,7 @@ from wakeline.processors.harness import (
     stop_worker,
     wait_for_ledger,
 )
-from wakeline.processors.runner import postgres_store_factory
-from wakeline.processors.samples import frames, intent, result
-from wakeline.schemas import decode_event
+from wakeline.testkit.samples import frames, intent, result
 
 from .conftest import examples
 

@@ -19,22 +19,23 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from wakeline.infra import stack, topics
+from wakeline.devstack import stack
+from wakeline.infra import topics
 from wakeline.infra.kafka_source import verify_from_kafka
 from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings, Topics
 from wakeline.ledger.checkpoints import generate_signer
 from wakeline.ledger.segments import SegmentHeader
 from wakeline.processors.audit import decode_audit
 from wakeline.processors.checkpointing import sign_checkpoint
-from wakeline.processors.harness import (
+from wakeline.processors.runner import postgres_store_factory
+from wakeline.testkit.harness import (
     check_against_topic,
     read_topic,
     start_worker,
     stop_worker,
     wait_for_ledger,
 )
-from wakeline.processors.runner import postgres_store_factory
-from wakeline.processors.samples import frames, traffic
+from wakeline.testkit.samples import frames, traffic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -22,15 +22,15 @@ from wakeline.ledger.checkpoints import generate_signer
 from wakeline.ledger.segments import SegmentHeader
 from wakeline.ledger.sources import verify_store
 from wakeline.processors.checkpointing import sign_checkpoint
-from wakeline.processors.harness import (
+from wakeline.processors.runner import postgres_store_factory
+from wakeline.testkit.harness import (
     check_against_topic,
     read_topic,
     start_worker,
     stop_worker,
     wait_for_ledger,
 )
-from wakeline.processors.runner import postgres_store_factory
-from wakeline.processors.samples import frames, traffic
+from wakeline.testkit.samples import frames, traffic
 
 pytestmark = pytest.mark.integration
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from wakeline.infra.settings import KafkaSettings
-from wakeline.producers.schema_registry import (
+from wakeline.infra.schema_registry import (
     PostgresSchemaResolver,
     learn_schemas,
     load_schemas_from_kafka,
     load_schemas_from_postgres,
     publish_schemas,
 )
+from wakeline.infra.settings import KafkaSettings
 from wakeline.schemas import (
     EVENT_TYPES,
     Codec,
@@ -141,8 +141,8 @@ def test_the_worker_copies_schemas_from_the_topic_into_postgres(
     PostgreSQL, skipping a record whose schema does not hash to its key."""
     from confluent_kafka import Producer
 
+    from wakeline.infra.schema_registry import publish_to_kafka
     from wakeline.processors.schema_sync import store_schema_records, sync_schemas
-    from wakeline.producers.schema_registry import publish_to_kafka
 
     infos = list(packaged_avsc())
     publish_to_kafka(kafka, infos)

@@ -332,7 +332,8 @@ def _free_port() -> int:
 def private_broker(local_stack, tmp_path):
     """A broker of our own (same jars, other ports and state dir), so this test can kill and
     restart it without disturbing the shared stack."""
-    from wakeline.infra import stack, topics
+    from wakeline.devstack import stack
+    from wakeline.infra import topics
     from wakeline.infra.settings import StackSettings, Topics
 
     shared_libs = local_stack.kafka_dir / "libs"
@@ -373,7 +374,7 @@ def test_broker_killed_mid_run_every_event_arrives_once_in_order(
     """Calls keep going while the broker is SIGKILLed and restarted: strict calls proceed
     once their intent is in the spool, and afterwards every event is on the topic, in each
     workflow's order; duplicates (an unacknowledged send that did land) share an event id."""
-    from wakeline.infra import stack
+    from wakeline.devstack import stack
 
     own, kafka = private_broker
     em = Emitter(

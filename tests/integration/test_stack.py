@@ -14,7 +14,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from wakeline.infra import db, stack
+from wakeline.devstack import stack
+from wakeline.infra import db
 from wakeline.infra.settings import KafkaSettings, StackSettings
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from wakeline.infra import stack
+from wakeline.devstack import stack
 from wakeline.infra.settings import KafkaSettings, StackSettings
 
 pytestmark = pytest.mark.integration

@@ -12,14 +12,14 @@ from dataclasses import replace
 import pytest
 from confluent_kafka import Producer
 
+from wakeline.devstack.doctor import ledger_progress
 from wakeline.errors import StoreError
 from wakeline.infra import topics
-from wakeline.infra.doctor import ledger_progress
 from wakeline.infra.settings import KafkaSettings, Topics
 from wakeline.ledger.store_postgres import PostgresLedgerStore
-from wakeline.processors.samples import frames, traffic
 from wakeline.processors.service import LedgerBuilderService
 from wakeline.processors.settings import BuilderSettings
+from wakeline.testkit.samples import frames, traffic
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from wakeline.devstack import stack
 from wakeline.errors import ConfigError
-from wakeline.infra import stack
 from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
 
 

@@ -14,7 +14,7 @@ from wakeline.ledger.store_memory import MemoryLedgerStore
 from wakeline.processors.audit import decode_audit, record_size
 from wakeline.processors.auditor import Auditor
 from wakeline.processors.builder import LedgerBuilder
-from wakeline.processors.samples import frames, intent
+from wakeline.testkit.samples import frames, intent
 
 LIMIT = 50_000
 

@@ -10,7 +10,7 @@ from wakeline.ledger.merkle import root_of
 from wakeline.ledger.records import LedgerRecord, leaf_bytes
 from wakeline.ledger.store_memory import MemoryLedgerStore
 from wakeline.processors.builder import FROM_BEGINNING, LedgerBuilder, LedgerDivergence
-from wakeline.processors.samples import frames, traffic
+from wakeline.testkit.samples import frames, traffic
 
 
 class Clock:

@@ -11,10 +11,10 @@ from wakeline.ledger.records import LedgerRecord
 from wakeline.ledger.segments import SegmentHeader
 from wakeline.ledger.store_memory import MemoryLedgerStore
 from wakeline.processors.auditor import Auditor, AuditProcessor
-from wakeline.processors.samples import frames, intent, result
 from wakeline.processors.service import LedgerProcessor
 from wakeline.processors.settings import BuilderSettings
 from wakeline.processors.stream import FROM_BEGINNING, MemoryRunner, PublishError
+from wakeline.testkit.samples import frames, intent, result
 
 
 class FakeLog:

@@ -16,8 +16,8 @@ from wakeline.ledger.store_memory import MemoryLedgerStore
 from wakeline.processors.audit import AUDIT_SCHEMA, decode_audit, encode_audit
 from wakeline.processors.auditor import Auditor
 from wakeline.processors.builder import LedgerBuilder
-from wakeline.processors.samples import frames, intent, result
 from wakeline.processors.summary import describe_args, intent_memo, summarize
+from wakeline.testkit.samples import frames, intent, result
 
 AVSC = Path(__file__).resolve().parents[3] / "schemas" / "AuditRecord.avsc"
 

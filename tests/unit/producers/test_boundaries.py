@@ -31,7 +31,7 @@ def test_an_agent_needs_kafka_only_no_psycopg_no_faust():
         "from pathlib import Path\n"
         "import wakeline.producers as p\n"
         "from wakeline.infra.settings import KafkaSettings, Topics\n"
-        "from wakeline.producers.schema_registry import publish_to_kafka\n"
+        "from wakeline.infra.schema_registry import publish_to_kafka\n"
         "kafka = KafkaSettings(bootstrap='127.0.0.1:1', topics=Topics('b.'))\n"
         "with tempfile.TemporaryDirectory() as tmp:\n"
         "    em = p.Emitter(kafka, spool_dir=Path(tmp), spool_only=True, publish_schemas=False,\n"

@@ -133,9 +133,9 @@ def run_demo(kafka: KafkaSettings, database: DatabaseSettings, *, console: Conso
     from wakeline.ledger.sources import verify_bundle, verify_store
     from wakeline.ledger.store_postgres import PostgresLedgerStore
     from wakeline.processors.checkpointing import load_signer, signing_key_path
-    from wakeline.processors.harness import start_worker, stop_worker
     from wakeline.processors.tail import format_line
     from wakeline.schemas import decode_event
+    from wakeline.testkit.harness import start_worker, stop_worker
 
     home = StackSettings.from_env().home
     out_dir = home / "demo"

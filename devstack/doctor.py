@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
+from wakeline.devstack import stack
 from wakeline.errors import WakelineError
-from wakeline.infra import db, stack, topics
+from wakeline.infra import db, topics
 from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
 
 

@@ -144,7 +144,7 @@ def _stop_pid(pid: int, timeout: float = 30.0) -> None:
 
 
 def _pom_text() -> str:
-    return (resources.files("wakeline.infra") / "pom.xml").read_text()
+    return (resources.files("wakeline.devstack") / "pom.xml").read_text()
 
 
 def kafka_version_pinned() -> str:
