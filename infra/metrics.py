@@ -155,32 +155,32 @@ class PrometheusMetrics(Metrics):
 
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
-        self._counters: dict[str, Any] = {}
-        #: (spec name, labels) -> the counter's child: one dict lookup per `inc`
-        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
-        self._sources: list[Callable[[], Iterable[Sample]]] = []
+        #: counters bumped by `inc`: (spec name, labels) -> value, exported on scrape. A dict
+        #: under a lock costs a third of what prometheus-client's `Counter.inc` does
+        #: (docs/decisions.md), and `inc` is on the SDK's per-call path
+        self._counts: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._specs: dict[str, Spec] = {}
+        self._sources: list[Callable[[], Iterable[Sample]]] = [self._counted]
         self._server: Any = None
         self.registry.register(_Sources(self._sources))
 
     def inc(self, spec: Spec, *labels: str, amount: float = 1.0) -> None:
-        child = self._children.get((spec.name, labels))
-        if child is None:
-            child = self._child(spec, labels)
-        child.inc(amount)
-
-    def _child(self, spec: Spec, labels: tuple[str, ...]) -> Any:
-        from prometheus_client import Counter
-
-        if spec.kind != "counter" or len(labels) != len(spec.labels):
-            raise ValueError(f"{spec.name}: inc() wants a counter and labels {spec.labels}")
+        key = (spec.name, labels)
         with self._lock:
-            counter = self._counters.get(spec.name)
-            if counter is None:
-                counter = Counter(spec.name, spec.doc, spec.labels, registry=self.registry)
-                self._counters[spec.name] = counter
-            child = counter.labels(*labels) if labels else counter
-            self._children[(spec.name, labels)] = child
-            return child
+            value = self._counts.get(key)
+            if value is None:
+                if spec.kind != "counter" or len(labels) != len(spec.labels):
+                    raise ValueError(f"{spec.name}: inc() wants a counter and labels {spec.labels}")
+                self._specs[spec.name] = spec
+                value = 0.0
+            if amount < 0:
+                raise ValueError(f"{spec.name}: a counter never goes down (inc by {amount})")
+            self._counts[key] = value + amount
+
+    def _counted(self) -> list[Sample]:
+        with self._lock:
+            counts = list(self._counts.items())
+        return [Sample(self._specs[name], labels, value) for (name, labels), value in counts]
 
     def observe(self, source: Callable[[], Iterable[Sample]]) -> None:
         with self._lock:

@@ -56,6 +56,8 @@ def test_inc_refuses_a_gauge_or_the_wrong_labels():
         metrics.inc(m.SDK_CALLS, "only-the-tool")
     with pytest.raises(ValueError, match="counter"):
         metrics.inc(m.CHECKPOINT_AGE)
+    with pytest.raises(ValueError, match="never goes down"):
+        metrics.inc(m.SDK_REFUSALS, "policy", amount=-1)
 
 
 def test_observed_sources_are_read_on_every_scrape():
@@ -87,6 +89,25 @@ def test_a_failing_source_leaves_the_others_served(caplog):
     got = scraped(metrics.render().decode())
     assert got[("wakeline_dlq_records_total", ())] == 2
     assert "store away" in caplog.text
+
+
+def test_counters_are_exact_under_threads():
+    import threading
+
+    metrics = m.PrometheusMetrics()
+
+    def bump() -> None:
+        for _ in range(5000):
+            metrics.inc(m.SDK_CALLS, "t", "ok")
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = scraped(metrics.render().decode())
+    assert got[("wakeline_sdk_calls_total", (("status", "ok"), ("tool", "t")))] == 20_000
+    assert not any(name.endswith("_created") for name, _ in got)
 
 
 def test_two_instances_do_not_share_a_registry():
