@@ -30,6 +30,18 @@ import click
     default=None,
     help="Sign a checkpoint this often; 0 = only on SIGUSR1.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics; 0 = off (the default; "
+    "WAKELINE_METRICS_PORT). The default worker's audit child serves its own on PORT + 1.",
+)
+@click.option(
+    "--metrics-host",
+    default=None,
+    help="Address the metrics endpoint binds (WAKELINE_METRICS_HOST, default 127.0.0.1).",
+)
 @click.option("--no-audit", is_flag=True, help="Do not run the audit publisher here.")
 @click.option("--no-builder", is_flag=True, help="Do not run the ledger builder here.")
 @click.option(
@@ -46,6 +58,8 @@ def worker(
     segment_max_age_ms: int | None,
     batch: int | None,
     checkpoint_interval_s: float | None,
+    metrics_port: int | None,
+    metrics_host: str | None,
     no_audit: bool,
     no_builder: bool,
     single_process: bool,
@@ -57,6 +71,7 @@ def worker(
     GIL of its own) that dies with this one; `--single-process` keeps both here. Run
     several for more throughput: they share the events topic's partitions (builder) and
     the ledger topic's (audit publisher). `--no-audit` / `--no-builder` run one role only.
+    `--metrics-port N` serves Prometheus metrics on N (the audit child's on N + 1).
     """
     from wakeline.cli.main import run_guarded
     from wakeline.processors.child import AuditChild
@@ -69,10 +84,34 @@ def worker(
         "checkpoint_interval_s": checkpoint_interval_s,
         "audit": False if no_audit else None,
         "builder": False if no_builder else None,
+        "metrics_port": metrics_port,
+        "metrics_host": metrics_host,
     }
-    child = None
-    if not (no_audit or no_builder or single_process):
-        # the builder stays here; only this process signs checkpoints
-        child = AuditChild(["--checkpoint-interval-s", "0", "-l", loglevel], nice=10)
-        overrides["audit"] = False
-    run_guarded(lambda: run_from_env(overrides, loglevel=loglevel, audit_child=child))
+
+    def run() -> None:
+        child = None
+        if not (no_audit or no_builder or single_process):
+            # the builder stays here; only this process signs checkpoints
+            args = ["--checkpoint-interval-s", "0", "-l", loglevel, *_child_metrics(metrics_port)]
+            if metrics_host is not None:
+                args += ["--metrics-host", metrics_host]
+            child = AuditChild(args, nice=10)
+            overrides["audit"] = False
+        run_from_env(overrides, loglevel=loglevel, audit_child=child)
+
+    run_guarded(run)
+
+
+def _child_metrics(port: int | None) -> list[str]:
+    """The audit child's `--metrics-port`: always given, so it never takes this process's
+    port from the environment it inherits; the next port up, or 0 when metrics are off."""
+    import os
+
+    from wakeline.errors import ConfigError
+    from wakeline.processors.settings import METRICS_PORT
+
+    if port is None:
+        port = METRICS_PORT.read(os.environ)
+    if port == 65535:
+        raise ConfigError("metrics port 65535 leaves no port for the audit child; pick another")
+    return ["--metrics-port", str(port + 1 if port else 0)]

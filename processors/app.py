@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +28,9 @@ import faust
 from mode import Service
 
 from wakeline.errors import ConfigError, WakelineError
+from wakeline.infra import metrics as m
 from wakeline.infra.settings import KafkaSettings
-from wakeline.ledger.checkpoints import Signer
+from wakeline.ledger.checkpoints import Signer, parse_body, split_note
 from wakeline.ledger.store import LedgerStore
 from wakeline.schemas import default_codec
 
@@ -54,10 +56,32 @@ class Worker:
     stop_hooks: list[Callable[[], None]] = field(default_factory=list)
     #: every runner this worker hosts (builder, audit publisher)
     runners: list[KafkaRunner] = field(default_factory=list)
+    #: what `run_worker` serves on (host, port) when that is set (`--metrics-port`)
+    metrics: m.Metrics = m.NO_METRICS
+    metrics_address: tuple[str, int] | None = None
+    #: time (s since the epoch) of the newest signed checkpoint, or None (see `samples`)
+    checkpoint_time: Callable[[], float | None] | None = None
 
     @property
     def failure(self) -> BaseException | None:
         return next((r.failure for r in self.runners if r.failure is not None), None)
+
+    def samples(self) -> list[m.Sample]:
+        """The worker's metrics, read from what its runners and processors count."""
+        out: list[m.Sample] = []
+        for runner in self.runners:
+            out += runner.samples()
+            auditor = getattr(runner.processor, "auditor", None)
+            if isinstance(auditor, Auditor):
+                out.append(m.Sample(m.AUDIT_RECORDS, (), auditor.records_audited))
+                out.append(m.Sample(m.DLQ_RECORDS, (), auditor.records_dead_lettered))
+        if self.builder is not None:
+            out.append(m.Sample(m.EVENTS_LEDGERED, (), self.builder.records_ledgered))
+            out.append(m.Sample(m.SEGMENTS_STORED, (), self.builder.ledger.segments_stored))
+        signed = self.checkpoint_time() if self.checkpoint_time is not None else None
+        if signed is not None:
+            out.append(m.Sample(m.CHECKPOINT_AGE, (), max(time.time() - signed, 0.0)))
+        return out
 
 
 def agent(app: faust.App, channel: Any, **kwargs: Any) -> Callable[..., Any]:
@@ -159,7 +183,45 @@ def create_worker(
         async def checkpoint_timer() -> None:
             await _checkpoint()
 
-    return Worker(app, builder, checkpoint_now, stop_hooks, runners)
+    worker = Worker(app, builder, checkpoint_now, stop_hooks, runners)
+    if settings.metrics_port:
+        worker.metrics = m.PrometheusMetrics()
+        worker.metrics.observe(worker.samples)
+        worker.metrics_address = (settings.metrics_host, settings.metrics_port)
+        if builder is not None:  # the ledger's processes say how old its checkpoint is
+            worker.checkpoint_time = CheckpointClock(store_factory)
+    return worker
+
+
+class CheckpointClock:
+    """The time of the newest checkpoint in the store (whoever signed it), read at most
+    once every `every_s` (a scrape opens no more connections than that); None if there is
+    none yet or the store cannot be read."""
+
+    def __init__(self, store_factory: Callable[[], LedgerStore], every_s: float = 5.0) -> None:
+        self._store_factory = store_factory
+        self.every_s = every_s
+        self._read_at = float("-inf")
+        self._time: float | None = None
+
+    def __call__(self) -> float | None:
+        now = time.monotonic()
+        if now - self._read_at >= self.every_s:
+            self._read_at = now
+            try:
+                store = self._store_factory()
+                try:
+                    note = store.latest_checkpoint()
+                finally:
+                    store.close()
+                if note is None:
+                    self._time = None
+                else:
+                    self._time = parse_body(split_note(note)[0]).time_ms / 1000
+            except Exception as e:  # noqa: BLE001 - the metric is left out, the worker goes on
+                log.warning("checkpoint age unknown: %s: %s", type(e).__name__, e)
+                self._time = None
+        return self._time
 
 
 def audit_runner(
@@ -191,7 +253,12 @@ def audit_runner(
 
 def run_worker(worker: Worker, loglevel: str = "warn") -> None:
     """Run the faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
-    faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
-    faust_worker.execute_from_commandline()
+    if worker.metrics_address is not None:  # a port in use is a clear error, before anything
+        worker.metrics.serve(worker.metrics_address[1], worker.metrics_address[0])
+    try:
+        faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
+        faust_worker.execute_from_commandline()
+    finally:
+        worker.metrics.close()
     if worker.failure is not None:
         raise worker.failure

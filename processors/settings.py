@@ -40,6 +40,10 @@ class BuilderSettings:
     max_record_bytes: int = 900_000
     #: a partition whose backlog has not moved for this long is reported as stalled
     stall_after_s: float = 60.0
+    #: serve Prometheus metrics on this port (0 = off); the default worker's audit child
+    #: serves its own on the next port up
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -60,6 +64,10 @@ class BuilderSettings:
             raise ConfigError(f"stall_after_s={self.stall_after_s}, want > 0")
         if self.checkpoint_interval_s < 0:
             raise ConfigError(f"checkpoint_interval_s={self.checkpoint_interval_s}, want >= 0")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port={self.metrics_port}, want 0 (off) to 65535")
+        if self.metrics_port and not self.metrics_host:
+            raise ConfigError("metrics_host is empty; want an address to bind, e.g. 127.0.0.1")
 
     def group_for(self, topic_prefix: str) -> str:
         return self.group_id or f"{topic_prefix}ledger-builder"
@@ -77,6 +85,8 @@ class BuilderSettings:
             hash_suite=HASH_SUITE.read(env),
             max_record_bytes=MAX_RECORD_BYTES.read(env),
             stall_after_s=STALL_AFTER_S.read(env),
+            metrics_port=METRICS_PORT.read(env),
+            metrics_host=METRICS_HOST.read(env),
         )
 
 
@@ -129,6 +139,19 @@ STALL_AFTER_S = Variable(
     BuilderSettings.stall_after_s,
     "a partition whose backlog has not moved for this many seconds is reported as stalled",
 )
+METRICS_PORT = Variable(
+    "WAKELINE_METRICS_PORT",
+    integer(lo=0, hi=65535),
+    BuilderSettings.metrics_port,
+    "serve Prometheus metrics on this port, 0 = off (the audit child of the default "
+    "two-process worker uses the next port)",
+)
+METRICS_HOST = Variable(
+    "WAKELINE_METRICS_HOST",
+    text,
+    BuilderSettings.metrics_host,
+    "address the metrics endpoint binds (loopback by default; 0.0.0.0 for every interface)",
+)
 BUILDER = declare(
     "builder",
     "the worker's ledger builder and audit publisher (`wakeline worker`)",
@@ -140,4 +163,6 @@ BUILDER = declare(
     HASH_SUITE,
     MAX_RECORD_BYTES,
     STALL_AFTER_S,
+    METRICS_PORT,
+    METRICS_HOST,
 )

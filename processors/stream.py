@@ -47,6 +47,14 @@ from typing import Any, NamedTuple, Protocol
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
 from wakeline.errors import WakelineError
+from wakeline.infra.metrics import (
+    LAG,
+    RECORDS_READ,
+    RUNNER_RESTARTS,
+    STALLED_PARTITIONS,
+    STALLED_SECONDS,
+    Sample,
+)
 from wakeline.ledger.records import LedgerRecord
 
 log = logging.getLogger(__name__)
@@ -246,6 +254,9 @@ class KafkaRunner:
         #: how often the runner restored its partitions after a failure
         self.restarts = 0
         self.records_in = 0
+        #: partition -> records not yet read (high watermark - position), for the metrics;
+        #: replaced whole about once a second by the consumer thread, so any thread may read it
+        self.lag: dict[int, int] = {}
         processor.wait_for_sink = self.wait_for_sink
 
     # ------------------------------------------------------------------ lifecycle
@@ -559,6 +570,7 @@ class KafkaRunner:
             return
         self._stall_checked_at = now
         limit = self.settings.stall_after_s
+        lag: dict[int, int] = {}
         for p in sorted(self._assigned):
             since = self._progress_at.setdefault(p, now)
             try:
@@ -566,6 +578,8 @@ class KafkaRunner:
                 _, high = self.consumer.get_watermark_offsets(self._tp(p), cached=True)
             except Exception:  # no fetch response yet: nothing known to be waiting
                 position, high = -1, -1
+            if position >= 0 and high >= 0:
+                lag[p] = max(high - position, 0)
             with self._commit_lock:
                 done = self._to_commit.get(p, -1)
             waiting = p in self._to_load or high > max(position, 0) or done < position
@@ -587,6 +601,22 @@ class KafkaRunner:
                     "high_watermark=%d last_error=%s",
                     self.processor.name, p, idle, position, high, self.last_error,
                 )  # fmt: skip
+        for p in [p for p in self.stalled if p not in self._assigned]:
+            del self.stalled[p]  # revoked: no longer ours to report
+        self.lag = lag
+
+    def samples(self) -> list[Sample]:
+        """What this runner counts, as metric samples (read on a scrape, from any thread)."""
+        name = self.processor.name
+        stalled = dict(self.stalled)
+        out = [
+            Sample(RECORDS_READ, (name,), self.records_in),
+            Sample(RUNNER_RESTARTS, (name,), self.restarts),
+            Sample(STALLED_PARTITIONS, (name,), len(stalled)),
+        ]
+        out += [Sample(LAG, (name, self.topic, str(p)), n) for p, n in sorted(self.lag.items())]
+        out += [Sample(STALLED_SECONDS, (name, str(p)), s[0]) for p, s in sorted(stalled.items())]
+        return out
 
 
 # -- the in-memory runner ----------------------------------------------------------------------

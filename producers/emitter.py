@@ -16,6 +16,11 @@ acknowledgement of the intent (or its fsync into the spool) before the tool runs
 only enqueues it. Results are enqueued in both modes: the tool has already run, and since one
 producer keeps per-partition order, the next strict intent of the workflow is acknowledged only
 after the results before it. `flush()`/`close()` wait for everything.
+
+Metrics are opt-in: `Emitter(..., metrics=PrometheusMetrics())` (wakeline.infra.metrics)
+counts calls by tool and status and refusals by gate; serve them with `metrics.serve(port)`
+or hand `metrics.registry` to an exporter of your own. Without it prometheus-client is never
+imported and a call pays one attribute check.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wakeline.infra.settings import KafkaSettings, StackSettings
 from wakeline.producers.canonical import DEFAULT_MAX_PAYLOAD
@@ -46,6 +51,9 @@ from wakeline.producers.transport import (
 )
 from wakeline.producers.workflow import ToolCall, WorkflowContext
 from wakeline.schemas import cloudevents_headers, encode_event
+
+if TYPE_CHECKING:
+    from wakeline.infra.metrics import Metrics
 
 __all__ = ["Emitter", "ToolCall", "WorkflowContext"]
 
@@ -71,6 +79,7 @@ class Emitter:
         alerts_topic: bool = True,
         publish_schemas: bool = True,
         gates: Sequence[Gate] = (),
+        metrics: Metrics | None = None,
     ) -> None:
         self.kafka = kafka
         self.registry = registry if registry is not None else ToolRegistry()
@@ -108,6 +117,9 @@ class Emitter:
             g for g in (self.gate, self._loop_guard, self._policy_gate) if g is not None
         ]
         self.gates.extend(gates)
+        #: opt-in counters of calls (by tool and status) and refusals (by gate), e.g. a
+        #: `wakeline.infra.metrics.PrometheusMetrics()`; None (the default) costs one check
+        self.metrics: Metrics | None = metrics if metrics is not None and metrics.enabled else None
 
     @property
     def policy(self) -> PolicyHook:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from wakeline.infra.metrics import SDK_CALLS, SDK_REFUSALS
 from wakeline.producers.canonical import Canonical, canonical_result, canonicalise
 from wakeline.producers.errors import MissingWorkflow, SdkError
 from wakeline.producers.framing import Headers, checked_framer, intent_tail
@@ -477,7 +478,11 @@ class ToolCall:
             event = ctx._event("ToolResult", event_id, now, self.step_id, ())
             event.update(intent_id=self.intent_id, status=status, duration_us=duration_us, **fields)
             frame = ctx._frame(event)
-        return ctx._send(event_id, *frame, False)
+        sent = ctx._send(event_id, *frame, False)
+        metrics = ctx.emitter.metrics  # None unless enabled: one attribute check per call
+        if metrics is not None:
+            metrics.inc(SDK_CALLS, self.spec.name, status)
+        return sent
 
     def ok(self, result: Any = None, duration_us: int = 0) -> str:
         spec = self.spec
@@ -528,6 +533,11 @@ class ToolCall:
         assert verdict is not None and verdict.error is not None
         refusal = verdict.error
         refusal.intent_id = self.intent_id
+        metrics = self.ctx.emitter.metrics
+        if metrics is not None:
+            gates = self.ctx.emitter.gates
+            gate = gates[self.gate_index] if 0 <= self.gate_index < len(gates) else None
+            metrics.inc(SDK_REFUSALS, getattr(gate, "name", "gate"))
         self._result(
             "denied",
             error_type=type(refusal).__name__,
