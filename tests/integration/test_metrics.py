@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from wakeline.infra import topics
 from wakeline.infra.settings import KafkaSettings, Topics
-from wakeline.processors.harness import start_worker, stop_worker
-from wakeline.processors.samples import frames, traffic
+from wakeline.testkit.harness import start_worker, stop_worker
+from wakeline.testkit.samples import frames, traffic
 
 pytestmark = pytest.mark.integration
 
