@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import replace
 
 import pytest
 
-from tests.unit.ledger.ledgerkit import build_ledger, frames, workflow_events
+from tests.unit.ledger.ledgerkit import ORIGIN, build_ledger, frames, record_of, workflow_events
 from wakeline.ledger import BLAKE3, SHA256
-from wakeline.ledger.service import checkpoint_consistency, event_proof
+from wakeline.ledger.segments import PartitionChain
+from wakeline.ledger.service import (
+    ProofError,
+    check_event_proof,
+    checkpoint_consistency,
+    event_proof,
+    sign_checkpoint,
+)
+from wakeline.ledger.store import make_entries
 
 from . import bundle as B
 from . import verifier as V
@@ -150,3 +159,30 @@ def test_the_worked_examples_of_the_document() -> None:
             + V.H(suite, b"\x02" + h0)
         )  # fmt: skip
         assert V.H(suite, b"\x02" + h1).hex() == hh
+
+
+def test_a_proof_names_the_event_by_its_body_never_by_a_lying_header() -> None:
+    """An event produced with a forged ce_id is proven under the id its body carries: the
+    store indexes the body, and both checkers compare the body."""
+    events = workflow_events(1)
+    led = build_ledger(events, suite=BLAKE3, segment_size=3, checkpoint_every=1, seed=3)
+    victim = events[0]
+    p = max(led.records) + 1
+    rec = record_of(dict(events[1], event_id="ev-body-truth"), p, 0)
+    lying = tuple((k, victim["event_id"].encode() if k == "ce_id" else v) for k, v in rec.headers)
+    leaf = replace(rec, headers=lying).leaf_bytes()
+    chain = PartitionChain(BLAKE3, p)
+    header, hashes = chain.seal([leaf])
+    led.store.append_segment(header, make_entries(header, [leaf], hashes), chain.tree.nodes)
+    sign_checkpoint(led.store, [led.signer], origin=ORIGIN, force=True, now_ms=1)
+
+    doc = json.loads(json.dumps(event_proof(led.store, "ev-body-truth")))
+    assert doc["partition"] == p
+    check_event_proof(doc, [led.vkey])  # raises unless it checks
+    assert V.check_event_proof(doc, [led.vkey]).ok
+    # the victim's id still proves the victim, never the record whose header claims it
+    assert event_proof(led.store, victim["event_id"])["partition"] != p
+    forged = dict(doc, event_id=victim["event_id"])
+    assert not V.check_event_proof(forged, [led.vkey]).ok
+    with pytest.raises(ProofError):
+        check_event_proof(forged, [led.vkey])
