@@ -5,9 +5,17 @@
 --   workflow_id the record's Kafka key, byte for byte (events are keyed by workflow id)
 -- Keys longer than 1024 bytes are not indexed (NULL): the leaf still holds them exactly.
 -- ALTER TABLE rewrites the rows without firing the append-only row triggers.
-ALTER TABLE ledger_entries
-    ALTER COLUMN event_id TYPE bytea USING convert_to(event_id, 'UTF8'),
-    ALTER COLUMN workflow_id TYPE bytea USING convert_to(workflow_id, 'UTF8');
-ALTER TABLE ledger_entries
-    ADD CONSTRAINT ledger_entries_event_id_size CHECK (length(event_id) <= 1024),
-    ADD CONSTRAINT ledger_entries_workflow_id_size CHECK (length(workflow_id) <= 1024);
+DO $$
+BEGIN
+    IF (SELECT data_type FROM information_schema.columns
+        WHERE table_name = 'ledger_entries' AND column_name = 'event_id'
+          AND table_schema = current_schema()) = 'text' THEN
+        ALTER TABLE ledger_entries
+            ALTER COLUMN event_id TYPE bytea USING convert_to(event_id, 'UTF8'),
+            ALTER COLUMN workflow_id TYPE bytea USING convert_to(workflow_id, 'UTF8');
+        ALTER TABLE ledger_entries
+            ADD CONSTRAINT ledger_entries_event_id_size CHECK (length(event_id) <= 1024),
+            ADD CONSTRAINT ledger_entries_workflow_id_size CHECK (length(workflow_id) <= 1024);
+    END IF;
+END
+$$;
