@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from wakeline.errors import SchemaError, StackError, StoreError
 from wakeline.infra.settings import KafkaSettings
@@ -238,12 +238,23 @@ class PostgresSchemaResolver:
 
     Set it with ``default_codec().resolver = PostgresSchemaResolver(dsn)``. A miss is
     remembered for `retry_after` seconds so a stream of frames with a bad fingerprint
-    does not become a stream of queries.
+    does not become a stream of queries. `refresh`, if given, is called on a miss (at most
+    once every `retry_after` seconds, whatever the number of misses) to bring more schemas
+    into PostgreSQL, e.g. from the schemas topic; it returns how many are new, and the
+    lookup is tried again when it found any.
     """
 
-    def __init__(self, dsn: str, *, retry_after: float = 30.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        retry_after: float = 30.0,
+        refresh: Callable[[], int] | None = None,
+    ) -> None:
         self._dsn = dsn
         self._retry_after = retry_after
+        self._refresh = refresh
+        self._refreshed_at = float("-inf")
         self._misses: dict[bytes, float] = {}
         self._lock = threading.Lock()
 
@@ -253,6 +264,28 @@ class PostgresSchemaResolver:
             missed = self._misses.get(fingerprint)
             if missed is not None and now - missed < self._retry_after:
                 return None
+        info = self._lookup(fingerprint)
+        if info is None and self._refresh is not None and self._refresh_due(now):
+            try:
+                if self._refresh() > 0:
+                    info = self._lookup(fingerprint)
+            except Exception as e:  # the frame stays unknown; a later miss tries again
+                log.warning("schema refresh failed: %s", e)
+        if info is None and self._retry_after > 0:
+            with self._lock:
+                if len(self._misses) >= 10_000:  # hostile input: random fingerprints
+                    self._misses.clear()
+                self._misses[fingerprint] = now
+        return info
+
+    def _refresh_due(self, now: float) -> bool:
+        with self._lock:
+            if now - self._refreshed_at < self._retry_after:
+                return False
+            self._refreshed_at = now
+            return True
+
+    def _lookup(self, fingerprint: bytes) -> SchemaInfo | None:
         import psycopg
 
         from wakeline.infra import db
@@ -263,10 +296,4 @@ class PostgresSchemaResolver:
         except (psycopg.Error, StoreError) as e:
             log.warning("schema lookup failed fingerprint=%s error=%s", fingerprint.hex(), e)
             row = None
-        info = _verified(fingerprint, row[1], "postgres") if row else None
-        if info is None and self._retry_after > 0:
-            with self._lock:
-                if len(self._misses) >= 10_000:  # hostile input: random fingerprints
-                    self._misses.clear()
-                self._misses[fingerprint] = now
-        return info
+        return _verified(fingerprint, row[1], "postgres") if row else None

@@ -36,7 +36,7 @@ from wakeline.schemas import default_codec
 
 from .auditor import Auditor, AuditProcessor
 from .checkpointing import sign_checkpoint
-from .schema_sync import WorkerSchemaResolver
+from .schema_sync import worker_resolver
 from .service import LedgerBuilderService
 from .settings import BuilderSettings
 from .stream import KafkaRunner, RunnerSettings
@@ -120,7 +120,7 @@ def create_worker(
     if settings.audit:
         runners.append(audit_runner(kafka, settings, store_factory))
         # frames written with schemas agents published on the schemas topic decode too
-        default_codec().resolver = WorkerSchemaResolver(kafka, dsn)
+        default_codec().resolver = worker_resolver(kafka, dsn)
     lock = asyncio.Lock()
     stop_hooks: list[Callable[[], None]] = []
 

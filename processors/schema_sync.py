@@ -16,9 +16,8 @@ hash to its key is logged and skipped, never stored); inserting is idempotent.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Iterable
+from typing import Any
 
 from wakeline.infra.schema_registry import (
     _verified,
@@ -57,48 +56,12 @@ def _store(dsn: str, infos: list[SchemaInfo], where: str) -> int:
     return new
 
 
-class WorkerSchemaResolver:
+def worker_resolver(kafka: KafkaSettings, dsn: str, *, every: float = 30.0) -> Any:
     """The worker's codec resolver: an unknown fingerprint is looked up in PostgreSQL; on a
-    miss, the schemas topic is copied into PostgreSQL (at most once every `sync_every`
-    seconds, whatever the number of misses) and the lookup tried again. Set it with
-    ``default_codec().resolver = WorkerSchemaResolver(kafka, dsn)``."""
+    miss the schemas topic is copied into PostgreSQL (at most once every `every` seconds)
+    and the lookup tried again. Set it with ``default_codec().resolver = ...``."""
+    from wakeline.infra.schema_registry import PostgresSchemaResolver
 
-    def __init__(self, kafka: KafkaSettings, dsn: str, *, sync_every: float = 30.0) -> None:
-        from wakeline.infra.schema_registry import PostgresSchemaResolver
-
-        self._kafka = kafka
-        self._dsn = dsn
-        self._lookup = PostgresSchemaResolver(dsn, retry_after=0.0)
-        self._sync_every = sync_every
-        self._synced_at = float("-inf")
-        self._misses: dict[bytes, float] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, fingerprint: bytes) -> SchemaInfo | None:
-        now = time.monotonic()
-        with self._lock:
-            missed = self._misses.get(fingerprint)
-        if missed is not None and now - missed < self._sync_every:
-            return None  # asked lately: a stream of bad frames is not a stream of queries
-        found = self._lookup(fingerprint)
-        if found is None:
-            found = self._synced_lookup(fingerprint, now)
-        if found is None:
-            with self._lock:
-                if len(self._misses) >= 10_000:
-                    self._misses.clear()
-                self._misses[fingerprint] = now
-        return found
-
-    def _synced_lookup(self, fingerprint: bytes, now: float) -> SchemaInfo | None:
-        with self._lock:
-            if now - self._synced_at < self._sync_every:
-                return None
-            self._synced_at = now
-        try:
-            if sync_schemas(self._kafka, self._dsn, timeout=10.0) == 0:
-                return None
-        except Exception as e:  # the frame goes to the DLQ as unknown; the next miss retries
-            log.warning("schema sync failed: %s", e)
-            return None
-        return self._lookup(fingerprint)
+    return PostgresSchemaResolver(
+        dsn, retry_after=every, refresh=lambda: sync_schemas(kafka, dsn, timeout=10.0)
+    )

@@ -162,3 +162,31 @@ def test_the_worker_copies_schemas_from_the_topic_into_postgres(
     assert forged not in stored
     records = [(i.fingerprint, i.schema_json.encode()) for i in infos] + [(b"x", None), (None, b"")]
     assert store_schema_records(fresh_dsn, records) == 0
+
+
+def test_the_worker_resolves_a_schema_an_agent_published_only_on_the_topic(
+    kafka: KafkaSettings, fresh_dsn: str
+) -> None:
+    """A frame written with a writer schema the worker has never seen (a newer ToolResult,
+    published by its agent to the schemas topic alone) decodes through the worker's resolver:
+    PostgreSQL misses, the topic is copied in, the lookup succeeds."""
+    import json
+
+    from wakeline.infra.schema_registry import publish_to_kafka
+    from wakeline.processors.schema_sync import worker_resolver
+    from wakeline.schemas import SchemaInfo, packaged_schemas
+
+    current = json.loads(packaged_schemas()["ToolResult"].schema_json)
+    current["fields"].append({"name": "region", "type": "string", "default": "eu"})
+    newer = SchemaInfo.from_json(current)
+    publish_to_kafka(kafka, [newer])
+    writer = Codec({"ToolResult": newer})
+    frame = writer.encode(_event() | {"region": "us"})
+
+    reader = Codec(packaged_schemas())
+    with pytest.raises(UnknownFingerprint):
+        reader.decode(frame)
+    reader.resolver = worker_resolver(kafka, fresh_dsn, every=30.0)
+    decoded = reader.decode(frame)
+    assert decoded["status"] == "ok" and "region" not in decoded  # resolved to the reader
+    assert newer.fingerprint in {i.fingerprint for i in load_schemas_from_postgres(fresh_dsn)}
