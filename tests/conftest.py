@@ -13,7 +13,6 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -23,8 +22,6 @@ from wakeline.errors import WakelineError
 from wakeline.infra import db, stack, topics
 from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings, Topics
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 TEST_PARTITIONS = 3
 
 
@@ -104,10 +101,3 @@ def fresh_dsn(local_stack: StackSettings) -> Iterator[str]:
     value = _create_database()
     yield value
     _drop_database(value)
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"shared/ not found beside the repo at {SHARED}", pytrace=False)
-    return SHARED
