@@ -58,6 +58,10 @@ def worker(
     several for more throughput: they share the events topic's partitions (builder) and
     the ledger topic's (audit publisher). `--no-audit` / `--no-builder` run one role only.
     """
+    from wakeline.processors.shutdown import install_boot_handlers
+
+    install_boot_handlers()  # a stop signal while booting exits cleanly (0)
+
     from wakeline.cli.main import run_guarded
     from wakeline.processors.child import AuditChild
     from wakeline.processors.runner import run_from_env

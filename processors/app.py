@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ from wakeline.ledger.store import LedgerStore
 from .checkpointing import sign_checkpoint
 from .service import LedgerBuilderService
 from .settings import BuilderSettings
+from .shutdown import DEADLINE, DeadlineWorker, install_stopping_handlers
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,23 @@ class Worker:
     checkpoint_now: Callable[[], bytes | None]
     #: called first when the worker stops (e.g. forward the stop to an audit child process)
     stop_hooks: list[Callable[[], None]] = field(default_factory=list)
+    _stopped: bool = False
+    _stop_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def stop_hosted(self) -> None:
+        """Run the stop hooks, then stop the builder thread (drains what is pending). Once:
+        faust calls it on stop, and `run_worker` again after faust, since a stop signal
+        during faust's start ends faust without stopping its services."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            for hook in self.stop_hooks:
+                try:
+                    hook()
+                except Exception as e:  # stopping goes on
+                    log.warning("stop hook failed: %s", e)
+            self.builder.stop()
 
 
 def agent(app: faust.App, channel: Any, **kwargs: Any) -> Callable[..., Any]:
@@ -79,7 +98,6 @@ def create_worker(
     )
     builder = LedgerBuilderService(kafka, settings, store_factory, dsn)
     lock = asyncio.Lock()
-    stop_hooks: list[Callable[[], None]] = []
     if settings.audit:
         _add_audit_agent(app, kafka, settings, store_factory)
 
@@ -91,6 +109,8 @@ def create_worker(
             return sign_checkpoint(store, signer)
         finally:
             store.close()
+
+    hosted = Worker(app, builder, checkpoint_now)
 
     @app.service
     class LedgerBuilderHost(Service):
@@ -105,12 +125,7 @@ def create_worker(
                 loop.add_signal_handler(signal.SIGUSR1, lambda: self.add_future(_checkpoint()))
 
         async def on_stop(self) -> None:
-            for hook in stop_hooks:
-                try:
-                    hook()
-                except Exception as e:  # stopping goes on
-                    log.warning("stop hook failed: %s", e)
-            await asyncio.get_running_loop().run_in_executor(None, builder.stop)
+            await asyncio.get_running_loop().run_in_executor(None, hosted.stop_hosted)
 
         @Service.task
         async def _watch(self) -> None:
@@ -134,7 +149,7 @@ def create_worker(
         async def checkpoint_timer() -> None:
             await _checkpoint()
 
-    return Worker(app, builder, checkpoint_now, stop_hooks)
+    return hosted
 
 
 def _add_audit_agent(
@@ -218,8 +233,14 @@ def _add_audit_agent(
 
 
 def run_worker(worker: Worker, loglevel: str = "warn") -> None:
-    """Run the faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
-    faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
-    faust_worker.execute_from_commandline()
+    """Run the faust worker in this process until it is stopped (SIGTERM/SIGINT). From the
+    stop signal on, the process has SHUTDOWN_DEADLINE_S to exit (shutdown.py)."""
+    faust_worker = DeadlineWorker(worker.app, loglevel=loglevel, quiet=True)
+    try:
+        faust_worker.execute_from_commandline()
+    finally:
+        install_stopping_handlers()
+        DEADLINE.arm("the worker stopped")
+        worker.stop_hosted()
     if worker.builder.failure is not None:
         raise worker.builder.failure

@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 
 from wakeline.errors import WakelineError
 
+from .shutdown import SHUTDOWN_DEADLINE_S
+
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
@@ -89,15 +91,19 @@ class AuditChild:
         on_failure()
 
     def terminate(self) -> None:
-        """Forward the stop to the child (does not wait)."""
+        """Forward the stop to the child, once (does not wait). A second SIGTERM could reach
+        the child after its faust loop has closed and kill it mid-drain."""
         with self._lock:
+            if self._stopping:
+                return
             self._stopping = True
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
 
-    def stop(self, timeout: float = 30) -> int | None:
-        """Terminate the child and wait for it (SIGKILL after `timeout`); its exit code."""
+    def stop(self, timeout: float = SHUTDOWN_DEADLINE_S - 1) -> int | None:
+        """Terminate the child and wait for it (SIGKILL after `timeout`, within this
+        process's own shutdown deadline); its exit code."""
         self.terminate()
         if self.proc is None:
             return None
