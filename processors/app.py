@@ -35,7 +35,7 @@ from wakeline.ledger.store import LedgerStore
 from .checkpointing import sign_checkpoint
 from .service import LedgerBuilderService
 from .settings import BuilderSettings
-from .shutdown import DEADLINE, DeadlineWorker, install_stopping_handlers
+from .shutdown import DEADLINE, install_stopping_handlers
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,19 @@ def _add_audit_agent(
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
             done[header.partition] = header.segment_number
+
+
+class DeadlineWorker(faust.Worker):
+    """faust's worker, arming the shutdown deadline when a stop signal arrives (these two
+    hooks are the ones faust's own Worker overrides to flag a stop by signal)."""
+
+    def _on_sigterm(self) -> None:
+        DEADLINE.arm("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        DEADLINE.arm("SIGINT")
+        super()._on_sigint()
 
 
 def run_worker(worker: Worker, loglevel: str = "warn") -> None:

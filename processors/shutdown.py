@@ -11,8 +11,8 @@ A signal can arrive at three moments, each handled here:
 
 - while the process boots, before faust has installed its own handlers: `install_boot_handlers`
   turns it into SystemExit(0) (nothing has started that needs draining);
-- while faust runs: faust's handlers start its graceful stop; `DeadlineWorker` arms the
-  deadline first;
+- while faust runs: faust's handlers start its graceful stop; `DeadlineWorker` (app.py) arms
+  the deadline first;
 - after faust's loop has closed (it restores the default action, so a second SIGTERM would
   kill the process mid-drain): `install_stopping_handlers` arms the deadline and ignores it.
 """
@@ -26,8 +26,6 @@ import signal
 import sys
 import threading
 from typing import Any
-
-import faust
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +101,3 @@ def install_stopping_handlers() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in _SIGNALS:
             signal.signal(sig, on_signal)
-
-
-class DeadlineWorker(faust.Worker):
-    """faust's worker, arming the deadline when a stop signal arrives."""
-
-    def _on_sigterm(self) -> None:
-        DEADLINE.arm("SIGTERM")
-        super()._on_sigterm()
-
-    def _on_sigint(self) -> None:
-        DEADLINE.arm("SIGINT")
-        super()._on_sigint()
