@@ -1,4 +1,4 @@
-"""Benchmark of the agent-side SDK against the broker (issue 4 item 7; `make bench`).
+"""Benchmark of the agent-side SDK against the broker (`make bench`).
 
 1. Overhead added to a no-op tool call (intent + result), per call, sequential, one
    workflow: p50 / p99 in microseconds, relaxed (read-only tool) and strict (mutating tool).

@@ -3,7 +3,7 @@
 Constructors never read `os.environ`; only `from_env()` does, and it names the bad variable
 when a value does not parse. External services win: `WAKELINE_BOOTSTRAP` and `WAKELINE_DSN`
 point everything at a real cluster and database; without them the local stack under
-`WAKELINE_HOME` (default `./.wakeline`) is used (DESIGN §2).
+`WAKELINE_HOME` (default `./.wakeline`) is used.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class StackSettings:
 
 @dataclass(frozen=True)
 class Topics:
-    """Topic names of DESIGN §4 under one configurable prefix."""
+    """Topic names (docs/architecture.md, Topics) under one configurable prefix."""
 
     prefix: str = DEFAULT_PREFIX
 

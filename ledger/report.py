@@ -1,4 +1,4 @@
-"""The verifier's report: findings with a verdict, a check name and where (DESIGN §5).
+"""The verifier's report: findings with a verdict, a check name and where.
 
 Verdicts, worst first: tampered, unusable, incomplete; none means sound. Exit codes:
 0 sound, 10 tampered, 11 incomplete, 12 unusable (docs/ledger-format.md §9).

@@ -1,13 +1,13 @@
 """The faust-streaming app behind `wakeline worker`.
 
 The ledger builder is the hot path and does not run as a faust agent: faust's per-event
-machinery costs ~70 µs an event (NOTES.md; measured again in docs/decisions.md), so the
+machinery costs ~70 µs an event (measured: docs/decisions.md), so the
 builder is a batch consumer (confluent-kafka, its own consumer group) hosted in the worker
 as a mode Service, on its own thread. The audit publisher is a faust agent over the ledger
 topic: one event per segment header (thousands of records), so faust's per-event cost is
 negligible there; the work per header runs on a thread of its own. Checkpoints are a faust
 timer. Per-event processors (loop and race detectors) register as agents through `agent()`,
-which pins concurrency=1 (faust issue #606 loses messages above 1).
+which pins concurrency=1 (faust-streaming's GitHub issue #606: more loses messages).
 
 Several workers can run at once: the builder's consumer group shares the events topic's
 partitions between them, and each partition resumes from PostgreSQL when it moves.

@@ -50,7 +50,7 @@ def local_stack(stack_settings: StackSettings) -> StackSettings:
 
 @pytest.fixture(scope="session")
 def kafka(local_stack: StackSettings) -> Iterator[KafkaSettings]:
-    """KafkaSettings with a unique topic prefix and every topic of DESIGN §4 created."""
+    """KafkaSettings with a unique topic prefix and every topic created."""
     base = KafkaSettings.from_env()
     settings = replace(
         base, topics=Topics(f"t{uuid.uuid4().hex[:10]}.wakeline."), partitions=TEST_PARTITIONS
