@@ -52,6 +52,12 @@ class Worker:
     _stopped: bool = False
     _stop_lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def start_builder(self) -> None:
+        """Start the builder thread, unless the worker is stopping already."""
+        with self._stop_lock:
+            if not self._stopped:
+                self.builder.start()
+
     def stop_hosted(self) -> None:
         """Run the stop hooks, then stop the builder thread (drains what is pending). Once:
         faust calls it on stop, and `run_worker` again after faust, since a stop signal
@@ -118,7 +124,7 @@ def create_worker(
 
         async def on_start(self) -> None:
             if settings.builder:
-                builder.start()
+                hosted.start_builder()
             loop = asyncio.get_running_loop()
             # `kill -USR1 <pid>` signs a checkpoint now
             with contextlib.suppress(NotImplementedError, RuntimeError):

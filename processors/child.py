@@ -7,8 +7,9 @@ and auditor in two processes ~21k/s. The child's lifecycle is tied to this proce
 - it dies with its parent: PR_SET_PDEATHSIG=SIGKILL, set in the child before it runs Python,
   so a kill -9 of the worker leaves no orphan auditor behind (and if the parent is already
   gone by then, the child exits at once);
-- a SIGTERM/SIGINT to the parent is forwarded when the parent begins to stop, and the
-  parent waits for the child before it exits;
+- a SIGTERM/SIGINT to the parent is forwarded (once) when the parent begins to stop, and
+  the parent waits for the child before it exits, killing it if it is not gone within the
+  parent's own shutdown deadline (shutdown.py);
 - if the child exits on its own, the parent stops and exits non-zero.
 
 `wakeline worker` starts the child at nice 10, as the measured split deployment runs its
