@@ -56,29 +56,39 @@ def fresh_kafka(kafka: KafkaSettings):  # type: ignore[no-untyped-def]
 
 
 class Stream:
-    """Produces `count` events at about `rate`/s on a thread, surviving broker outages."""
+    """Produces `count` events at about `rate`/s on a thread, surviving broker outages. With
+    `hold_at`, it stops after that many until `release()`."""
 
-    def __init__(self, kafka: KafkaSettings, count: int, rate: float) -> None:
-        self.kafka, self.count, self.rate = kafka, count, rate
+    def __init__(
+        self, kafka: KafkaSettings, count: int, rate: float, hold_at: int | None = None
+    ) -> None:
+        self.kafka, self.count, self.rate, self.hold_at = kafka, count, rate, hold_at
         self.sent = 0
         self.error: BaseException | None = None
+        self._released = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> Stream:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        self._released.set()
+
     def _run(self) -> None:
         try:
             p = Producer(self.kafka.client_config(**{"enable.idempotence": True, "acks": "all",
                                                     "message.timeout.ms": 300_000}))  # fmt: skip
-            t0 = time.monotonic()
+            t0, base = time.monotonic(), 0
             for event in traffic(self.count, workflows=50):
+                if self.sent == self.hold_at:
+                    assert self._released.wait(300), "stream never released"
+                    t0, base = time.monotonic(), self.sent
                 key, value, headers = frames(event)
                 p.produce(self.kafka.topics.events, key=key, value=value, headers=headers)
                 self.sent += 1
                 p.poll(0)
-                ahead = self.sent / self.rate - (time.monotonic() - t0)
+                ahead = (self.sent - base) / self.rate - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
             if p.flush(300) != 0:
@@ -197,12 +207,16 @@ def wait_until_live(kafka: KafkaSettings, dsn: str, proc: subprocess.Popen, log_
 
 def _restart_mid_stream(kafka, dsn, tmp_path, kill, start, *, worker_survives: bool) -> None:
     """Stream events through a worker, kill one service for 3 s mid-stream, start it again;
-    the ledger must end up holding every record, soundly."""
+    the ledger must end up holding every record, soundly. The stream holds after a few events
+    until the worker ledgers and audits them, so the restart hits a running worker mid-stream
+    however long the worker takes to boot."""
     log_path = tmp_path / "worker.log"
-    stream = Stream(kafka, count=12_000, rate=1_500).start()
+    stream = Stream(kafka, count=12_000, rate=1_500, hold_at=300).start()
     proc = start_worker(kafka, dsn, *WORKER_ARGS, log_path=str(log_path))
     try:
         wait_until_live(kafka, dsn, proc, log_path)
+        stream.release()
+        time.sleep(2)
         try:
             kill()
             time.sleep(3)
