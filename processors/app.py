@@ -58,20 +58,22 @@ class Worker:
             if not self._stopped:
                 self.builder.start()
 
-    def stop_hosted(self) -> None:
-        """Run the stop hooks, then stop the builder thread (drains what is pending). Once:
-        faust calls it on stop, and `run_worker` again after faust, since a stop signal
-        during faust's start ends faust without stopping its services."""
+    def stop_hosted(self, *, wait: bool = True) -> None:
+        """Run the stop hooks (once), tell the builder thread to stop (it drains what is
+        pending) and, with `wait`, wait for it. faust's stop calls it without waiting, so the
+        builder drains and closes its consumer (up to 5 s when a group join is in flight)
+        while faust stops its own services; `run_worker` calls it again after faust, waiting,
+        also because a stop signal during faust's start ends faust without stopping its
+        services."""
         with self._stop_lock:
-            if self._stopped:
-                return
-            self._stopped = True
-            for hook in self.stop_hooks:
-                try:
-                    hook()
-                except Exception as e:  # stopping goes on
-                    log.warning("stop hook failed: %s", e)
-            self.builder.stop()
+            if not self._stopped:
+                self._stopped = True
+                for hook in self.stop_hooks:
+                    try:
+                        hook()
+                    except Exception as e:  # stopping goes on
+                        log.warning("stop hook failed: %s", e)
+        self.builder.stop(timeout=30 if wait else 0)
 
 
 def agent(app: faust.App, channel: Any, **kwargs: Any) -> Callable[..., Any]:
@@ -120,7 +122,7 @@ def create_worker(
 
     @app.service
     class LedgerBuilderHost(Service):
-        """Starts the builder thread with the worker and stops it first on shutdown."""
+        """Starts the builder thread with the worker and tells it to stop on shutdown."""
 
         async def on_start(self) -> None:
             if settings.builder:
@@ -131,7 +133,7 @@ def create_worker(
                 loop.add_signal_handler(signal.SIGUSR1, lambda: self.add_future(_checkpoint()))
 
         async def on_stop(self) -> None:
-            await asyncio.get_running_loop().run_in_executor(None, hosted.stop_hosted)
+            hosted.stop_hosted(wait=False)  # run_worker waits for it, after faust
 
         @Service.task
         async def _watch(self) -> None:
