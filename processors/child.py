@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 
 from wakeline.errors import WakelineError
 
-from .shutdown import SHUTDOWN_DEADLINE_S
+from .shutdown import DEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +102,14 @@ class AuditChild:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
 
-    def stop(self, timeout: float = SHUTDOWN_DEADLINE_S - 1) -> int | None:
-        """Terminate the child and wait for it (SIGKILL after `timeout`, within this
-        process's own shutdown deadline); its exit code."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Terminate the child and wait for it; its exit code. SIGKILL after `timeout`, by
+        default a second before this process's own shutdown deadline."""
         self.terminate()
         if self.proc is None:
             return None
+        if timeout is None:
+            timeout = max(0.5, DEADLINE.remaining() - 1.0)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,25 @@ class Deadline:
     def __init__(self, seconds: float = SHUTDOWN_DEADLINE_S) -> None:
         self.seconds = seconds
         self._timer: threading.Timer | None = None
+        self._armed_at = 0.0
         self._lock = threading.Lock()
 
     @property
     def armed(self) -> bool:
         return self._timer is not None
 
+    def remaining(self) -> float:
+        """Seconds left before the forced exit (all of them while not armed)."""
+        if self._timer is None:
+            return self.seconds
+        return max(0.0, self.seconds - (time.monotonic() - self._armed_at))
+
     def arm(self, why: str) -> None:
         with self._lock:
             if self._timer is not None:
                 return
             log.info("stopping (%s); forced exit in %.0f s if not done", why, self.seconds)
+            self._armed_at = time.monotonic()
             self._timer = threading.Timer(self.seconds, self._expire, args=(why,))
             self._timer.daemon = True
             self._timer.name = "shutdown-deadline"
