@@ -94,8 +94,12 @@ def create_worker(
     store_factory: Callable[[], LedgerStore],
     signer: Signer | None,
 ) -> Worker:
+    # faust joins its app id's consumer group even with no agent. Only the audit publisher
+    # consumes there, so a process without it takes another id: its start and stop then never
+    # make the audit publishers rebalance (a rebalance during their own stop can hang it)
+    app_id = f"{kafka.topics.prefix}worker" + ("" if settings.audit else "-host")
     app = faust.App(
-        f"{kafka.topics.prefix}worker",
+        app_id,
         broker=f"kafka://{kafka.bootstrap}",
         store="memory://",
         web_enabled=False,
