@@ -1,4 +1,4 @@
-# Image for the `worker` and `compensator` services of docker-compose.yml.
+# Image for the `init` and `worker` services of docker-compose.yml.
 FROM python:3.11-slim
 WORKDIR /app
 COPY . /app

@@ -16,7 +16,7 @@ hosting the batch-consumer builder and/or the audit publisher agent).
    persistence (the CreateTime of the segment's header on the ledger topic, which the builder
    produces right after the PostgreSQL commit), in milliseconds.
 
-Targets (issue 5): >= 20,000 events/s sustained; p99 <= 2 s at 5,000 events/s.
+Targets: >= 20,000 events/s sustained; p99 <= 2 s at 5,000 events/s.
     .venv/bin/python bench/ledger.py [--events 200000] [--rate 5000] [--seconds 20]
 """
 

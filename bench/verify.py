@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/verify.py [--events N] [--segment-size S] [--partitions P]
 
-Targets (issue 3): >= 500,000 leaves/s appended, >= 300,000 leaves/s verified from a
+Targets: >= 500,000 leaves/s appended, >= 300,000 leaves/s verified from a
 bundle. Events are real Avro frames (wakeline.schemas) with CloudEvents headers; to build a
 million of them quickly, one workflow (intent, result, intent, result, seal) is encoded once
 and its fixed-width ids are rewritten per workflow, so every event id is still unique and the

@@ -73,6 +73,10 @@ def worker(
     the ledger topic's (audit publisher). `--no-audit` / `--no-builder` run one role only.
     `--metrics-port N` serves Prometheus metrics on N (the audit child's on N + 1).
     """
+    from wakeline.processors.shutdown import install_boot_handlers
+
+    install_boot_handlers()  # a stop signal while booting exits cleanly (0)
+
     from wakeline.cli.main import run_guarded
     from wakeline.processors.child import AuditChild
     from wakeline.processors.runner import run_from_env

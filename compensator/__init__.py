@@ -1,1 +1,2 @@
-"""The compensation daemon: quarantine -> reverse saga -> escalation (DESIGN §7)."""
+"""The compensation daemon: quarantine -> reverse saga -> escalation. Not built yet (see
+docs/architecture.md)."""

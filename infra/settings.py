@@ -344,7 +344,7 @@ class StackSettings:
 
 @dataclass(frozen=True)
 class Topics:
-    """The topic names, all under one configurable prefix."""
+    """Topic names (docs/architecture.md, Topics) under one configurable prefix."""
 
     prefix: str = DEFAULT_PREFIX
 

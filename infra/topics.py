@@ -1,4 +1,4 @@
-"""Topics of DESIGN §4: create them (idempotently) and check what exists."""
+"""The topics of docs/architecture.md (Topics): create them (idempotently) and check what exists."""
 
 from __future__ import annotations
 

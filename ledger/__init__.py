@@ -1,4 +1,5 @@
-"""Pure ledger core: hashing, Merkle tree, segments, proofs, checkpoints, stores (DESIGN §5).
+"""Pure ledger core: hashing, Merkle tree, segments, proofs, checkpoints, stores
+(docs/ledger-format.md).
 
 Never imports Kafka, faust or click. Auditors' scripts need only `verify_inclusion`,
 `verify_consistency`, the suites `BLAKE3` / `SHA256` and `ProofError`; the byte formats are

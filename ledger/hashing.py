@@ -1,4 +1,4 @@
-"""Hash suites and the one-byte domain prefixes (DESIGN §5).
+"""Hash suites and the one-byte domain prefixes (docs/ledger-format.md).
 
 A suite is a 32-byte hash function plus the RFC 6962 hashing rules built on it:
 leaf = H(LEAF_PREFIX || data), node = H(NODE_PREFIX || left || right), empty tree = H("").

@@ -1,4 +1,4 @@
-"""Segment headers and their hash chain (DESIGN §5; docs/ledger-format.md §Segment header).
+"""Segment headers and their hash chain (docs/ledger-format.md §Segment header).
 
 A segment is a contiguous run of one partition's leaves. Its header is a fixed 166-byte
 record, all integers big-endian:
@@ -169,7 +169,8 @@ class PartitionChain:
     """The growing ledger of one partition: its tree frontier and the chain's tip.
 
     The ledger builder keeps one per assigned partition and calls `seal` per batch;
-    `resume` rebuilds it from what a store holds (never from memory, DESIGN §6).
+    `resume` rebuilds it from what a store holds, never from memory (docs/architecture.md,
+    Processing guarantees).
     """
 
     def __init__(

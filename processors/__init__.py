@@ -1,1 +1,1 @@
-"""Stream processors hosted in the faust-streaming worker (DESIGN §6)."""
+"""Stream processors hosted in the faust-streaming worker (docs/architecture.md)."""

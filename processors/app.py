@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from .checkpointing import sign_checkpoint
 from .schema_sync import worker_resolver
 from .service import LedgerBuilderService
 from .settings import BuilderSettings
+from .shutdown import DEADLINE, install_stopping_handlers
 from .stream import KafkaRunner, RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,36 @@ class Worker:
     metrics_address: tuple[str, int] | None = None
     #: time (s since the epoch) of the newest signed checkpoint, or None (see `samples`)
     checkpoint_time: Callable[[], float | None] | None = None
+    _stopped: bool = False
+    _stop_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start_runners(self) -> None:
+        """Start the runners' threads, unless the worker is stopping already."""
+        with self._stop_lock:
+            if not self._stopped:
+                for runner in self.runners:
+                    runner.start()
+
+    def stop_hosted(self, *, wait: bool = True) -> None:
+        """Run the stop hooks (once), tell every runner to stop (each drains what is
+        pending) and, with `wait`, wait for them. faust's stop calls it without waiting, so
+        the runners drain and close their consumers (up to 5 s when a group join is in
+        flight) while faust stops its own services; `run_worker` calls it again after
+        faust, waiting, also because a stop signal during faust's start ends faust without
+        stopping its services."""
+        with self._stop_lock:
+            if not self._stopped:
+                self._stopped = True
+                for hook in self.stop_hooks:
+                    try:
+                        hook()
+                    except Exception as e:  # stopping goes on
+                        log.warning("stop hook failed: %s", e)
+        for runner in self.runners:
+            runner._stop.set()  # all at once, then wait for each
+        if wait:
+            for runner in self.runners:
+                runner.stop(timeout=max(DEADLINE.remaining() - 0.5, 0.1))
 
     @property
     def failure(self) -> BaseException | None:
@@ -102,14 +134,19 @@ def create_worker(
     store_factory: Callable[[], LedgerStore],
     signer: Signer | None,
 ) -> Worker:
+    # faust joins its app id's consumer group even with no agent; a process of another role
+    # takes another id, so starting or stopping one never rebalances the other (a rebalance
+    # during a process's own stop can hang it)
+    role = (
+        "all" if settings.builder and settings.audit else "builder" if settings.builder else "audit"
+    )
     app = faust.App(
-        f"{kafka.topics.prefix}worker",
+        f"{kafka.topics.prefix}worker-{role}",
         broker=f"kafka://{kafka.bootstrap}",
         store="memory://",
         web_enabled=False,
         topic_partitions=kafka.partitions,
         topic_replication_factor=1,
-        # a new worker's audit agent starts at the first header, never at the newest
         consumer_auto_offset_reset="earliest",
     )
     runners: list[KafkaRunner] = []
@@ -133,29 +170,21 @@ def create_worker(
         finally:
             store.close()
 
+    worker = Worker(app, builder, checkpoint_now, stop_hooks, runners)
+
     @app.service
     class RunnerHost(Service):
-        """Starts the runners' threads with the worker and stops them first on shutdown."""
+        """Starts the runners' threads with the worker and tells them to stop on shutdown."""
 
         async def on_start(self) -> None:
-            for runner in runners:
-                runner.start()
+            worker.start_runners()
             loop = asyncio.get_running_loop()
             # `kill -USR1 <pid>` signs a checkpoint now
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signal.SIGUSR1, lambda: self.add_future(_checkpoint()))
 
         async def on_stop(self) -> None:
-            for hook in stop_hooks:
-                try:
-                    hook()
-                except Exception as e:  # stopping goes on
-                    log.warning("stop hook failed: %s", e)
-            loop = asyncio.get_running_loop()
-            for runner in runners:
-                runner._stop.set()  # all at once, then wait for each
-            for runner in runners:
-                await loop.run_in_executor(None, runner.stop)
+            worker.stop_hosted(wait=False)  # run_worker waits for them, after faust
 
         @Service.task
         async def _watch(self) -> None:
@@ -183,7 +212,6 @@ def create_worker(
         async def checkpoint_timer() -> None:
             await _checkpoint()
 
-    worker = Worker(app, builder, checkpoint_now, stop_hooks, runners)
     if settings.metrics_port:
         worker.metrics = m.PrometheusMetrics()
         worker.metrics.observe(worker.samples)
@@ -251,14 +279,31 @@ def audit_runner(
     )
 
 
+class DeadlineWorker(faust.Worker):
+    """faust's worker, arming the shutdown deadline when a stop signal arrives (these two
+    hooks are the ones faust's own Worker overrides to flag a stop by signal)."""
+
+    def _on_sigterm(self) -> None:
+        DEADLINE.arm("SIGTERM")
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        DEADLINE.arm("SIGINT")
+        super()._on_sigint()
+
+
 def run_worker(worker: Worker, loglevel: str = "warn") -> None:
-    """Run the faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
+    """Run the faust worker in this process until it is stopped (SIGTERM/SIGINT). From the
+    stop signal on, the process has SHUTDOWN_DEADLINE_S to exit (shutdown.py)."""
     if worker.metrics_address is not None:  # a port in use is a clear error, before anything
         worker.metrics.serve(worker.metrics_address[1], worker.metrics_address[0])
     try:
-        faust_worker = faust.Worker(worker.app, loglevel=loglevel, quiet=True)
+        faust_worker = DeadlineWorker(worker.app, loglevel=loglevel, quiet=True)
         faust_worker.execute_from_commandline()
     finally:
+        install_stopping_handlers()
+        DEADLINE.arm("the worker stopped")
+        worker.stop_hosted()
         worker.metrics.close()
     if worker.failure is not None:
         raise worker.failure

@@ -7,8 +7,9 @@ and auditor in two processes ~21k/s. The child's lifecycle is tied to this proce
 - it dies with its parent: PR_SET_PDEATHSIG=SIGKILL, set in the child before it runs Python,
   so a kill -9 of the worker leaves no orphan auditor behind (and if the parent is already
   gone by then, the child exits at once);
-- a SIGTERM/SIGINT to the parent is forwarded when the parent begins to stop, and the
-  parent waits for the child before it exits;
+- a SIGTERM/SIGINT to the parent is forwarded (once) when the parent begins to stop, and
+  the parent waits for the child before it exits, killing it if it is not gone within the
+  parent's own shutdown deadline (shutdown.py);
 - if the child exits on its own, the parent stops and exits non-zero.
 
 `wakeline worker` starts the child at nice 10, as the measured split deployment runs its
@@ -31,6 +32,8 @@ import threading
 from collections.abc import Callable, Sequence
 
 from wakeline.errors import WakelineError
+
+from .shutdown import DEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +92,24 @@ class AuditChild:
         on_failure()
 
     def terminate(self) -> None:
-        """Forward the stop to the child (does not wait)."""
+        """Forward the stop to the child, once (does not wait). A second SIGTERM could reach
+        the child after its faust loop has closed and kill it mid-drain."""
         with self._lock:
+            if self._stopping:
+                return
             self._stopping = True
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
 
-    def stop(self, timeout: float = 30) -> int | None:
-        """Terminate the child and wait for it (SIGKILL after `timeout`); its exit code."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Terminate the child and wait for it; its exit code. SIGKILL after `timeout`, by
+        default a second before this process's own shutdown deadline."""
         self.terminate()
         if self.proc is None:
             return None
+        if timeout is None:
+            timeout = max(0.5, DEADLINE.remaining() - 1.0)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -40,7 +40,7 @@ def worker_from_env(
     settings = BuilderSettings.from_env(env)
     if overrides:
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    signer = load_signer(signing_key_path(env))  # generated on first use (DESIGN §2)
+    signer = load_signer(signing_key_path(env))  # generated on first use
     return create_worker(kafka, settings, dsn, postgres_store_factory(dsn), signer)
 
 

@@ -1,4 +1,5 @@
-"""Avro schemas (*.avsc) and the codec that frames them: the wire contract (DESIGN §3).
+"""Avro schemas (*.avsc) and the codec that frames them: the wire contract
+(schemas/README.md).
 
 See schemas/README.md for the frame layout other languages implement, and
 docs/contracts.md for this API.

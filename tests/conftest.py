@@ -13,7 +13,6 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -24,8 +23,6 @@ from wakeline.errors import WakelineError
 from wakeline.infra import db, topics
 from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings, Topics
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 TEST_PARTITIONS = 3
 
 
@@ -54,7 +51,7 @@ def local_stack(stack_settings: StackSettings) -> StackSettings:
 
 @pytest.fixture(scope="session")
 def kafka(local_stack: StackSettings) -> Iterator[KafkaSettings]:
-    """KafkaSettings with a unique topic prefix and every topic of DESIGN §4 created."""
+    """KafkaSettings with a unique topic prefix and every topic created."""
     base = KafkaSettings.from_env()
     settings = replace(
         base, topics=Topics(f"t{uuid.uuid4().hex[:10]}.wakeline."), partitions=TEST_PARTITIONS
@@ -105,10 +102,3 @@ def fresh_dsn(local_stack: StackSettings) -> Iterator[str]:
     value = _create_database()
     yield value
     _drop_database(value)
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"shared/ not found beside the repo at {SHARED}", pytrace=False)
-    return SHARED

@@ -1,6 +1,6 @@
 """Wakeline: an event-sourced audit ledger and compensation daemon for AI agents.
 
-The components live in their own subpackages (DESIGN §1): `wakeline.schemas`,
+The components live in their own subpackages (docs/architecture.md): `wakeline.schemas`,
 `wakeline.ledger`, `wakeline.producers`, `wakeline.processors`, `wakeline.compensator`,
 `wakeline.cli`, and `wakeline.infra` (settings, the local stack, topics, migrations).
 This root package holds only what every one of them shares: the version and the errors.

@@ -1,4 +1,4 @@
-"""One error hierarchy for the whole distribution (CONVENTIONS: project habits).
+"""One error hierarchy for the whole distribution (docs/architecture.md, Layers).
 
 Each component raises its own subclass; the CLI maps them to exit codes and one-line
 messages. Expected failures never surface as tracebacks.

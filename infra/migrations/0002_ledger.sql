@@ -1,4 +1,4 @@
--- Ledger tables (DESIGN §5, docs/ledger-format.md). Append-only: the triggers below refuse
+-- Ledger tables (docs/ledger-format.md). Append-only: the triggers below refuse
 -- UPDATE, DELETE and TRUNCATE with wakeline_refuse_change() from 0001_core.sql.
 
 CREATE TABLE ledger_segments (

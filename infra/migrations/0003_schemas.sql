@@ -1,4 +1,4 @@
--- Schema registry (DESIGN §3): every Avro writer schema ever published, by the 8-byte
+-- Schema registry (schemas/README.md): every Avro writer schema ever published, by the 8-byte
 -- CRC-64-AVRO fingerprint that single-object-encoded frames carry (little-endian, as framed).
 -- Any consumer, in any language, resolves a frame's fingerprint here (or on the compacted
 -- <prefix>schemas topic). Rows are immutable: a fingerprint names one schema forever.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import subprocess
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from wakeline.processors.checkpointing import sign_checkpoint
 from wakeline.processors.runner import postgres_store_factory
 from wakeline.testkit.harness import (
     check_against_topic,
+    ledger_size,
     read_topic,
     start_worker,
     stop_worker,
@@ -55,29 +57,39 @@ def fresh_kafka(kafka: KafkaSettings):  # type: ignore[no-untyped-def]
 
 
 class Stream:
-    """Produces `count` events at about `rate`/s on a thread, surviving broker outages."""
+    """Produces `count` events at about `rate`/s on a thread, surviving broker outages. With
+    `hold_at`, it stops after that many until `release()`."""
 
-    def __init__(self, kafka: KafkaSettings, count: int, rate: float) -> None:
-        self.kafka, self.count, self.rate = kafka, count, rate
+    def __init__(
+        self, kafka: KafkaSettings, count: int, rate: float, hold_at: int | None = None
+    ) -> None:
+        self.kafka, self.count, self.rate, self.hold_at = kafka, count, rate, hold_at
         self.sent = 0
         self.error: BaseException | None = None
+        self._released = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> Stream:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        self._released.set()
+
     def _run(self) -> None:
         try:
             p = Producer(self.kafka.client_config(**{"enable.idempotence": True, "acks": "all",
                                                     "message.timeout.ms": 300_000}))  # fmt: skip
-            t0 = time.monotonic()
+            t0, base = time.monotonic(), 0
             for event in traffic(self.count, workflows=50):
+                if self.sent == self.hold_at:
+                    assert self._released.wait(300), "stream never released"
+                    t0, base = time.monotonic(), self.sent
                 key, value, headers = frames(event)
                 p.produce(self.kafka.topics.events, key=key, value=value, headers=headers)
                 self.sent += 1
                 p.poll(0)
-                ahead = self.sent / self.rate - (time.monotonic() - t0)
+                ahead = (self.sent - base) / self.rate - (time.monotonic() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
             if p.flush(300) != 0:
@@ -127,6 +139,19 @@ def assert_sound(kafka: KafkaSettings, dsn: str, count: int) -> None:
         store.close()
 
 
+STOP_DEADLINE_S = 10
+
+
+def stop_promptly(proc: subprocess.Popen, log_path: Path) -> None:
+    """SIGTERM must stop the worker cleanly within STOP_DEADLINE_S, whatever the broker did
+    before (a bound on shutdown, not a performance figure: stopping takes about 1 s)."""
+    t0 = time.monotonic()
+    rc = stop_worker(proc, timeout=STOP_DEADLINE_S)
+    took = time.monotonic() - t0
+    log.warning("worker stopped rc=%s in %.1fs", rc, took)
+    assert rc == 0, f"rc={rc} after {took:.1f}s: " + log_path.read_text()[-3000:]
+
+
 def finish(kafka: KafkaSettings, dsn: str, stream: Stream, log_path: Path) -> None:
     """Let the stream end, run one clean worker to the end of the topic, stop it."""
     stream.join()
@@ -139,7 +164,7 @@ def finish(kafka: KafkaSettings, dsn: str, stream: Stream, log_path: Path) -> No
             assert time.monotonic() < deadline, "audit records missing"
     finally:
         store.close()
-        assert stop_worker(proc) == 0, log_path.read_text()[-3000:]
+        stop_promptly(proc, log_path)
 
 
 def test_kill_9_at_random_points_while_events_stream(fresh_kafka, fresh_dsn, tmp_path) -> None:
@@ -167,14 +192,32 @@ def _local(local_stack: StackSettings, what: str) -> None:
         pytest.skip(f"{what} is external; this test restarts the local one")
 
 
+def wait_until_live(kafka: KafkaSettings, dsn: str, proc: subprocess.Popen, log_path: Path) -> None:
+    """Until the worker ledgers (builder) and audits (the audit child): a restart must hit a
+    running worker, not one still booting on a loaded machine (startup is not under test)."""
+    store = postgres_store_factory(dsn)()
+    try:
+        deadline = time.monotonic() + 120
+        while ledger_size(store) == 0 or not read_topic(kafka, kafka.topics.audit, idle=0.5):
+            assert proc.poll() is None, "worker exited: " + log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, "worker not live after 120 s"
+            time.sleep(0.2)
+    finally:
+        store.close()
+
+
 def _restart_mid_stream(kafka, dsn, tmp_path, kill, start, *, worker_survives: bool) -> None:
     """Stream events through a worker, kill one service for 3 s mid-stream, start it again;
-    the ledger must end up holding every record, soundly."""
+    the ledger must end up holding every record, soundly. The stream holds after a few events
+    until the worker ledgers and audits them, so the restart hits a running worker mid-stream
+    however long the worker takes to boot."""
     log_path = tmp_path / "worker.log"
-    stream = Stream(kafka, count=12_000, rate=1_500).start()
+    stream = Stream(kafka, count=12_000, rate=1_500, hold_at=300).start()
     proc = start_worker(kafka, dsn, *WORKER_ARGS, log_path=str(log_path))
     try:
-        time.sleep(4)
+        wait_until_live(kafka, dsn, proc, log_path)
+        stream.release()
+        time.sleep(2)
         try:
             kill()
             time.sleep(3)
@@ -189,7 +232,7 @@ def _restart_mid_stream(kafka, dsn, tmp_path, kill, start, *, worker_survives: b
         if worker_survives:
             assert proc.poll() is None, "the worker must ride out a database restart"
     finally:
-        assert stop_worker(proc) == 0, log_path.read_text()[-3000:]
+        stop_promptly(proc, log_path)
     finish(kafka, dsn, stream, log_path)
     assert_sound(kafka, dsn, stream.count)
 

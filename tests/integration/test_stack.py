@@ -1,4 +1,5 @@
-"""The foundation against the real broker and database: the four round trips of issue 2."""
+"""The foundation against the real broker and database: four round trips
+(Kafka produce/consume, a Kafka transaction, a faust agent, PostgreSQL)."""
 
 from __future__ import annotations
 
