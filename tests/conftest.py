@@ -65,6 +65,17 @@ def kafka(local_stack: StackSettings) -> Iterator[KafkaSettings]:
         topics.delete_topics(settings)
 
 
+@pytest.fixture
+def fresh_kafka(kafka: KafkaSettings) -> Iterator[KafkaSettings]:
+    """Topics of their own for one test (e.g. a worker that reads the events topic from
+    offset 0 must see only this test's records), removed afterwards."""
+    settings = replace(kafka, topics=Topics(f"t{uuid.uuid4().hex[:10]}.wakeline."))
+    topics.ensure_topics(settings)
+    yield settings
+    with contextlib.suppress(Exception):
+        topics.delete_topics(settings)
+
+
 def _create_database() -> str:
     base = DatabaseSettings.from_env().dsn
     name = f"wl_test_{uuid.uuid4().hex[:12]}"

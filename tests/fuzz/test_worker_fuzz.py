@@ -12,19 +12,15 @@ event id, not a header, is what lookups find.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import time
-import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
-from wakeline.infra import topics
-from wakeline.infra.settings import KafkaSettings, Topics
+from wakeline.infra.settings import KafkaSettings
 from wakeline.processors.audit import decode_audit, record_size
 from wakeline.processors.runner import postgres_store_factory
 from wakeline.schemas import decode_event
@@ -43,15 +39,6 @@ from .conftest import examples
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MAX_RECORD = 200_000  # the worker's derived-record limit in this test
-
-
-@pytest.fixture
-def fresh_kafka(kafka: KafkaSettings):  # type: ignore[no-untyped-def]
-    settings = replace(kafka, topics=Topics(f"f{uuid.uuid4().hex[:10]}.wakeline."))
-    topics.ensure_topics(settings)
-    yield settings
-    with contextlib.suppress(Exception):
-        topics.delete_topics(settings)
 
 
 def _mutate(rng: random.Random, frame: bytes) -> bytes:

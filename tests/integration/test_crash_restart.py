@@ -7,23 +7,19 @@ bring it back, in `finally`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import subprocess
 import threading
 import time
-import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
 from wakeline.devstack import stack
-from wakeline.infra import topics
 from wakeline.infra.kafka_source import verify_from_kafka
-from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings, Topics
+from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
 from wakeline.ledger.checkpoints import generate_signer
 from wakeline.ledger.segments import SegmentHeader
 from wakeline.processors.audit import decode_audit
@@ -45,15 +41,6 @@ log = logging.getLogger(__name__)
 
 WORKER_ARGS = ("--segment-max-leaves", "400", "--segment-max-age-ms", "100",
                "--checkpoint-interval-s", "0")  # fmt: skip
-
-
-@pytest.fixture
-def fresh_kafka(kafka: KafkaSettings):  # type: ignore[no-untyped-def]
-    settings = replace(kafka, topics=Topics(f"t{uuid.uuid4().hex[:10]}.wakeline."))
-    topics.ensure_topics(settings)
-    yield settings
-    with contextlib.suppress(Exception):
-        topics.delete_topics(settings)
 
 
 class Stream:

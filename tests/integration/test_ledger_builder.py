@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import time
-import uuid
-from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 
@@ -16,8 +14,7 @@ import fastavro
 import pytest
 from confluent_kafka import Producer
 
-from wakeline.infra import topics
-from wakeline.infra.settings import KafkaSettings, Topics
+from wakeline.infra.settings import KafkaSettings
 from wakeline.ledger.checkpoints import generate_signer
 from wakeline.ledger.segments import SegmentHeader
 from wakeline.ledger.sources import verify_store
@@ -35,16 +32,6 @@ from wakeline.testkit.samples import frames, traffic
 pytestmark = pytest.mark.integration
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-
-
-@pytest.fixture
-def fresh_kafka(kafka: KafkaSettings):  # type: ignore[no-untyped-def]
-    """Topics of their own for one test (the builder reads the events topic from offset 0)."""
-    settings = replace(kafka, topics=Topics(f"t{uuid.uuid4().hex[:10]}.wakeline."))
-    topics.ensure_topics(settings)
-    yield settings
-    with contextlib.suppress(Exception):
-        topics.delete_topics(settings)
 
 
 def produce(kafka: KafkaSettings, events: list[dict], extra: list[tuple] = ()) -> None:

@@ -3,36 +3,23 @@ process on N, its audit child on N + 1, scraped over HTTP while events are ledge
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import time
 import urllib.error
 import urllib.request
-import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
-from wakeline.infra import topics
-from wakeline.infra.settings import KafkaSettings, Topics
+from wakeline.infra.settings import KafkaSettings
 from wakeline.testkit.harness import start_worker, stop_worker
 from wakeline.testkit.samples import frames, traffic
 
 pytestmark = pytest.mark.integration
 
 EVENTS = 300
-
-
-@pytest.fixture
-def fresh_kafka(kafka: KafkaSettings):  # type: ignore[no-untyped-def]
-    settings = replace(kafka, topics=Topics(f"t{uuid.uuid4().hex[:10]}.wakeline."))
-    topics.ensure_topics(settings)
-    yield settings
-    with contextlib.suppress(Exception):
-        topics.delete_topics(settings)
 
 
 def two_free_ports() -> int:

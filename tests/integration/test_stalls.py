@@ -3,34 +3,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
-import uuid
-from dataclasses import replace
 
 import pytest
 from confluent_kafka import Producer
 
 from wakeline.devstack.doctor import ledger_progress
 from wakeline.errors import StoreError
-from wakeline.infra import topics
-from wakeline.infra.settings import KafkaSettings, Topics
+from wakeline.infra.settings import KafkaSettings
 from wakeline.ledger.store_postgres import PostgresLedgerStore
 from wakeline.processors.service import LedgerBuilderService
 from wakeline.processors.settings import BuilderSettings
 from wakeline.testkit.samples import frames, traffic
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fresh_kafka(kafka: KafkaSettings):  # type: ignore[no-untyped-def]
-    settings = replace(kafka, topics=Topics(f"s{uuid.uuid4().hex[:10]}.wakeline."))
-    topics.ensure_topics(settings)
-    yield settings
-    with contextlib.suppress(Exception):
-        topics.delete_topics(settings)
 
 
 def produce(kafka: KafkaSettings, n: int) -> None:
