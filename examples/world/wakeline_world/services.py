@@ -26,6 +26,7 @@ from wakeline_world.core import (
     NotFound,
     OutOfStock,
     TooLate,
+    connections,
     new_id,
     run,
 )
@@ -48,13 +49,13 @@ def _count(name: str, value: Any) -> int:
 
 
 def _one(dsn: str, query: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return conn.execute(query, params).fetchone()
+    with connections(dsn)[0].cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchone()
 
 
 def _all(dsn: str, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return conn.execute(query, params).fetchall()
+    with connections(dsn)[0].cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()
 
 
 class Payments:
@@ -397,7 +398,8 @@ class Email:
         return row
 
     def _deliver(self, where: str, params: tuple[Any, ...]) -> list[str]:
-        with psycopg.connect(self.dsn) as conn, conn.transaction():
+        conn = connections(self.dsn)[1]
+        with conn.transaction():
             rows = conn.execute(
                 "UPDATE world.email_outbox SET status = 'delivered', "
                 f"delivered_at = clock_timestamp() WHERE status = 'queued' AND {where} "
