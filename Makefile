@@ -7,11 +7,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test demo up down status init bench lint clean unit soak
 
-$(STAMP): pyproject.toml
+# The example outside world (examples/world) is a package of its own, so `pip install wakeline`
+# stays free of it; the tests and the demo use it.
+$(STAMP): pyproject.toml examples/world/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e examples/world
 	touch $(STAMP)
 
 venv: $(STAMP)
