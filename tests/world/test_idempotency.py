@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+
 from wakeline_world import (
     IdempotencyConflict,
     InvalidRequest,

@@ -7,13 +7,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from wakeline_world import OPERATIONS, World
-from wakeline_world.tools import COMPENSATIONS, SPECS, register, registry
 
 from wakeline.infra.settings import KafkaSettings
 from wakeline.producers import Emitter, ToolRegistry
 from wakeline.schemas import decode_event
 from wakeline.testkit.harness import read_topic
+from wakeline_world import OPERATIONS, World
+from wakeline_world.tools import COMPENSATIONS, SPECS, register, registry
 
 CARD = "4242 4242 4242 4242"
 
