@@ -41,10 +41,6 @@ class ToolSpec:
     reads: ResourceKeys = ()
     writes: ResourceKeys = ()
     compensation: str | None = None
-    #: how long (seconds) after a call its compensating action can still undo it (an email can
-    #: be recalled only while it sits in the outbox); None = no limit. Recorded in every intent
-    #: (`undo_window_us`); past it, the compensator escalates instead of compensating.
-    undo_window_s: float | None = None
     #: dotted paths (`card.number`) removed from the logged arguments
     redact: frozenset[str] = frozenset()
     #: dotted paths replaced by their BLAKE3 digest in the logged arguments
@@ -61,6 +57,10 @@ class ToolSpec:
     scrub_error: Callable[[BaseException, str], str] | None = None
     description: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: how long (seconds) after a call its compensating action can still undo it (an email can
+    #: be recalled only while it sits in the outbox); None = no limit. Recorded in every intent
+    #: (`undo_window_us`); past it, the compensator escalates instead of compensating.
+    undo_window_s: float | None = None
     #: redact + digest_only, sorted (derived; recorded in every intent)
     redacted_fields: list[str] = field(init=False, compare=False, repr=False)
 
