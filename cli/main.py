@@ -207,8 +207,9 @@ def _attach_component_commands() -> None:
     from wakeline.cli.ledger import ledger
     from wakeline.cli.tail import tail
     from wakeline.cli.worker import worker
+    from wakeline.cli.workflow import workflow
 
-    for command in (ledger, worker, tail, config):
+    for command in (ledger, worker, tail, config, workflow):
         cli.add_command(command)
 
 

@@ -90,6 +90,10 @@ def _optional(text: str | None) -> bytes:
     return _NULL if text is None else b"\x02" + _string(text)
 
 
+def _optional_long(n: int | None) -> bytes:
+    return _NULL if n is None else b"\x02" + avro_long(n)
+
+
 def _strings(items: Sequence[str]) -> bytes:
     if not items:
         return _EMPTY
@@ -142,6 +146,7 @@ def spec_tail(spec: ToolSpec, decision: PolicyDecision, reason: str, mode: str) 
             _DURABILITY[mode],
             _strings(spec.redacted_fields),
             _NULL,  # approval_id
+            _optional_long(spec.undo_window_us),
         )
     )
 

@@ -57,6 +57,10 @@ class ToolSpec:
     scrub_error: Callable[[BaseException, str], str] | None = None
     description: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: how long (seconds) after a call its compensating action can still undo it (an email can
+    #: be recalled only while it sits in the outbox); None = no limit. Recorded in every intent
+    #: (`undo_window_us`); past it, the compensator escalates instead of compensating.
+    undo_window_s: float | None = None
     #: redact + digest_only, sorted (derived; recorded in every intent)
     redacted_fields: list[str] = field(init=False, compare=False, repr=False)
 
@@ -76,6 +80,14 @@ class ToolSpec:
             raise SdkError(
                 f"tool {self.name}: durability {self.durability!r} is not one of "
                 f"{', '.join(DURABILITIES)}"
+            )
+        window = self.undo_window_s
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int | float) or not 0 < window < 4e12
+        ):
+            raise SdkError(
+                f"tool {self.name}: undo_window_s must be a positive number of seconds or None, "
+                f"got {window!r}"
             )
         object.__setattr__(self, "redact", frozenset(self.redact))
         object.__setattr__(self, "digest_only", frozenset(self.digest_only))
@@ -101,6 +113,13 @@ class ToolSpec:
     @property
     def mutates(self) -> bool:
         return self.reversibility != "read"
+
+    @property
+    def undo_window_us(self) -> int | None:
+        """The undo window as the intent records it (microseconds), None for no limit."""
+        if self.undo_window_s is None:
+            return None
+        return max(1, round(self.undo_window_s * 1_000_000))
 
     @property
     def effective_durability(self) -> Durability:

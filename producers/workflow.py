@@ -353,6 +353,7 @@ class WorkflowContext:
                 policy_reason=reason,
                 durability=mode,
                 redacted_fields=spec.redacted_fields,
+                undo_window_us=spec.undo_window_us,
             )
             frame = self._frame(intent)
         return ToolCall(

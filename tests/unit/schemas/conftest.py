@@ -49,6 +49,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "durability": "strict",
         "redacted_fields": ["card.number"],
         "approval_id": None,
+        "undo_window_us": None,
     },
     "ToolResult": {
         "intent_id": "01939b6e-0000-7000-8000-000000000001",

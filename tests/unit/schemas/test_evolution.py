@@ -1,6 +1,7 @@
 """Schema evolution: old readers read new writers and new readers read old writers (Avro rules).
 
-data/ToolIntent.v0.avsc is ToolIntent before `redacted_fields` and `approval_id` were added;
+data/ToolIntent.v0.avsc is ToolIntent before `redacted_fields`, `approval_id` and
+`undo_window_us` were added;
 data/Alert.v2.avsc is a future Alert with one more enum symbol and one more defaulted field.
 """
 
@@ -24,7 +25,7 @@ from wakeline.schemas import (
 DATA = Path(__file__).parent / "data"
 TOOL_INTENT_V0 = SchemaInfo.from_json((DATA / "ToolIntent.v0.avsc").read_text())
 ALERT_V2 = SchemaInfo.from_json((DATA / "Alert.v2.avsc").read_text())
-ADDED_IN_V1 = {"redacted_fields", "approval_id"}
+ADDED_IN_V1 = {"redacted_fields", "approval_id", "undo_window_us"}
 
 
 def _v0_codec() -> Codec:
@@ -57,7 +58,7 @@ def test_new_reader_reads_old_writer(make_event: Callable[..., dict]) -> None:
     new = Codec(packaged_schemas())
     new.register(TOOL_INTENT_V0)
     decoded = new.decode(frame)
-    assert decoded == {**event, "redacted_fields": [], "approval_id": None}
+    assert decoded == {**event, "redacted_fields": [], "approval_id": None, "undo_window_us": None}
 
 
 def test_unknown_enum_symbol_reads_as_the_enum_default(make_event: Callable[..., dict]) -> None:
