@@ -403,10 +403,20 @@ class KafkaRunner:
             if not pending:
                 return
             offsets = self._load(pending)
-            for p, off in offsets.items():
-                if off is not None:
-                    self.consumer.seek(self._tp(p, off))
-                self.consumer.resume([self._tp(p)])
+            try:
+                for p, off in offsets.items():
+                    # the consumer's position has moved past what failed: always seek, to the
+                    # group's committed offset when the processor keeps no position of its own
+                    at = self._committed(p) if off is COMMITTED else off
+                    self.consumer.seek(self._tp(p, at))
+                    self.consumer.resume([self._tp(p)])
+            except Exception as e:  # e.g. the committed offset is not readable: all again
+                self.last_error = f"seek failed: {type(e).__name__}: {e}"
+                with contextlib.suppress(Exception):
+                    self.consumer.pause([self._tp(p) for p in offsets])
+                    self.processor.revoke(list(offsets))
+                self._to_load.update(offsets)
+                raise WakelineError(self.last_error) from e
             if self._to_load:
                 raise WakelineError(self.last_error or "restore failed")
 
@@ -430,6 +440,11 @@ class KafkaRunner:
         )
         with contextlib.suppress(WakelineError):
             retrying(attempt)
+
+    def _committed(self, partition: int) -> int:
+        """The group's committed offset of `partition` (from the start when there is none)."""
+        (tp,) = self.consumer.committed([self._tp(partition)], timeout=10)
+        return tp.offset if tp.offset >= 0 else FROM_BEGINNING
 
     def _serve_group(self, seconds: float) -> None:
         """Wait while polling the consumer (its partitions paused), so the group keeps us."""
