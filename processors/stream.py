@@ -247,6 +247,8 @@ class KafkaRunner:
         self._commit_lock = threading.Lock()
         self._to_commit: dict[int, int] = {}
         self._progress_at: dict[int, float] = {}
+        #: partition -> the next offset of the newest finished work since it was assigned
+        self._done: dict[int, int] = {}
         self._stall_checked_at = 0.0
         #: partition -> (seconds without progress, next offset known, high watermark, last error)
         self.stalled: dict[int, tuple[float, int, int, str | None]] = {}
@@ -368,6 +370,8 @@ class KafkaRunner:
         self.processor.revoke(ps)
         self._assigned.difference_update(ps)
         self._to_load.difference_update(ps)
+        for p in ps:
+            self._done.pop(p, None)
         consumer.unassign()
 
     def _tp(self, partition: int, offset: int | None = None) -> Any:
@@ -559,6 +563,7 @@ class KafkaRunner:
             now = time.monotonic()
             with self._commit_lock:
                 self._to_commit.update(offsets)
+                self._done.update(offsets)
                 for p in offsets:
                     self._progress_at[p] = now
 
@@ -595,9 +600,9 @@ class KafkaRunner:
                 position, high = -1, -1
             if position >= 0 and high >= 0:
                 lag[p] = max(high - position, 0)
-            with self._commit_lock:
-                done = self._to_commit.get(p, -1)
-            waiting = p in self._to_load or high > max(position, 0) or done < position
+            done = self._done.get(p)
+            unfinished = done is not None and done < position  # read, not yet through the sink
+            waiting = p in self._to_load or high > max(position, 0) or unfinished
             if not waiting:
                 self._progress_at[p] = now
                 if self.stalled.pop(p, None) is not None:

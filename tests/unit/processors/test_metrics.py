@@ -184,3 +184,18 @@ def test_the_audit_child_always_gets_its_own_port(monkeypatch):
 def test_the_worker_help_names_the_options():
     out = CliRunner().invoke(worker, ["--help"]).output
     assert "--metrics-port" in out and "--metrics-host" in out and "audit child" in out
+
+
+def test_a_caught_up_partition_is_never_stalled_however_long_it_is_idle():
+    """Nothing read and unfinished, nothing unread: idle, not stalled (the pending-commit
+    map is emptied on every commit, so it cannot say what was finished)."""
+    r = runner({0: (5, 5)}, stall_after_s=60)
+    r._progress_at[0] = time.monotonic() - 3600
+    r._check_stalls()
+    assert r.stalled == {}
+    # read but not finished by the sink since: that is waiting, and stalls in time
+    r._done[0] = 3
+    r._progress_at[0] = time.monotonic() - 3600
+    r._stall_checked_at = 0.0
+    r._check_stalls()
+    assert list(r.stalled) == [0]
