@@ -26,10 +26,9 @@ from wakeline.ledger.records import LedgerRecord, leaf_bytes
 from wakeline.ledger.segments import PartitionChain, SegmentHeader
 from wakeline.ledger.store import Entry, LedgerStore, lookup_event_id, lookup_key
 
-log = logging.getLogger(__name__)
+from .stream import FROM_BEGINNING  # an empty ledger starts at Kafka's OFFSET_BEGINNING
 
-#: where a partition with an empty ledger starts reading (Kafka's OFFSET_BEGINNING)
-FROM_BEGINNING = -2
+log = logging.getLogger(__name__)
 
 
 class LedgerDivergence(LedgerError):

@@ -1,4 +1,5 @@
-"""After a segment is persisted: its header goes to the ledger topic.
+"""After a segment is persisted: its header goes to the ledger topic (the runner produces
+it, `header_record` says how; processors/service.py).
 
 What has been published is recorded in PostgreSQL (`processor_publications`, migration
 0005) only after the producer confirmed delivery, so a builder killed between the
@@ -10,20 +11,14 @@ Audit and DLQ records follow from the published headers (auditor.py).
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
-from typing import Any
 
 import psycopg
 
-from wakeline.errors import StoreError, WakelineError
+from wakeline.errors import StoreError
 from wakeline.ledger.segments import SegmentHeader
 
 log = logging.getLogger(__name__)
-
-
-class PublishError(WakelineError):
-    """The broker did not acknowledge what the builder published."""
 
 
 def header_record(header: SegmentHeader) -> tuple[int, bytes, bytes]:
@@ -31,40 +26,6 @@ def header_record(header: SegmentHeader) -> tuple[int, bytes, bytes]:
     number as key (ASCII decimal) and the header's exact bytes as value, on the same
     partition number of the ledger topic so each partition's chain stays in order."""
     return header.partition, str(header.partition).encode(), header.to_bytes()
-
-
-class HeaderPublisher:
-    """Publishes sealed segments' headers through one confluent-kafka Producer."""
-
-    def __init__(self, producer: Any, ledger_topic: str) -> None:
-        self.producer = producer
-        self.ledger_topic = ledger_topic
-        self._errors: list[str] = []
-        self._lock = threading.Lock()
-
-    # confluent-kafka calls this for failed deliveries only (delivery.report.only.error)
-    def on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            with self._lock:
-                self._errors.append(f"{msg.topic()}: {err}")
-
-    def publish(self, headers: Sequence[SegmentHeader]) -> None:
-        """Produce the headers, wait for the broker, raise PublishError unless all landed."""
-        for h in headers:
-            part, key, value = header_record(h)
-            self.producer.produce(self.ledger_topic, value=value, key=key, partition=part)
-        wait_for_delivery(self.producer, self)
-
-
-def wait_for_delivery(producer: Any, owner: Any, timeout: float = 60) -> None:
-    remaining = producer.flush(timeout)
-    with owner._lock:
-        errors, owner._errors = owner._errors, []
-    if remaining or errors:
-        raise PublishError(
-            f"{remaining} records unacknowledged, {len(errors)} failed"
-            + (f"; first: {errors[0]}" if errors else "")
-        )
 
 
 class PublicationLog:

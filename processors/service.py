@@ -28,7 +28,7 @@ from wakeline.ledger.hashing import suite_named
 from wakeline.ledger.segments import SegmentHeader
 from wakeline.ledger.store import LedgerStore
 
-from .builder import FROM_BEGINNING, LedgerBuilder, LedgerDivergence, Prepared, SealedSegment
+from .builder import LedgerBuilder, LedgerDivergence, Prepared, SealedSegment
 from .publisher import PublicationLog, header_record
 from .settings import BuilderSettings
 from .stream import Applied, Assigned, KafkaRunner, Output, PublishError, RunnerSettings
@@ -102,8 +102,7 @@ class LedgerProcessor:
         works: list[Any] = []
         try:
             for p in partitions:
-                nxt = self.builder.assign([p])[p]
-                offsets[p] = FROM_BEGINNING if nxt == FROM_BEGINNING else nxt
+                offsets[p] = self.builder.assign([p])[p]  # an offset or FROM_BEGINNING
                 pending = self._unpublished(p)
                 if pending:
                     log.info("republishing headers partition=%d count=%d", p, len(pending))
