@@ -18,7 +18,7 @@ from typing import Any
 
 from wakeline.errors import StackError, WakelineError
 from wakeline.infra.settings import KafkaSettings
-from wakeline.ledger.records import LedgerRecord
+from wakeline.ledger.records import record_of_message
 from wakeline.ledger.segments import HEADER_SIZE
 from wakeline.ledger.verify import INCOMPLETE, TAMPERED, LedgerVerifier, Progress, VerifyReport
 
@@ -113,18 +113,6 @@ def _tp(topic: str, partition: int) -> Any:
     from confluent_kafka import TopicPartition
 
     return TopicPartition(topic, partition)
-
-
-def record_of(m: Any) -> LedgerRecord:
-    """A consumed message as the ledger sees it."""
-    return LedgerRecord(
-        partition=m.partition(),
-        offset=m.offset(),
-        timestamp=m.timestamp()[1],
-        key=m.key(),
-        value=m.value(),
-        headers=tuple((k, v) for k, v in (m.headers() or ())),
-    )
 
 
 DEFAULT_STALE_AFTER_S = 60.0
@@ -303,7 +291,7 @@ def _replay(
                     v.fail(TAMPERED, "kafka.unledgered", "an event on the topic is in no segment",
                            partition=p, offset=pending.offset())  # fmt: skip
                 else:
-                    leaves.append(record_of(pending).leaf_bytes())
+                    leaves.append(record_of_message(pending).leaf_bytes())
                 pending = next(messages, None)
         v.add_segment(raw, leaves, None)
     messages.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import FormatError
 
@@ -64,6 +65,14 @@ class LedgerRecord:
     def workflow_id(self) -> str | None:
         """The record key as text: every event is keyed by its workflow id."""
         return self.key.decode("utf-8", "replace") if self.key is not None else None
+
+
+def record_of_message(m: Any) -> LedgerRecord:
+    """A consumed Kafka message (anything with confluent-kafka's `Message` methods) as the
+    ledger sees it: its broker timestamp, key, value and headers exactly as returned."""
+    return LedgerRecord(
+        m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(), tuple(m.headers() or ())
+    )
 
 
 #: single-object encoding: C3 01 + 8-byte schema fingerprint, then the Avro body

@@ -60,15 +60,6 @@ def decode_record(record: LedgerRecord) -> tuple[dict[str, Any] | None, str | No
         return None, f"{type(e).__name__}: {e}"
 
 
-def dlq_headers(
-    record: LedgerRecord, reason: str, events_topic: str, leaf_hash: bytes
-) -> list[tuple[str, Any]]:
-    return [
-        *record.headers,
-        *_dlq_position(record, reason, events_topic, leaf_hash),
-    ]
-
-
 def _dlq_position(
     record: LedgerRecord, reason: str, events_topic: str, leaf_hash: bytes
 ) -> list[tuple[str, bytes]]:
@@ -91,7 +82,7 @@ def dlq_record(
     replaced by its BLAKE3 (`wakeline_dlq_value_blake3`), the original headers are dropped
     (`wakeline_dlq_headers_dropped` says how many) and a long key is replaced by its digest;
     the ledger leaf holds every byte."""
-    headers = dlq_headers(record, reason, events_topic, leaf_hash)
+    headers = [*record.headers, *_dlq_position(record, reason, events_topic, leaf_hash)]
     if record_size(record.key, record.value, headers) <= max_bytes:
         return record.value, record.key, headers
     headers = _dlq_position(record, reason, events_topic, leaf_hash)

@@ -55,7 +55,7 @@ from wakeline.infra.metrics import (
     STALLED_SECONDS,
     Sample,
 )
-from wakeline.ledger.records import LedgerRecord
+from wakeline.ledger.records import LedgerRecord, record_of_message
 
 log = logging.getLogger(__name__)
 
@@ -128,13 +128,6 @@ class Processor(Protocol):
     def close(self) -> None:
         """The runner stopped: release everything."""
         ...
-
-
-def to_record(msg: Any) -> LedgerRecord:
-    return LedgerRecord(
-        msg.partition(), msg.offset(), msg.timestamp()[1], msg.key(), msg.value(),
-        tuple(msg.headers() or ()),
-    )  # fmt: skip
 
 
 # -- producing outputs ---------------------------------------------------------------------
@@ -471,7 +464,7 @@ class KafkaRunner:
         for m in msgs:
             err = m.error()
             if err is None:
-                records.append(to_record(m))
+                records.append(record_of_message(m))
             elif err.code() != KafkaError._PARTITION_EOF:
                 if err.fatal():
                     raise WakelineError(f"consumer failed: {err}")

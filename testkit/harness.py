@@ -16,7 +16,7 @@ from typing import Any
 
 from wakeline.infra.settings import KafkaSettings
 from wakeline.ledger.merkle import MerkleTree, root_of
-from wakeline.ledger.records import LedgerRecord, leaf_bytes
+from wakeline.ledger.records import LedgerRecord, leaf_bytes, record_of_message
 from wakeline.ledger.segments import GENESIS
 from wakeline.ledger.store import LedgerStore
 
@@ -128,16 +128,7 @@ def check_against_topic(kafka: KafkaSettings, store: LedgerStore) -> int:
     msgs = read_topic(kafka, kafka.topics.events)
     by_part: dict[int, list[LedgerRecord]] = {}
     for m in sorted(msgs, key=lambda m: (m.partition(), m.offset())):
-        by_part.setdefault(m.partition(), []).append(
-            LedgerRecord(
-                m.partition(),
-                m.offset(),
-                m.timestamp()[1],
-                m.key(),
-                m.value(),
-                tuple(m.headers() or ()),
-            )  # fmt: skip
-        )
+        by_part.setdefault(m.partition(), []).append(record_of_message(m))
     for p, recs in by_part.items():
         entries = list(store.entries(p))
         offsets = [e.offset for e in entries]

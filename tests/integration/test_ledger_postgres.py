@@ -69,7 +69,8 @@ def _ledger_from_kafka(settings, dsn: str, signer) -> None:
     from confluent_kafka import Producer
 
     from tests.unit.ledger.ledgerkit import workflow_events
-    from wakeline.infra.kafka_source import _consumer, _read, _tp, record_of
+    from wakeline.infra.kafka_source import _consumer, _read, _tp
+    from wakeline.ledger.records import record_of_message as record_of
     from wakeline.ledger.service import sign_checkpoint
     from wakeline.ledger.store import make_entries
     from wakeline.schemas import cloudevents_headers, encode_event
