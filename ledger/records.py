@@ -56,12 +56,6 @@ class LedgerRecord:
         return body_event_id(self.value)
 
     @property
-    def header_event_id(self) -> str | None:
-        """The CloudEvents id (`ce_id` header) as sent; may disagree with the body."""
-        raw = self.header("ce_id")
-        return raw.decode("utf-8", "replace") if raw is not None else None
-
-    @property
     def workflow_id(self) -> str | None:
         """The record key as text: every event is keyed by its workflow id."""
         return self.key.decode("utf-8", "replace") if self.key is not None else None
