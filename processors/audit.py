@@ -20,6 +20,8 @@ from wakeline.errors import SchemaError
 from wakeline.schemas import MAGIC, SchemaInfo, rfc3339_micros
 from wakeline.schemas.compiled import compile_decoder, compile_encoder, strict_decoder
 
+from .settings import BuilderSettings
+
 AUDIT_CE_TYPE = "dev.wakeline.AuditRecord.v1"
 AUDIT_SOURCE = "wakeline/ledger-builder"
 
@@ -67,10 +69,8 @@ def decode_audit(frame: bytes) -> dict[str, Any]:
         raise SchemaError(f"audit body does not decode: {e}") from e
 
 
-#: what a derived record (audit, DLQ) may weigh, key + value + headers: under librdkafka's
-#: default `message.max.bytes` (1,000,000) and the broker's default (1,048,588), with room
-#: for the record batch overhead
-DEFAULT_MAX_RECORD_BYTES = 900_000
+#: what a derived record (audit, DLQ) may weigh by default (`BuilderSettings.max_record_bytes`)
+DEFAULT_MAX_RECORD_BYTES: int = BuilderSettings.max_record_bytes
 #: longest text kept in one field of a record that had to be shrunk
 MAX_FIELD_CHARS = 1024
 _TEXT_FIELDS = (

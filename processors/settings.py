@@ -35,8 +35,9 @@ class BuilderSettings:
     audit: bool = True
     #: results whose intent is remembered for the summary ("called X for Y: ok")
     intent_cache_size: int = 200_000
-    #: the most a derived record (audit, DLQ) may weigh: key + value + headers; keep it
-    #: under the producer's `message.max.bytes` and the topics' `max.message.bytes`
+    #: the most a derived record (audit, DLQ) may weigh: key + value + headers; under
+    #: librdkafka's default `message.max.bytes` (1,000,000) and the broker's (1,048,588),
+    #: with room for the batch overhead; keep it under the topics' `max.message.bytes`
     max_record_bytes: int = 900_000
     #: a partition whose backlog has not moved for this long is reported as stalled
     stall_after_s: float = 60.0
