@@ -306,6 +306,11 @@ class KafkaRunner:
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
                     "isolation.level": "read_committed",
+                    # a member that died (kill -9) holds its partitions until its session
+                    # times out: 10 s instead of librdkafka's 45 s, so a restarted or other
+                    # worker takes over sooner (heartbeats come from librdkafka's own thread)
+                    "session.timeout.ms": 10_000,
+                    "heartbeat.interval.ms": 3_000,
                     **s.consumer_config,
                 }
             )
