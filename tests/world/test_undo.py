@@ -137,6 +137,8 @@ def test_the_module_provides_every_compensation_its_tools_name() -> None:
     assert {c.tool for c in CASES} == set(COMPENSATIONS)
     # no result recorded means no id to undo by, and the world has no lookup: escalate
     assert not any(h.safe_if_unknown for h in loaded.handlers)
+    # recall works while queued, whenever that ends: no time window is claimed (tools.py)
+    assert TOOLS.get("email.send").undo_window_s is None
 
 
 @pytest.mark.parametrize("case", BY_TOOL)
