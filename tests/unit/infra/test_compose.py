@@ -42,9 +42,25 @@ def test_every_image_service_runs_a_wakeline_command() -> None:
     assert len(_wakeline_services()) >= 2  # init and worker at least: never a vacuous pass
 
 
-@pytest.mark.parametrize(
-    ("name", "command"), [pytest.param(n, c, id=n) for n, c in _wakeline_services()]
-)
+#: commands being written on another branch: expected to fail (strictly) while absent from
+#: the CLI, checked like every other command once they exist
+_PENDING = {"compensator"}
+
+
+def _param(name: str, command: list[str]) -> object:
+    pending = command[1:2] and command[1] in _PENDING and command[1] not in cli.commands
+    marks = [pytest.mark.xfail(strict=True, reason=f"`wakeline {command[1]}` not yet here")]
+    return pytest.param(name, command, id=name, marks=marks if pending else [])
+
+
+def test_the_compensator_service_loads_the_example_worlds_handlers() -> None:
+    service = _services()["compensator"]
+    assert _command(service) == ["wakeline", "compensator", "--handlers", "wakeline_world.undo"]
+    assert service["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
+    assert "./examples/world" in (COMPOSE.parent / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize(("name", "command"), [_param(n, c) for n, c in _wakeline_services()])
 def test_service_command_exists(name: str, command: list[str]) -> None:
     result = CliRunner().invoke(cli, [*command[1:], "--help"], prog_name="wakeline")
     assert result.exit_code == 0, f"service {name!r}: `{' '.join(command)}`: {result.output}"
