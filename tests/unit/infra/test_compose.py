@@ -44,13 +44,8 @@ def test_every_image_service_runs_a_wakeline_command() -> None:
 
 #: commands being written on another branch: expected to fail (strictly) while absent from
 #: the CLI, checked like every other command once they exist
-_PENDING = {"compensator"}
-
-
 def _param(name: str, command: list[str]) -> object:
-    pending = command[1:2] and command[1] in _PENDING and command[1] not in cli.commands
-    marks = [pytest.mark.xfail(strict=True, reason=f"`wakeline {command[1]}` not yet here")]
-    return pytest.param(name, command, id=name, marks=marks if pending else [])
+    return pytest.param(name, command, id=name)
 
 
 def test_the_compensator_service_loads_the_example_worlds_handlers() -> None:
