@@ -54,6 +54,10 @@ KEPT = frozenset(
         "Escalation",
     }
 )
+_MISPLACED = (
+    "{kind} ignored: its Kafka key is not its workflow id, so it is not on the workflow's "
+    "partition (write it keyed by the workflow id, as `wakeline quarantine` does)"
+)
 _SCOPE_WIDTH = {"run": 0, "tainted": 1, "workflow": 2}
 
 
@@ -209,7 +213,7 @@ class CompensatorProcessor:
             for r, e, error in batch.items:
                 if e is None:
                     outputs.append(self._dead_letter(r, error or "does not decode"))
-                elif e.get("type") in KEPT:
+                elif e.get("type") in KEPT and not _misplaced(r, e):
                     rows.append(
                         (
                             p,
@@ -231,6 +235,11 @@ class CompensatorProcessor:
                 if e is None:
                     continue
                 kind, key = e.get("type"), workflow_key(e.get("workflow_id", ""))
+                if _misplaced(r, e):
+                    # not on the workflow's partition: its place in the workflow's order
+                    # is unknown, and whoever wrote it did not write it where we look
+                    outputs.append(self._dead_letter(r, _MISPLACED.format(kind=kind)))
+                    continue
                 if kind == "Quarantine":
                     outputs += self._on_quarantine(cur, r, e)
                     active.add(key)
@@ -404,6 +413,13 @@ class CompensatorProcessor:
             return
         detail = e.get("error_message") or f"recorded by event {e['event_id']}"
         self.store.settle_from_event(cur, e["run_id"], e["original_event_id"], state, detail)
+
+
+def _misplaced(r: LedgerRecord, e: Mapping[str, Any]) -> bool:
+    """A Quarantine or Release that is not keyed by its workflow id."""
+    return e.get("type") in ("Quarantine", "Release") and r.key != workflow_key(
+        e.get("workflow_id", "")
+    )
 
 
 def young_unknown(step: Step, now_us: int, grace_s: float) -> bool:
