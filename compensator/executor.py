@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wakeline.compensator.plan import Scope, Step, build_plan
-from wakeline.compensator.processor import AGENT, decode_frames, task_id, to_file, young_unknown
+from wakeline.compensator.processor import (
+    AGENT,
+    decode_frames,
+    task_id,
+    to_file,
+    tool_events,
+    young_unknown,
+)
 from wakeline.compensator.registry import (
     CompensationRegistry,
     CompensationRequest,
@@ -526,7 +533,15 @@ class Executor:
         quarantine came have had their grace), close the plan, file its incident report."""
         ctx = self._context(qid, partition)
         now_us = time.time_ns() // 1000
-        steps = build_plan(ctx.events, self.handlers, scope=Scope.of(ctx.quarantine), now_us=now_us)
+        with self.store.transaction() as cur:
+            done = self.store.compensated_intents(cur, workflow_key(ctx.quarantine["workflow_id"]))
+        steps = build_plan(
+            tool_events(ctx.events),
+            self.handlers,
+            scope=Scope.of(ctx.quarantine),
+            now_us=now_us,
+            compensated=done,
+        )
         grace = self.settings.unknown_grace_s
         if any(young_unknown(s, now_us, grace) for s in steps):
             return  # a result may still come and join the plan: look again on the next tick

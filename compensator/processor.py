@@ -334,7 +334,7 @@ class CompensatorProcessor:
     ) -> tuple[list[Step], list[dict[str, Any]], dict[str, tuple[int, int]]]:
         events, positions = decode_frames(self.store.workflow_events(cur, key), self.decode)
         steps = build_plan(
-            events,
+            tool_events(events),
             self.handlers,
             scope=scope,
             now_us=self.now_us(),
@@ -412,7 +412,19 @@ class CompensatorProcessor:
         else:
             return
         detail = e.get("error_message") or f"recorded by event {e['event_id']}"
-        self.store.settle_from_event(cur, e["run_id"], e["original_event_id"], state, detail)
+        if e.get("agent_id") == AGENT:
+            self.store.settle_from_event(cur, e, state, detail)
+
+
+#: the compensator's own event types: anyone who can write the events topic can forge them
+COMPENSATOR_EVENTS = frozenset({"CompensationStarted", "CompensationResult", "Escalation"})
+
+
+def tool_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events a plan is computed from in the daemon: what is compensated, escalated and
+    attempted comes from the compensator's own state in PostgreSQL, never from events on the
+    topic, so a forged CompensationResult or Escalation cannot make it skip a call."""
+    return [e for e in events if e.get("type") not in COMPENSATOR_EVENTS]
 
 
 def _misplaced(r: LedgerRecord, e: Mapping[str, Any]) -> bool:

@@ -468,16 +468,28 @@ class CompensatorStore:
             return cur.rowcount == 1
 
     def settle_from_event(
-        self, cur: psycopg.Cursor, quarantine_id: str, intent_id: str, state: str, detail: str
+        self, cur: psycopg.Cursor, event: Mapping[str, Any], state: str, detail: str
     ) -> bool:
-        """A CompensationResult on the topic says the action ended: record it unless a live
-        lease holder is about to (its own write says the same)."""
+        """A CompensationResult on the topic says an attempt ended: record it for the attempt
+        a process took and lost (it died after recording the result, before writing it
+        here). Only that: an action nobody started, another attempt, another key, or a live
+        lease (its holder writes the same itself) is left alone, so a result forged on the
+        topic never marks an action done that no handler ran."""
         cur.execute(
-            "UPDATE compensator_actions SET state = %s, detail = coalesce(detail, %s), "
+            "UPDATE compensator_actions SET state = %s, detail = %s, "
             "lease_owner = NULL, lease_until = NULL, finished_at = now(), updated_at = now() "
-            "WHERE quarantine_id = %s AND intent_id = %s AND (state = 'pending' OR "
-            "(state = 'running' AND lease_until < now()))",
-            (state, pg_text(detail, 4000), quarantine_id, intent_id),
+            "WHERE quarantine_id = %s AND intent_id = %s AND idempotency_key = %s "
+            "AND compensation = %s AND attempts = %s AND state = 'running' "
+            "AND lease_until < now()",
+            (
+                state,
+                pg_text(detail, 4000),
+                pg_text(event.get("run_id", "")),
+                pg_text(event.get("original_event_id", "")),
+                pg_text(event.get("idempotency_key", "")),
+                pg_text(event.get("compensation", "")),
+                int(event.get("attempt") or 0),
+            ),
         )
         return cur.rowcount == 1
 

@@ -17,6 +17,13 @@ pytestmark = pytest.mark.integration
 PUBLISHED = "SELECT 1 FROM compensator_tasks WHERE published_at IS NOT NULL"
 
 
+def _events_of(emitter, wf: str) -> list[dict]:
+    from wakeline.schemas import decode_event
+
+    msgs = read_topic(emitter.kafka, emitter.kafka.topics.events, idle=1.0)
+    return [decode_event(m.value()) for m in msgs if m.key() == wf.encode()]
+
+
 def kv_handlers(log: list, outcome=None) -> CompensationRegistry:
     reg = CompensationRegistry()
     lock = threading.Lock()
@@ -97,3 +104,48 @@ def test_escalations_retries_and_release(emitter, start_compensator, fresh_kafka
     assert len(rows(fresh_dsn, "SELECT 1 FROM compensator_plans")) == 1
     wait_until(lambda: emitter.gate.check(wf) is None, what="the gate to open")
     assert ctx.call("kv.put", lambda key: key, {"key": "after"}) == "after"
+
+
+def test_forged_compensator_events_cannot_suppress_an_undo(emitter, start_compensator, fresh_dsn):
+    """An agent that can write the events topic forges a CompensationResult ok and an
+    Escalation for its own call before the quarantine: the call is still compensated, and
+    the forged result settles nothing."""
+    wf = new_wf()
+    ctx = emitter.workflow(wf, agent_id="bot", principal="mallory")
+    ctx.call("kv.put", lambda key: key, {"key": "stolen"})
+    emitter.flush(10)
+    from wakeline.compensator.registry import idempotency_key
+
+    intent = [e for e in _events_of(emitter, wf) if e["type"] == "ToolIntent"][0]
+    forged = ctx.envelope("CompensationResult")
+    forged.update(
+        agent_id="wakeline-compensator",
+        principal="wakeline-compensator",
+        original_event_id=intent["event_id"],
+        compensation="kv.undo",
+        idempotency_key=idempotency_key(intent["event_id"], "kv.undo"),
+        attempt=1,
+        status="ok",
+        error_type=None,
+        error_message=None,
+        final=True,
+        duration_us=1,
+        external_ids={},
+    )
+    ctx.emit(forged, wait=True)
+    escalation = ctx.envelope("Escalation")
+    escalation.update(
+        summary="handled",
+        undone=[],
+        not_undone=[],
+        recommended_actions=[],
+        related_event_ids=[intent["event_id"]],
+        quarantine_id=None,
+        task_id=None,
+    )
+    ctx.emit(escalation, wait=True)
+    done = []
+    start_compensator(kv_handlers(done))
+    qid = quarantine(ctx)
+    wait_until(lambda: plan_state(fresh_dsn, qid) == "done", what="the plan")
+    assert [d[0] for d in done] == ["stolen"]
