@@ -205,11 +205,12 @@ def _attach_component_commands() -> None:
     """Commands owned by components, each in its own cli/ module."""
     from wakeline.cli.config import config
     from wakeline.cli.ledger import ledger
+    from wakeline.cli.operator import quarantine, release
     from wakeline.cli.tail import tail
     from wakeline.cli.worker import worker
     from wakeline.cli.workflow import workflow
 
-    for command in (ledger, worker, tail, config, workflow):
+    for command in (ledger, worker, tail, config, workflow, quarantine, release):
         cli.add_command(command)
 
 
