@@ -160,6 +160,36 @@ def test_show_on_a_worker_built_ledger_gives_positions_ledger_proof_accepts(
         )  # fmt: skip
     text = runner.invoke(cli, ["workflow", "show", "wf-show"], env=e).output
     assert "QUARANTINE (workflow) by ops@example.com: runaway refunds" in text
+    # the compensator's tables: the current state of an action and a task, and what they
+    # say that the ledger does not show yet
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn:
+        conn.execute(
+            'INSERT INTO compensator_plans (quarantine_id, topic, partition, "offset", '
+            "workflow_key, workflow_id, scope, reason, quarantined_by, quarantined_at, state) "
+            "VALUES (%s, %s, %s, %s, 'wf-show', 'wf-show', 'workflow', 'r', 'ops', 0, 'done')",
+            (q["event_id"], q["topic"], q["partition"], q["offset"]),
+        )
+        conn.execute(
+            "INSERT INTO compensator_actions (quarantine_id, intent_id, seq, compensation, "
+            "idempotency_key, tool, run_id, state, attempts, detail) VALUES (%s, %s, 0, "
+            "'stripe.refund', 'wl-k', 'stripe.charge', 'r', 'done', 1, 'refunded')",
+            (q["event_id"], charge["intent"]["event_id"]),
+        )
+        conn.execute(
+            "INSERT INTO compensator_tasks (task_id, kind, quarantine_id, intent_id, "
+            "workflow_key, workflow_id, partition, reason, title, report, "
+            "escalation_event_id, published_at) VALUES ('task-1', 'call', %s, %s, 'wf-show', "
+            "'wf-show', 0, 'r', 'check the charge', 'report', 'esc-1', now())",
+            (q["event_id"], charge["intent"]["event_id"]),
+        )
+    again = json.loads(runner.invoke(cli, ["workflow", "show", "wf-show", "--json"], env=e).stdout)
+    call = again["calls"][0]
+    assert call["action"]["state"] == "done" and call["action"]["detail"] == "refunded"
+    assert [t["task_id"] for t in call["tasks"]] == ["task-1"]
+    assert any("esc-1" in note for note in again["unledgered"])
+    text = runner.invoke(cli, ["workflow", "show", "wf-show"], env=e).output
+    assert "compensator now: action done after 1 attempt(s): refunded" in text
+    assert "not in the ledger yet: escalation esc-1 (task task-1)" in text
     listed = json.loads(runner.invoke(cli, ["workflow", "list", "--json"], env=e).stdout)
     assert {r["workflow_id"]: r["state"] for r in listed} == {
         "wf-show": "released", "wf-other": "active"
