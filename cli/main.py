@@ -206,11 +206,12 @@ def _attach_component_commands() -> None:
     from wakeline.cli.compensator import compensator
     from wakeline.cli.config import config
     from wakeline.cli.ledger import ledger
+    from wakeline.cli.operator import quarantine, release
     from wakeline.cli.tail import tail
     from wakeline.cli.worker import worker
     from wakeline.cli.workflow import workflow
 
-    for command in (ledger, worker, tail, config, workflow, compensator):
+    for command in (ledger, worker, tail, config, workflow, compensator, quarantine, release):
         cli.add_command(command)
 
 
