@@ -8,6 +8,12 @@ The demo then signs a checkpoint, reads the audit trail back, verifies the whole
 proves one event's inclusion the way a third party would, and finally shows that changing one
 byte of an exported bundle (the charged amount) is caught and located by `ledger-verify`.
 
+Then (demo/compensation.py) a second agent acts on the example outside world, is
+quarantined, and the compensator undoes its calls newest first (the CRM record restored, the
+charge refunded) and escalates what it cannot undo (a delivered e-mail) with an incident
+report; the world's tables are checked, and the ledger, compensator events included,
+verified again.
+
 Exit status is non-zero if any step does not behave: the demo is a test a person can watch.
 """
 
@@ -237,6 +243,17 @@ def run_demo(kafka: KafkaSettings, database: DatabaseSettings, *, console: Conso
             console.print("  " + first.describe(), highlight=False, markup=False)
             report["forged_verdict"] = tampered.verdict
             report["forged_first_finding"] = first.to_dict()
+
+            from wakeline.demo.compensation import run_act
+
+            report["compensation"] = run_act(
+                kafka, database, store, home, out_dir, console=console, step=9
+            )
+            console.rule("[bold]15. The auditor verifies the ledger again")
+            again = verify_store(store, trusted_keys=[vkey])
+            console.print(f"  from PostgreSQL: [bold]{again.verdict}[/] {again.stats}")
+            if not again.ok:
+                raise DemoFailed("ledger does not verify: " + again.first.describe())
         finally:
             store.close()
     finally:

@@ -21,6 +21,9 @@ from wakeline.ledger.segments import GENESIS
 from wakeline.ledger.store import LedgerStore
 
 _WORKER = "import sys\nfrom wakeline.cli.worker import worker\nworker(sys.argv[1:])\n"
+_COMPENSATOR = (
+    "import sys\nfrom wakeline.cli.compensator import compensator\ncompensator(sys.argv[1:])\n"
+)
 
 
 def worker_env(kafka: KafkaSettings, dsn: str) -> dict[str, str]:
@@ -46,6 +49,7 @@ def start_worker(
     log_path: str | None = None,
     nice: int = 0,
     env: dict[str, str] | None = None,
+    program: str = _WORKER,
 ) -> subprocess.Popen:
     """Start `wakeline worker <args>`; its output goes to `log_path` (or is discarded).
     `nice` lowers its CPU priority (e.g. an audit publisher that may lag the builder);
@@ -53,13 +57,25 @@ def start_worker(
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", _WORKER, *args],
+            [sys.executable, "-c", program, *args],
             env={**worker_env(kafka, dsn), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
             preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )  # fmt: skip
     finally:
         if log_path:
             out.close()  # type: ignore[union-attr]
+
+
+def start_compensator(
+    kafka: KafkaSettings,
+    dsn: str,
+    *args: str,
+    log_path: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """Start `wakeline compensator <args>` (e.g. `--handlers wakeline_world.undo`) like
+    `start_worker` starts a worker; stop it with `stop_worker`."""
+    return start_worker(kafka, dsn, *args, log_path=log_path, env=env, program=_COMPENSATOR)
 
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 30) -> int:

@@ -27,3 +27,8 @@ def test_demo_ledgers_verifies_and_catches_the_forged_amount(
     assert finding["event_id"] == report["charge_event_id"]  # the forged event, named
     assert "4242424242424242" not in text  # the card number never reaches the log
     assert "called stripe.charge for customer 123" in text
+    act = report["compensation"]
+    assert act["refunds"] == 1 and act["crm_tier"] == "silver"
+    assert len(act["tasks"]) == 2  # the delivered e-mail, and the plan's incident report
+    assert "4000 0000 0000 0077" not in text and "4000000000000077" not in text
+    assert "2 undone, 1 need a human" in text
