@@ -554,6 +554,8 @@ class Executor:
                     )
         if not self.store.finish_plan(qid):
             return
+        with self._lock:
+            self._contexts.pop(qid, None)  # a late call reopens the plan and loads it again
         report = plan_report(ctx.quarantine, steps, {a.intent_id: a for a in actions})
         task = self.task_row(ctx.quarantine, partition, "plan", None, report)
         with self.store.transaction() as cur:
