@@ -159,6 +159,7 @@ COMPONENT_MODULES = (
     "wakeline.processors.checkpointing",
     "wakeline.cli.main",
     "wakeline.cli.ledger",
+    "wakeline.compensator.notify",
 )
 
 _COMPONENTS: dict[str, Component] = {}
