@@ -274,7 +274,8 @@ def plan_report(
 ) -> Report:
     """The whole story of one quarantine: what the agent did, what was undone and how, what
     was not and why, what a human should do, and where each event sits in the ledger."""
-    ordered = sorted(steps, key=lambda s: _index(events, s.intent_id))  # oldest first
+    index = {e.get("event_id"): i for i, e in reversed(list(enumerate(events)))}
+    ordered = sorted(steps, key=lambda s: index.get(s.intent_id, len(events)))  # oldest first
     fates = [(s, _fate(s, outcomes.get(s.intent_id), tools)) for s in ordered]
     undone = [f.line for _s, f in fates if f.bucket == "undone"]
     not_undone = [f.line for _s, f in fates if f.bucket == "not_undone"]
@@ -289,7 +290,16 @@ def plan_report(
     title = f"Workflow {workflow_id} quarantined: {len(undone)} call(s) undone, {verdict}"
     calls = _calls(events)
     in_plan = {s.intent_id: f for s, f in fates}
-    lines = [title, "", _quarantine_line(workflow_id, quarantine), ""]
+    lines = [title, "", _quarantine_line(workflow_id, quarantine)]
+    release = _release(quarantine, events)
+    if release is not None:
+        when = rfc3339_micros(release["time"]) if release.get("time") is not None else "?"
+        lines.append(
+            f"It was released at {when} by {release.get('by') or 'someone'}: "
+            f"{_quote(release.get('reason') or 'no reason given')} (event "
+            f"{release.get('event_id')}); what was undone before stays undone."
+        )
+    lines.append("")
     lines.append(f"What the agent did, oldest first ({len(calls)} call(s)):")
     for i, (intent, result) in enumerate(calls, 1):
         lines.append(f"  {i}. {_timeline_line(intent, result)}")
@@ -300,7 +310,7 @@ def plan_report(
     if skipped:
         lines += _section("Nothing to undo:", skipped)
     lines += _section("Recommended actions:", recommended)
-    shown = _event_list(_plan_events(quarantine, events, ordered), positions)
+    shown = _event_list(_plan_events(quarantine, events, ordered, release), positions)
     lines += _positions_section(shown)
     related = [quarantine["event_id"]] if quarantine.get("event_id") else []
     for s, f in fates:
@@ -311,6 +321,9 @@ def plan_report(
         "workflow_id": workflow_id,
         "title": title,
         "quarantine": _quarantine_json(quarantine),
+        "release": None
+        if release is None
+        else {k: release.get(k) for k in ("event_id", "time", "reason", "by")},
         "calls": [_timeline_json(i, r, i["event_id"] in in_plan) for i, r in calls],
         "steps": [_call_json(s, outcomes.get(s.intent_id), f) for s, f in fates],
         "recommended": recommended,
@@ -347,11 +360,20 @@ def _proof_advice() -> str:
     )
 
 
-def _index(events: Sequence[Mapping[str, Any]], event_id: str) -> int:
-    for i, e in enumerate(events):
-        if e.get("event_id") == event_id:
-            return i
-    return len(events)
+def _release(
+    quarantine: Mapping[str, Any], events: Sequence[Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
+    """The Release that lifted `quarantine`, if one is among the events after it."""
+    seen = False
+    for e in events:
+        if e.get("event_id") == quarantine.get("event_id"):
+            seen = True
+        elif seen and e.get("type") == "Release":
+            if e.get("quarantine_id") in (None, quarantine.get("event_id")):
+                return e
+        elif seen and e.get("type") == "Quarantine":
+            return None  # a later quarantine took over; its Release is not ours
+    return None
 
 
 def _calls(
@@ -372,11 +394,15 @@ def _calls(
 
 
 def _plan_events(
-    quarantine: Mapping[str, Any], events: Sequence[Mapping[str, Any]], steps: Sequence[Step]
+    quarantine: Mapping[str, Any],
+    events: Sequence[Mapping[str, Any]],
+    steps: Sequence[Step],
+    release: Mapping[str, Any] | None,
 ) -> list[Mapping[str, Any] | None]:
-    """The events the report is about, in partition order: the quarantine, the plan's
-    intents and results, and the compensator's events about them."""
-    ids = {quarantine.get("event_id")}
+    """The events the report is about, in partition order: the quarantine (and its
+    release), the plan's intents and results, and the compensator's events about them."""
+    ids = {quarantine.get("event_id"), None if release is None else release.get("event_id")}
+    ids.discard(None)
     for s in steps:
         ids.add(s.intent_id)
     chosen = []

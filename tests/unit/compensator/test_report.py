@@ -266,3 +266,49 @@ def test_a_report_of_nothing_left_to_do() -> None:
     assert "nothing: every call is settled" in r.text
     assert r.related_event_ids == [ev.events[-1]["event_id"]]
     assert len(r.recommended) == 1  # only how to get a proof
+
+
+def test_a_released_quarantine_says_so_and_lists_the_cancelled_calls() -> None:
+    ev = Events()
+    charge = ev.call()
+    q = ev.quarantine()
+    release = ev.release(q)
+    steps = build_plan(ev.events, handlers(), scope=Scope.of(q), now_us=NOW)
+    r = plan_report(
+        workflow_id="wf-1",
+        quarantine=q,
+        events=ev.events,
+        steps=steps,
+        outcomes={charge["event_id"]: ActionOutcome("cancelled", compensation="stripe.refund")},
+        positions=positions(ev, ledgered=99),
+    )
+    assert "It was released at " in r.text and "by ops@example.com: fixed" in r.text
+    assert r.data["release"]["event_id"] == release["event_id"]
+    assert f"{release['event_id']}  Release: partition 3 offset 3, leaf 3" in r.text
+    assert "released before stripe.refund ran" in r.not_undone[0]
+    assert r.recommended[0].startswith("confirm that stripe.charge (run run-1, intent ")
+
+
+def test_a_large_plan_is_reported_whole() -> None:
+    ev = Events()
+    intents = [ev.call() for _ in range(500)]
+    q = ev.quarantine()
+    steps = build_plan(ev.events, handlers(), scope=Scope.of(q), now_us=NOW)
+    done = ActionOutcome("done", "refunded", 1, compensation="stripe.refund")
+    r = plan_report(
+        workflow_id="wf-1",
+        quarantine=q,
+        events=ev.events,
+        steps=steps,
+        outcomes={i["event_id"]: done for i in intents},
+        positions=positions(ev, ledgered=len(ev.events)),
+    )
+    assert len(r.undone) == 500 and r.not_undone == []
+    assert r.undone[0].startswith(f"stripe.charge (run run-1, {_iso(intents[0])}")
+    assert len(r.data["positions"]) == 1001
+
+
+def _iso(event: dict) -> str:
+    from wakeline.schemas import rfc3339_micros
+
+    return rfc3339_micros(event["time"])
