@@ -87,6 +87,19 @@ class Notice:
     reason: str
     quarantine_id: str | None
 
+    @classmethod
+    def of(cls, task: Any) -> Notice:
+        """The notice of a `compensator.tasks.Task` (any object with its fields)."""
+        return cls(
+            task_id=task.task_id,
+            kind=task.kind,
+            workflow_id=task.workflow_id,
+            title=task.title,
+            text=task.report,
+            reason=task.reason,
+            quarantine_id=task.quarantine_id,
+        )
+
 
 class NotifyError(WakelineError):
     """A notification was not delivered. `attempts`: how many were made."""

@@ -144,14 +144,19 @@ _GENERIC = {
 
 def _advice(step: Step, reason: str, tools: ToolRegistry | None, name: str | None) -> str:
     """The recommended action for a call not undone: the tool's advice filled in, or generic
-    advice for the reason; an unknown outcome always says to check first."""
+    advice for the reason; an unknown outcome always says to check first, a cancelled one
+    to confirm the release first, and one in progress only to wait."""
     call = f"{step.tool} (run {step.run_id}, intent {step.intent_id})"
     name = name or step.compensation or "its compensating action"
     generic = _GENERIC.get(reason, "look at {call} and decide what to do").format(
         call=call, name=name
     )
+    if reason == "in_progress":
+        return generic  # undoing it by hand now could undo it twice
     specific = _filled(step, tools)
-    if _outcome_unknown(step) and reason not in ("failed", "cancelled", "in_progress"):
+    if reason == "cancelled":
+        return f"{generic}; if not: {specific}" if specific else generic
+    if _outcome_unknown(step) and reason != "failed":
         check = _GENERIC["outcome_unknown"].format(call=call)
         then = specific or ("undo it by hand" if reason == "outcome_unknown" else generic)
         return f"{check}; if it did: {then}"

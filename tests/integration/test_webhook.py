@@ -187,3 +187,10 @@ def test_settings_from_the_environment() -> None:
     assert (webhook.attempts, webhook.timeout_s) == (7, 1.5)
     with pytest.raises(ConfigError, match="WAKELINE_WEBHOOK_ATTEMPTS='0'"):
         Webhook.from_env({**env, "WAKELINE_WEBHOOK_ATTEMPTS": "0"})
+
+
+def test_a_notice_of_a_task_row() -> None:
+    from types import SimpleNamespace
+
+    row = SimpleNamespace(**{**NOTICE.__dict__, "report": NOTICE.text})
+    assert Notice.of(row) == NOTICE
