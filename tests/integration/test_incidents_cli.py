@@ -253,3 +253,45 @@ def test_a_database_that_cannot_be_reached_is_a_clear_error() -> None:
         cli, ["incidents", "list", "--dsn", "postgresql://nobody@127.0.0.1:1/none"]
     )
     assert got.exit_code == 1 and "cannot connect to PostgreSQL" in got.output
+
+
+def test_a_real_report_is_filed_and_shown(dsn: str, conn) -> None:
+    from tests.unit.compensator.eventkit import T0, Events, handlers
+    from wakeline.compensator.plan import Scope, build_plan
+    from wakeline.compensator.report import Position, plan_report
+
+    ev = Events(workflow=wf())
+    ev.call()
+    ev.call("email.send", compensation=None, reversibility="irreversible")
+    q = ev.quarantine()
+    steps = build_plan(ev.events, handlers(), scope=Scope.of(q), now_us=T0 + 10**8)
+    report = plan_report(
+        workflow_id=ev.workflow,
+        quarantine=q,
+        events=ev.events,
+        steps=steps,
+        outcomes={},
+        positions={e["event_id"]: Position(3, i, i) for i, e in enumerate(ev.events)},
+    )
+    quarantine_id = plan(conn, ev.workflow)
+    t = tasks.task_id_for(quarantine_id, "plan")
+    assert tasks.insert_task(
+        conn,
+        task_id=t,
+        kind="plan",
+        quarantine_id=quarantine_id,
+        intent_id=None,
+        workflow_id=ev.workflow,
+        partition=3,
+        reason="plan",
+        title=report.title,
+        report=report.text,
+        report_json=report.data,
+        escalation_event_id="e-plan",
+    )
+    shown = run(dsn, "show", t)
+    assert shown.exit_code == 0 and report.text in shown.output
+    data = json.loads(run(dsn, "show", t, "--json").output)
+    assert data["report_json"] == json.loads(json.dumps(report.data))
+    listed = run(dsn, "list", "--workflow", ev.workflow).output
+    assert f"{t}  open  plan" in listed and report.title in listed
