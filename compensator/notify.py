@@ -89,15 +89,18 @@ class Notice:
 
     @classmethod
     def of(cls, task: Any) -> Notice:
-        """The notice of a `compensator.tasks.Task` (any object with its fields)."""
+        """The notice of a task: a `compensator.tasks.Task`, or a mapping of the
+        `compensator_tasks` columns (task_id, kind, workflow_id, title, report, reason,
+        quarantine_id)."""
+        get = task.get if isinstance(task, Mapping) else lambda k: getattr(task, k, None)
         return cls(
-            task_id=task.task_id,
-            kind=task.kind,
-            workflow_id=task.workflow_id,
-            title=task.title,
-            text=task.report,
-            reason=task.reason,
-            quarantine_id=task.quarantine_id,
+            task_id=str(get("task_id")),
+            kind=str(get("kind")),
+            workflow_id=str(get("workflow_id")),
+            title=str(get("title") or ""),
+            text=str(get("report") or ""),
+            reason=str(get("reason") or ""),
+            quarantine_id=get("quarantine_id"),
         )
 
 

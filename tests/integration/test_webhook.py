@@ -192,5 +192,6 @@ def test_settings_from_the_environment() -> None:
 def test_a_notice_of_a_task_row() -> None:
     from types import SimpleNamespace
 
-    row = SimpleNamespace(**{**NOTICE.__dict__, "report": NOTICE.text})
+    row = {**NOTICE.__dict__, "report": NOTICE.text}
+    assert Notice.of(SimpleNamespace(**row)) == NOTICE
     assert Notice.of(row) == NOTICE
