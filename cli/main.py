@@ -205,14 +205,26 @@ def demo(as_json: bool) -> None:
 
 def _attach_component_commands() -> None:
     """Commands owned by components, each in its own cli/ module."""
+    from wakeline.cli.compensator import compensator
     from wakeline.cli.config import config
     from wakeline.cli.incidents import incidents
     from wakeline.cli.ledger import ledger
+    from wakeline.cli.operator import quarantine, release
     from wakeline.cli.tail import tail
     from wakeline.cli.worker import worker
     from wakeline.cli.workflow import workflow
 
-    for command in (ledger, worker, tail, config, workflow, incidents):
+    for command in (
+        ledger,
+        worker,
+        tail,
+        config,
+        workflow,
+        compensator,
+        quarantine,
+        release,
+        incidents,
+    ):
         cli.add_command(command)
 
 

@@ -1,15 +1,18 @@
-"""`wakeline workflow plan WF`: the compensation plan of a workflow, as a dry run.
+"""`wakeline workflow plan | list | show`: a workflow's calls and what the compensator does.
 
-Thin: read the workflow's ledgered events, load the handler modules, call
-`wakeline.compensator.plan.build_plan`, print. Nothing is executed. Tests pass a ledger
-store in the click context object (`obj={"ledger_store": store}`); otherwise PostgreSQL.
+Thin: read the workflow's ledgered events (and the compensator's tables), call
+`wakeline.compensator.plan.build_plan` (the dry run) or `wakeline.compensator.operator`
+(`timeline`, `workflow_rows`), print. Nothing is executed. Tests pass a ledger store in the
+click context object (`obj={"ledger_store": store}`, and `"dsn"` for the compensator's
+tables); otherwise PostgreSQL.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -76,21 +79,8 @@ def _plan(
     names = [m for raw in modules for m in raw.split(",") if m.strip()]
     loaded = load_handlers(names) if names else None
     handlers = loaded.handlers if loaded is not None else CompensationRegistry()
-    if store is not None:
-        from wakeline.schemas import decode_event
-
-        entries = store.entries_for_workflow(workflow_id)
-        decode: Callable[[bytes], dict[str, Any]] = decode_event
-    else:
-        from wakeline.cli.ledger import _dsn
-        from wakeline.infra.schema_registry import PostgresSchemaResolver
-        from wakeline.ledger.store_postgres import PostgresLedgerStore
-        from wakeline.schemas import Codec, packaged_schemas
-
-        url = _dsn(dsn)
-        decode = Codec(packaged_schemas(), resolver=PostgresSchemaResolver(url)).decode
-        with PostgresLedgerStore(url) as pg:
-            entries = pg.entries_for_workflow(workflow_id)
+    with _ledger(dsn, store) as (ledger, decode, _url):
+        entries = ledger.entries_for_workflow(workflow_id)
     if not entries:
         raise WakelineError(f"workflow {workflow_id} has no ledgered events")
     events, positions, undecodable = [], {}, []
@@ -127,6 +117,28 @@ def _plan(
         "steps": [{**s.to_json(), "ledger": positions.get(s.intent_id)} for s in steps],
         "undecodable": undecodable,
     }
+
+
+@contextmanager
+def _ledger(
+    dsn: str | None, injected: Any
+) -> Iterator[tuple[Any, Callable[[bytes], dict[str, Any]], str | None]]:
+    """(ledger store, decoder, DSN): the injected store with the packaged schemas, or the
+    PostgreSQL ledger with the schemas PostgreSQL holds."""
+    if injected is not None:
+        from wakeline.schemas import decode_event
+
+        yield injected, decode_event, dsn
+        return
+    from wakeline.cli.ledger import _dsn
+    from wakeline.infra.schema_registry import PostgresSchemaResolver
+    from wakeline.ledger.store_postgres import PostgresLedgerStore
+    from wakeline.schemas import Codec, packaged_schemas
+
+    url = _dsn(dsn)
+    decode = Codec(packaged_schemas(), resolver=PostgresSchemaResolver(url)).decode
+    with PostgresLedgerStore(url) as pg:
+        yield pg, decode, url
 
 
 def _quarantine(q: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,3 +184,239 @@ def _print(report: dict[str, Any]) -> None:
             f"({bad['error']}): the plan may miss a call",
             err=True,
         )
+
+
+# ------------------------------------------------------------------------------ list, show
+
+
+def _compensator_reader(dsn: str | None) -> Callable[[Any], Any] | None:
+    """`compensator_state` over `dsn`, or None (no DSN: the ledger alone)."""
+    if dsn is None:
+        return None
+    from wakeline.compensator.operator import compensator_state
+
+    return lambda ids: compensator_state(dsn, list(ids))
+
+
+def _context(ctx: click.Context) -> tuple[Any, str | None]:
+    obj = ctx.obj if isinstance(ctx.obj, dict) else {}
+    return obj.get("ledger_store"), obj.get("dsn")
+
+
+@workflow.command("list")
+@click.option("--quarantined", is_flag=True, help="Only workflows with a quarantine in force.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def list_cmd(
+    ctx: click.Context, quarantined: bool, limit: int, dsn: str | None, as_json: bool
+) -> None:
+    """Workflows in the ledger, newest activity first, with their quarantine state:
+    active, quarantined (the compensator has not taken it up), compensating, compensated,
+    released."""
+    from wakeline.cli.main import emit_json, run_guarded
+    from wakeline.compensator.operator import workflow_rows
+
+    injected, injected_dsn = _context(ctx)
+
+    def go() -> list[dict[str, Any]]:
+        with _ledger(dsn or injected_dsn, injected) as (store, decode, url):
+            return workflow_rows(
+                store,
+                decode,
+                limit=limit,
+                quarantined_only=quarantined,
+                state_of=_compensator_reader(url),
+            )
+
+    rows = run_guarded(go)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no quarantined workflow in the ledger" if quarantined else "ledger is empty")
+        return
+    click.echo(format_list(rows))
+
+
+def format_list(rows: list[dict[str, Any]]) -> str:
+    from wakeline.schemas import rfc3339_micros
+
+    head = ("workflow", "state", "calls", "events", "partition", "last activity", "quarantine")
+    table = [head]
+    for r in rows:
+        q = r["quarantine"]
+        why = f"{q['by']}: {q['reason']}" if q else ""
+        if r["open_tasks"]:
+            why = f"{why} ({r['open_tasks']} open task(s))".strip()
+        table.append(
+            (
+                r["workflow_id"],
+                r["state"],
+                str(r["calls"]),
+                str(r["events"]),
+                ",".join(map(str, r["partitions"])),
+                rfc3339_micros(r["last_ms"] * 1000),
+                why,
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(head) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in table
+    ).rstrip()
+
+
+@workflow.command("show")
+@click.argument("workflow_id")
+@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def show_cmd(ctx: click.Context, workflow_id: str, dsn: str | None, as_json: bool) -> None:
+    """The timeline of every call of WORKFLOW_ID (intent and policy decision, result,
+    compensation, escalation), its quarantines and releases, each with its ledger position
+    for `wakeline ledger proof EVENT_ID`. Only ledgered events are shown. Exits 1 when some
+    of them cannot be decoded."""
+    from wakeline.cli.main import emit_json, run_guarded
+    from wakeline.compensator.operator import timeline
+
+    injected, injected_dsn = _context(ctx)
+
+    def go() -> dict[str, Any]:
+        with _ledger(dsn or injected_dsn, injected) as (store, decode, url):
+            entries = store.entries_for_workflow(workflow_id)
+            if not entries:
+                raise WakelineError(f"workflow {workflow_id} has no ledgered events")
+            read = _compensator_reader(url)
+            state = None
+            if read is not None:
+                try:
+                    state = read([workflow_id])[workflow_id]
+                except WakelineError as e:
+                    click.echo(f"warning: without the compensator's state: {e}", err=True)
+            return timeline(workflow_id, entries, decode, state)
+
+    report = run_guarded(go)
+    if as_json:
+        emit_json(report)
+    else:
+        click.echo(format_timeline(report))
+    for bad in report["undecodable"]:
+        click.echo(
+            f"error: partition {bad['partition']} leaf {bad['leaf_index']} does not decode "
+            f"({bad['error']})",
+            err=True,
+        )
+    if report["undecodable"]:
+        sys.exit(1)
+
+
+def _at(where: Mapping[str, int]) -> str:
+    return f"[partition {where['partition']} leaf {where['leaf_index']} offset {where['offset']}]"
+
+
+def _ids(ids: Mapping[str, str] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((ids or {}).items()))
+
+
+def format_timeline(report: dict[str, Any]) -> str:
+    """The human form of `timeline`: one block per call, quarantine, release, escalation
+    and other event, in ledger order."""
+    from wakeline.schemas import rfc3339_micros
+
+    lines = []
+    q = report["quarantine"]
+    state = report["state"]
+    if q is not None:
+        state += (
+            f"; quarantined at {rfc3339_micros(q['time'])} by {q['by']}: {q['reason']} "
+            f"(event {q['event_id']})"
+        )
+    lines.append(f"workflow {report['workflow_id']}: {state}")
+    parts = ",".join(map(str, report["partitions"]))
+    lines.append(
+        f"{report['ledgered_events']} ledgered event(s) on partition {parts}; prove any of them "
+        "with `wakeline ledger proof EVENT_ID`"
+    )
+    if not report["compensator_state"]:
+        lines.append("(no database given: the compensator's actions and tasks are not shown)")
+    blocks: list[tuple[tuple[int, int], list[str]]] = []
+
+    def head(item: Mapping[str, Any], what: str) -> str:
+        return (
+            f"{rfc3339_micros(item['time'])}  {what}  {_at(item['ledger'])}\n"
+            f"    event {item['event_id']} ({item['type']}, run {item['run_id']}, "
+            f"agent {item['agent_id']}, principal {item['principal']})"
+        )
+
+    def pos(item: Mapping[str, Any]) -> tuple[int, int]:
+        return item["ledger"]["partition"], item["ledger"]["leaf_index"]
+
+    for call in report["calls"]:
+        i = call["intent"]
+        out = [head(i, f"call {i['tool']}")]
+        reason = f" ({i['policy_reason']})" if i["policy_reason"] else ""
+        out.append(
+            f"    policy {i['policy_decision']}{reason}; approval {i['approval_id'] or '-'}; "
+            f"{i['reversibility']}, compensation {i['compensation'] or '-'}"
+        )
+        r = call["result"]
+        if r is None:
+            out.append("    result: none ledgered (outcome unknown, or still running)")
+        else:
+            said = r["result_summary"] if r["status"] == "ok" else _error(r)
+            ids = _ids(r["external_ids"])
+            out.append(
+                f"    result {r['status']}{': ' + said if said else ''}"
+                f"{'; ids ' + ids if ids else ''}  {_at(r['ledger'])} event {r['event_id']}"
+            )
+        for c in call["compensations"]:
+            if c["type"] == "CompensationStarted":
+                what = "started"
+            else:
+                what = c["status"] + (" (final)" if c["final"] else "")
+                if c["status"] == "failed":
+                    what += f": {_error(c)}"
+                if c["external_ids"]:
+                    what += f"; ids {_ids(c['external_ids'])}"
+            out.append(
+                f"    compensation {c['compensation']} attempt {c['attempt']} {what}  "
+                f"{_at(c['ledger'])} event {c['event_id']}"
+            )
+        for e in call["escalations"]:
+            out.append(f"    escalated by event {e}")
+        a = call["action"]
+        if a is not None:
+            detail = f": {a['detail']}" if a["detail"] else ""
+            out.append(
+                f"    compensator now: action {a['state']} after {a['attempts']} attempt(s){detail}"
+            )
+        for t in call["tasks"]:
+            out.append(f"    human task {t['task_id']} ({t['state']}): {t['title']}")
+        blocks.append((pos(i), out))
+    for qq in report["quarantines"]:
+        scope = qq["scope"] if qq["scope"] != "run" else f"run {qq['run_id']}"
+        blocks.append((pos(qq), [head(qq, f"QUARANTINE ({scope}) by {qq['by']}: {qq['reason']}")]))
+    for rel in report["releases"]:
+        what = f"RELEASE of {rel['quarantine_id'] or 'the quarantine in force'} by {rel['by']}"
+        blocks.append((pos(rel), [head(rel, f"{what}: {rel['reason']}")]))
+    for e in report["escalations"]:
+        out = [head(e, f"ESCALATION (task {e['task_id'] or '-'}): {e['summary']}")]
+        out += [f"    not undone: {x}" for x in e["not_undone"]]
+        out += [f"    recommended: {x}" for x in e["recommended_actions"]]
+        blocks.append((pos(e), out))
+    for o in report["other_events"] + report["unmatched"]:
+        blocks.append((pos(o), [head(o, o["type"])]))
+    for _, out in sorted(blocks, key=lambda b: b[0]):
+        lines.extend(out)
+    for t in report["tasks"]:
+        lines.append(f"incident report: task {t['task_id']} ({t['state']}): {t['title']}")
+    for note in report["unledgered"]:
+        lines.append(f"not in the ledger yet: {note}")
+    return "\n".join(lines)
+
+
+def _error(item: Mapping[str, Any]) -> str:
+    kind, message = item.get("error_type"), item.get("error_message")
+    return ": ".join(x for x in (kind, message) if x) or "no reason recorded"

@@ -13,7 +13,7 @@ The rules, first match wins (docs/compensation.md has them as a table):
 | ------------------------------------------------------ | ---------- | -------------------- |
 | read-only tool                                         | skip       | read_only            |
 | a CompensationResult ok/skipped for it, or `compensated` | skip     | already_compensated  |
-| result `denied` (a gate refused it: it never ran)      | skip       | denied               |
+| result `denied`, or a `deny` in the intent (a gate refused it) | skip     | denied               |
 | result `error` that is not a timeout                   | skip       | failed               |
 | declared irreversible                                  | escalate   | irreversible         |
 | no compensation declared                               | escalate   | no_compensation      |
@@ -264,6 +264,9 @@ def _step(
         )
     status = None if result is None else result.get("status")
     error = _error(result)
+    if intent.get("policy_decision") == "deny" and status in (None, "denied"):
+        why = intent.get("policy_reason") or "a gate refused it"
+        return step("skip", "denied", f"refused before it ran ({_quote(why)}): nothing happened")
     if status == "denied":
         return step("skip", "denied", f"refused before it ran ({error}): nothing happened")
     timed_out = status == "error" and bool(_TIMEOUT.search(result.get("error_type") or ""))

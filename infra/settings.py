@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -159,10 +160,16 @@ COMPONENT_MODULES = (
     "wakeline.processors.checkpointing",
     "wakeline.cli.main",
     "wakeline.cli.ledger",
+    "wakeline.compensator.settings",
     "wakeline.compensator.notify",
 )
 
+#: the entry-point group of packages outside Wakeline that declare components (a handler
+#: module's own variables): each entry names a module, imported like COMPONENT_MODULES
+PLUGIN_GROUP = "wakeline.settings"
+
 _COMPONENTS: dict[str, Component] = {}
+_plugins_loaded = False
 
 
 def declare(name: str, doc: str, *variables: Variable) -> Component:
@@ -179,9 +186,22 @@ def declare(name: str, doc: str, *variables: Variable) -> Component:
 
 
 def components() -> tuple[Component, ...]:
-    """Every declared component, in the order of COMPONENT_MODULES."""
+    """Every declared component, in the order of COMPONENT_MODULES, then those of the
+    installed packages' `wakeline.settings` entry points."""
+    global _plugins_loaded
     for module in COMPONENT_MODULES:
         importlib.import_module(module)
+    if not _plugins_loaded:
+        _plugins_loaded = True
+        for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+            try:
+                entry.load()
+            except Exception as e:  # noqa: BLE001 - any failure of a plug-in: name it
+                _plugins_loaded = False
+                raise ConfigError(
+                    f"{entry.value} (entry point {entry.name!r} of {PLUGIN_GROUP}) cannot be "
+                    f"imported to learn its settings: {type(e).__name__}: {e}"
+                ) from e
     return tuple(_COMPONENTS.values())
 
 

@@ -54,6 +54,22 @@ class Entry:
         return parse_leaf(self.leaf)
 
 
+@dataclass(frozen=True, slots=True)
+class WorkflowActivity:
+    """One record key (workflow id) of the ledger: how many entries, where, and when its
+    first and newest entries were written (the broker's timestamps, ms since the epoch)."""
+
+    key: bytes
+    entries: int
+    partitions: tuple[int, ...]
+    first_ms: int
+    last_ms: int
+
+    @property
+    def workflow_id(self) -> str:
+        return self.key.decode("utf-8", "replace")
+
+
 def lookup_event_id(value: bytes | None) -> str | None:
     """The body's event id when it can be indexed (see `body_event_id`), else None."""
     found = body_event_id(value)
@@ -143,6 +159,27 @@ class LedgerStore(ABC):
 
     def leaf_hashes(self, partition: int, stop: int | None = None) -> list[bytes]:
         return [e.leaf_hash for e in self.entries(partition, 0, stop)]
+
+    def workflows(self, limit: int | None = None) -> list[WorkflowActivity]:
+        """Every indexed record key, newest activity first (the newest entry's timestamp,
+        then the key). Reads every entry; the PostgreSQL store groups in SQL instead."""
+        found: dict[bytes, list[int]] = {}
+        parts: dict[bytes, set[int]] = {}
+        for p in self.partitions():
+            for e in self.entries(p):
+                if e.key is None:
+                    continue
+                ts = leaf_position(e.leaf)[2]
+                seen = found.setdefault(e.key, [0, ts, ts])
+                seen[0] += 1
+                seen[1], seen[2] = min(seen[1], ts), max(seen[2], ts)
+                parts.setdefault(e.key, set()).add(p)
+        out = [
+            WorkflowActivity(k, n, tuple(sorted(parts[k])), first, last)
+            for k, (n, first, last) in found.items()
+        ]
+        out.sort(key=lambda w: (-w.last_ms, w.key))
+        return out if limit is None else out[:limit]
 
 
 def check_append(

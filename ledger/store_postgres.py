@@ -20,7 +20,14 @@ from .checkpoints import parse_body, split_note
 from .errors import ChainConflict
 from .hashing import HASH_SIZE
 from .segments import SegmentHeader
-from .store import MAX_LOOKUP_KEY, Entry, LedgerStore, check_append, check_checkpoint
+from .store import (
+    MAX_LOOKUP_KEY,
+    Entry,
+    LedgerStore,
+    WorkflowActivity,
+    check_append,
+    check_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +265,21 @@ class PostgresLedgerStore(LedgerStore):
             (workflow_id.encode("utf-8", "surrogatepass"),),
         )
         return [_entry(r) for r in rows]
+
+    def workflows(self, limit: int | None = None) -> list[WorkflowActivity]:
+        # the leaf's timestamp: i64 big-endian at bytes 13..20 (ledger/records.py), read as
+        # a signed bigint through bit(64)
+        ts = "('x' || encode(substring(leaf from 14 for 8), 'hex'))::bit(64)::bigint"
+        rows = self._rows(
+            f"SELECT workflow_id, count(*), array_agg(DISTINCT partition), min({ts}), "
+            f"max({ts}) AS last_ms FROM ledger_entries WHERE workflow_id IS NOT NULL "
+            "GROUP BY workflow_id ORDER BY last_ms DESC, workflow_id LIMIT %s",
+            (limit,),
+        )
+        return [
+            WorkflowActivity(bytes(k), n, tuple(sorted(p)), first, last)
+            for k, n, p, first, last in rows
+        ]
 
     def checkpoints(self) -> Iterator[bytes]:
         after = -1

@@ -5,14 +5,13 @@
 -- Workflow ids are the Kafka key, byte for byte (bytea): an id with a NUL or invalid UTF-8
 -- must never stop the daemon. Text columns hold values already scrubbed of NUL.
 
--- One row per partition of the events topic: the fencing epoch (bumped by every process
--- that is assigned the partition; every state write checks it) and how far the state goes.
+-- One row per partition of the events topic: the fencing epoch, bumped by every process
+-- that is assigned the partition; every state write and every lease checks it.
 CREATE TABLE IF NOT EXISTS compensator_partitions (
     topic        text        NOT NULL,
     partition    integer     NOT NULL,
     epoch        bigint      NOT NULL DEFAULT 0,
     owner        text,
-    next_offset  bigint      NOT NULL DEFAULT 0,
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (topic, partition)
 );
@@ -53,7 +52,8 @@ CREATE TABLE IF NOT EXISTS compensator_plans (
     created_at     timestamptz NOT NULL DEFAULT now(),
     finished_at    timestamptz,
     release_id     text,
-    released_by    text
+    released_by    text,
+    released_at    timestamptz
 );
 CREATE INDEX IF NOT EXISTS compensator_plans_workflow ON compensator_plans (workflow_key);
 CREATE INDEX IF NOT EXISTS compensator_plans_open ON compensator_plans (topic, partition)
@@ -75,7 +75,10 @@ CREATE TABLE IF NOT EXISTS compensator_actions (
     state           text        NOT NULL DEFAULT 'pending'
                     CHECK (state IN ('pending', 'running', 'done', 'nothing', 'failed',
                                      'cancelled')),
+    -- attempts: times a process took the lease (a crash mid-action counts);
+    -- failures: transient failures the handler returned (the retry budget counts these)
     attempts        integer     NOT NULL DEFAULT 0,
+    failures        integer     NOT NULL DEFAULT 0,
     lease_owner     text,
     lease_token     bigint      NOT NULL DEFAULT 0,
     lease_until     timestamptz,

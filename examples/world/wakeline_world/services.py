@@ -289,8 +289,8 @@ def _write_version(
 
 
 class Email:
-    """An outbox: `send` queues, delivery (`deliver_due` / `deliver`) sends. A queued
-    message can be recalled; a delivered one cannot, only corrected by another message.
+    """An outbox: `send` queues, delivery (`deliver_due`, `deliver_queued`, `deliver`) sends.
+    A queued message can be recalled; a delivered one cannot, only corrected by another one.
 
     `hold_s`: how long a message waits in the outbox before `deliver_due` takes it."""
 
@@ -359,6 +359,11 @@ class Email:
         """Deliver every queued message whose hold is over; returns their ids (each
         delivery is counted as a performed `email.deliver`)."""
         return self._deliver("deliver_at <= clock_timestamp()", ())
+
+    def deliver_queued(self) -> list[str]:
+        """Deliver every queued message now, hold or not (the mail server ran): from then
+        on none of them can be recalled. Returns their ids, counted like `deliver_due`."""
+        return self._deliver("true", ())
 
     def deliver(self, message_id: str) -> bool:
         """Deliver one queued message now, hold or not; False if it is not queued."""

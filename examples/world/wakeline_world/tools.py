@@ -21,7 +21,11 @@ the message id for `email.recall`, the reservation id for `inventory.release`, t
 
 An e-mail can be recalled only while it is queued in the outbox; after delivery the undo is
 a correction (`email.send_correction`), which a human decides on. `extra["undo_window"]`
-says so for each tool whose undo has a window.
+says so for each tool whose undo has a window. That window is a state, not a time: when a
+message leaves the outbox depends on the world's hold (`World(email_hold_s=...)`) and on who
+delivers, so `email.send` declares no `undo_window_s` (any number would be a guess) and
+`email.recall` (`wakeline_world.undo`) checks the outbox: once the message is delivered it
+fails for good, saying to send a correction, and the compensator escalates it.
 """
 
 from __future__ import annotations

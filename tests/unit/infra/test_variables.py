@@ -108,12 +108,32 @@ def test_every_module_that_declares_is_listed() -> None:
     declaring = set()
     for f in REPO.rglob("*.py"):
         rel = f.relative_to(REPO)
-        if rel.parts[0] in ("tests", "bench", ".venv") or not DECLARES.search(f.read_text()):
+        skip = ("tests", "bench", ".venv", "examples")  # examples: plug-ins, tested below
+        if rel.parts[0] in skip or not DECLARES.search(f.read_text()):
             continue
         if rel.parts[0] == "wakeline":
             rel = rel.relative_to("wakeline")
         declaring.add("wakeline." + ".".join(rel.with_suffix("").parts))
     assert declaring == set(COMPONENT_MODULES)
+
+
+def test_a_plugin_package_declares_through_its_entry_point() -> None:
+    """`wakeline_world.undo` (a handler module outside Wakeline) declares WAKELINE_WORLD_DSN;
+    its `wakeline.settings` entry point makes the variable known to a process that never
+    imported it, so setting it for the compensator does not break `wakeline stack up`."""
+    code = (
+        "import sys\n"
+        "from wakeline.infra.settings import DatabaseSettings\n"
+        "DatabaseSettings.from_env({'WAKELINE_WORLD_DSN': 'postgresql://w@/w'})\n"
+        "try:\n"
+        "    DatabaseSettings.from_env({'WAKELINE_WORLD_DNS': 'x'})\n"
+        "except Exception as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "did you mean WAKELINE_WORLD_DSN?" in out.stdout
 
 
 def test_declared_defaults_are_the_dataclass_defaults() -> None:

@@ -83,6 +83,18 @@ class LedgerStoreContract(ABC):
         assert store.entries_for_workflow("wf-2") == e3
         assert store.entries_for_workflow("wf-1") == e1 + e2
 
+    def test_workflows_are_listed_newest_activity_first(self, store: LedgerStore) -> None:
+        c0, c1 = PartitionChain(BLAKE3, 0), PartitionChain(BLAKE3, 1)
+        store.append_segment(*seal(store, c0, [0, 1, 2], wf="wf-a"))
+        store.append_segment(*seal(store, c1, [5], wf="wf-b"))
+        store.append_segment(*seal(store, c0, [3], wf="wf-c"))
+        got = [(w.workflow_id, w.entries, w.partitions, w.first_ms, w.last_ms)
+               for w in store.workflows()]  # fmt: skip
+        t = 1_700_000_000_000  # record(): the timestamp is t + offset
+        assert got == [("wf-b", 1, (1,), t + 5, t + 5), ("wf-c", 1, (0,), t + 3, t + 3),
+                       ("wf-a", 3, (0,), t, t + 2)]  # fmt: skip
+        assert [w.workflow_id for w in store.workflows(2)] == ["wf-b", "wf-c"]
+
     def test_resume_continues_the_chain(self, store: LedgerStore) -> None:
         chain = PartitionChain(BLAKE3, 0)
         store.append_segment(*seal(store, chain, [0, 1, 2]))

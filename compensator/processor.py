@@ -1,0 +1,461 @@
+"""The compensator's stream processor: the events topic -> the compensator's state.
+
+It runs on the shared runner (processors/stream.py) in its own consumer group on the events
+topic. For each batch of one partition, one PostgreSQL transaction (fenced by the partition's
+epoch, compensator/store.py): the events a plan is computed from are recorded; a Quarantine
+is published to the compacted quarantines topic (SDK gates refuse the workflow's calls from
+then on) and its plan is computed (compensator/plan.py) and stored, actions to run and tasks
+to file; a Release tombstones the quarantine and cancels the actions not started; late
+intents and results of a quarantined workflow join its plan; the compensator's own
+CompensationResult settles its action. Undecodable records go to the DLQ with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import blake3
+
+from wakeline.compensator.plan import Scope, Step, build_plan
+from wakeline.compensator.registry import (
+    CompensationRegistry,
+)
+from wakeline.compensator.store import (
+    CompensatorStore,
+    Plan,
+    StoredEvent,
+    pg_text,
+    workflow_key,
+)
+from wakeline.infra.settings import Topics
+from wakeline.ledger.records import LedgerRecord
+from wakeline.processors.audit import clip
+from wakeline.processors.stream import COMMITTED, Applied, Assigned, Output, PublishError
+
+if TYPE_CHECKING:
+    from wakeline.compensator.executor import Executor
+
+log = logging.getLogger(__name__)
+
+AGENT = "wakeline-compensator"
+#: the event types a plan is computed from (everything else is only read past)
+KEPT = frozenset(
+    {
+        "ToolIntent",
+        "ToolResult",
+        "Quarantine",
+        "Release",
+        "CompensationStarted",
+        "CompensationResult",
+        "Escalation",
+    }
+)
+_MISPLACED = (
+    "{kind} ignored: its Kafka key is not its workflow id, so it is not on the workflow's "
+    "partition (write it keyed by the workflow id, as `wakeline quarantine` does)"
+)
+_SCOPE_WIDTH = {"run": 0, "tainted": 1, "workflow": 2}
+
+
+def task_id(quarantine_id: str, kind: str, intent_id: str | None) -> str:
+    """`inc-` + 16 hex digits, the same for the same plan and call in every process."""
+    h = blake3.blake3(f"{quarantine_id}\x00{kind}\x00{intent_id or ''}".encode())
+    return "inc-" + h.hexdigest(length=8)
+
+
+def decode_frames(
+    stored: Sequence[StoredEvent], decode: Callable[[bytes], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, tuple[int, int]]]:
+    """Decoded events in partition order, and event id -> (partition, offset)."""
+    events, positions = [], {}
+    for s in stored:
+        try:
+            event = decode(s.value)
+        except Exception as e:  # noqa: BLE001 - stored frames decoded once already
+            log.error(
+                "stored event does not decode partition=%d offset=%d: %s", s.partition, s.offset, e
+            )
+            continue
+        events.append(event)
+        positions.setdefault(event["event_id"], (s.partition, s.offset))
+    return events, positions
+
+
+# -- the processor ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    partition: int
+    #: (record, event or None, why it does not decode)
+    items: list[tuple[LedgerRecord, dict[str, Any] | None, str | None]]
+
+
+@dataclass
+class _Republish:
+    plans: list[Plan]
+
+
+class CompensatorProcessor:
+    """Events topic -> compensator state (runs on the Kafka runner, processors/stream.py)."""
+
+    name = "compensator"
+    fatal: tuple[type[BaseException], ...] = ()
+
+    def __init__(
+        self,
+        store: CompensatorStore,
+        handlers: CompensationRegistry,
+        *,
+        topics: Topics,
+        executor: Executor,
+        decode: Callable[[bytes], dict[str, Any]],
+        owner: str,
+        max_record_bytes: int = 900_000,
+        unknown_grace_s: float = 5.0,
+        now_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+    ) -> None:
+        self.unknown_grace_s = unknown_grace_s
+        self.store = store
+        self.handlers = handlers
+        self.topics = topics
+        self.executor = executor
+        self.decode = decode
+        self.owner = owner
+        self.max_record_bytes = max_record_bytes
+        self.now_us = now_us
+        self.epochs: dict[int, int] = {}
+        self.wait_for_sink: Callable[[], None] = lambda: None
+        #: plans started, duplicates ignored, records sent to the DLQ (for tests and metrics)
+        self.plans_started = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+
+    # -- runner protocol (consumer thread) ----------------------------------------------------
+    def assign(self, partitions: list[int]) -> Assigned:
+        epochs = self.store.claim(partitions, self.owner)
+        self.epochs.update(epochs)
+        with self.store.transaction() as cur:
+            plans = self.store.active_plans(cur, partitions=partitions)
+        self.executor.assigned(epochs)
+        # republish what is in force: a crash between storing a quarantine and publishing
+        # it must not leave SDK gates open
+        works: list[Any] = [_Republish(plans)] if plans else []
+        return Assigned(dict.fromkeys(partitions, COMMITTED), works)
+
+    def revoke(self, partitions: list[int]) -> None:
+        self.executor.revoked(partitions)
+        for p in partitions:
+            self.epochs.pop(p, None)
+
+    def handle(self, records: list[LedgerRecord], now: float) -> list[Any]:
+        by_partition: dict[int, _Batch] = {}
+        for r in records:
+            batch = by_partition.get(r.partition)
+            if batch is None:
+                batch = by_partition[r.partition] = _Batch(r.partition, [])
+            if r.value is None:
+                batch.items.append((r, None, "record has no value (tombstone)"))
+                continue
+            try:
+                event = self.decode(r.value)
+            except Exception as e:  # noqa: BLE001 - any bad frame goes to the DLQ
+                batch.items.append((r, None, f"{type(e).__name__}: {e}"))
+                continue
+            batch.items.append((r, event, None))
+        return list(by_partition.values())
+
+    def due(self, now: float) -> list[Any]:
+        return []
+
+    def drain(self, partitions: list[int]) -> list[Any]:
+        return []
+
+    # -- runner protocol (sink thread) ---------------------------------------------------------
+    def apply(self, works: list[Any]) -> list[Applied]:
+        out = []
+        for w in works:
+            if isinstance(w, _Republish):
+                outputs = [self._quarantine_output(p.workflow_key, p.value) for p in w.plans]
+                out.append(Applied(w, [o for o in outputs if o is not None], {}))
+                continue
+            outputs = self._apply_batch(w)
+            out.append(Applied(w, outputs, {w.partition: w.items[-1][0].offset + 1}))
+        return out
+
+    def delivered(self, applied: list[Applied], refused: list[tuple[Output, str]]) -> list[Output]:
+        for out, why in refused:
+            log.error("compensator output refused topic=%s reason=%s", out.topic, why)
+        self.executor.wake()
+        return []
+
+    def reset(self) -> None:
+        self.store.reset()
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- a batch of one partition ----------------------------------------------------------
+    def _apply_batch(self, batch: _Batch) -> list[Output]:
+        p = batch.partition
+        epoch = self.epochs.get(p)
+        if epoch is None:
+            raise PublishError(f"partition {p} is not assigned here")
+        outputs: list[Output] = []
+        changed: set[bytes] = set()
+        with self.store.transaction() as cur:
+            self.store.check_epoch(cur, p, epoch)
+            rows = []
+            for r, e, error in batch.items:
+                if e is None:
+                    outputs.append(self._dead_letter(r, error or "does not decode"))
+                elif e.get("type") in KEPT and not _misplaced(r, e):
+                    rows.append(
+                        (
+                            p,
+                            r.offset,
+                            workflow_key(e["workflow_id"]),
+                            pg_text(e["event_id"]),
+                            e["type"],
+                            int(e["time"]),
+                            r.value,
+                        )
+                    )
+            self.store.insert_events(cur, rows)
+            active = {
+                plan.workflow_key
+                for plan in self.store.active_plans(cur, partitions=[p])
+                if plan.state in ("running", "done")
+            }
+            for r, e, _ in batch.items:
+                if e is None:
+                    continue
+                kind, key = e.get("type"), workflow_key(e.get("workflow_id", ""))
+                if _misplaced(r, e):
+                    # not on the workflow's partition: its place in the workflow's order
+                    # is unknown, and whoever wrote it did not write it where we look
+                    outputs.append(self._dead_letter(r, _MISPLACED.format(kind=kind)))
+                    continue
+                if kind == "Quarantine":
+                    outputs += self._on_quarantine(cur, r, e)
+                    active.add(key)
+                elif kind == "Release":
+                    outputs += self._on_release(cur, e)
+                elif kind == "CompensationResult":
+                    self._on_result_event(cur, e)
+                elif kind in ("ToolIntent", "ToolResult") and key in active:
+                    changed.add(key)
+            for key in changed:
+                for plan in self.store.active_plans(cur, key=key):
+                    self._replan(cur, plan)
+        if changed:
+            self.executor.changed(changed)
+        return outputs
+
+    def _dead_letter(self, r: LedgerRecord, reason: str) -> Output:
+        self.dead_lettered += 1
+        log.error(
+            "compensator: undecodable event sent to the DLQ partition=%d offset=%d reason=%s",
+            r.partition,
+            r.offset,
+            clip(reason, 300),
+        )
+        headers = [
+            ("wakeline_dlq_reason", (clip(reason, 4000) or "").encode("utf-8", "replace")),
+            ("wakeline_dlq_component", b"compensator"),
+            ("wakeline_dlq_topic", self.topics.events.encode()),
+            ("wakeline_dlq_partition", str(r.partition).encode()),
+            ("wakeline_dlq_offset", str(r.offset).encode()),
+        ]
+        value, key = r.value, r.key
+        if len(value or b"") + len(key or b"") + 16_384 > self.max_record_bytes:
+            digest = blake3.blake3(value or b"").hexdigest()
+            headers.append(("wakeline_dlq_value_blake3", digest.encode()))
+            value, key = None, None if key is None else key[:1024]
+        else:
+            headers = [*r.headers, *headers]
+        return Output(self.topics.dlq, value, key, headers)
+
+    def _quarantine_output(self, key: bytes, value: bytes | None) -> Output | None:
+        if value is None:
+            return None
+        return Output(self.topics.quarantines, value, key)
+
+    def _on_quarantine(self, cur: Any, r: LedgerRecord, q: dict[str, Any]) -> list[Output]:
+        qid, key = q["event_id"], workflow_key(q["workflow_id"])
+        own = self._quarantine_output(key, r.value)
+        existing = self.store.plan(cur, qid)
+        if existing is not None:  # this very Quarantine again (a redelivery, a redo)
+            return [own] if existing.state != "released" and own is not None else []
+        scope = Scope.of(q)
+        active = self.store.active_plans(cur, key=key)
+        for plan in active:
+            other = Scope.of(self.decode(plan.value)) if plan.value else None
+            if other is not None and _covers(other, scope):
+                self.duplicates += 1
+                log.info(
+                    "duplicate quarantine ignored workflow=%s quarantine=%s in_force=%s",
+                    q["workflow_id"],
+                    qid,
+                    plan.quarantine_id,
+                )
+                return []
+        steps, events, positions = self._plan_steps(cur, key, scope)
+        self.store.insert_plan(
+            cur,
+            quarantine=q,
+            partition=r.partition,
+            offset=r.offset,
+            key=key,
+            steps=[s.to_json() for s in steps],
+        )
+        self._store_steps(cur, q, r.partition, steps, events, positions)
+        self.plans_started += 1
+        log.warning(
+            "quarantine: plan started workflow=%s quarantine=%s scope=%s compensate=%d escalate=%d",
+            q["workflow_id"],
+            qid,
+            scope.kind,
+            sum(s.action == "compensate" for s in steps),
+            sum(s.action == "escalate" for s in steps),
+        )
+        widest = max(
+            (_SCOPE_WIDTH.get(Scope.of(self.decode(p.value)).kind, 2) for p in active if p.value),
+            default=-1,
+        )
+        return [own] if own is not None and _SCOPE_WIDTH[scope.kind] >= widest else []
+
+    def _plan_steps(
+        self, cur: Any, key: bytes, scope: Scope
+    ) -> tuple[list[Step], list[dict[str, Any]], dict[str, tuple[int, int]]]:
+        events, positions = decode_frames(self.store.workflow_events(cur, key), self.decode)
+        steps = build_plan(
+            tool_events(events),
+            self.handlers,
+            scope=scope,
+            now_us=self.now_us(),
+            compensated=self.store.compensated_intents(cur, key),
+        )
+        return steps, events, positions
+
+    def _store_steps(
+        self,
+        cur: Any,
+        q: Mapping[str, Any],
+        partition: int,
+        steps: list[Step],
+        events: list[dict[str, Any]],
+        positions: Mapping[str, tuple[int, int]],
+    ) -> None:
+        qid = q["event_id"]
+        actions = [
+            {
+                "intent_id": s.intent_id,
+                "compensation": s.compensation,
+                "idempotency_key": s.request.idempotency_key,
+                "tool": s.tool,
+                "run_id": s.run_id,
+            }
+            for s in steps
+            if s.action == "compensate" and s.request is not None
+        ]
+        added = self.store.insert_actions(cur, qid, actions)
+        if added:
+            self.store.reopen(cur, qid)
+        now_us = self.now_us()
+        for s in steps:
+            if to_file(s, now_us, self.unknown_grace_s):
+                report = self.executor.call_report(q, s, positions)
+                self.store.insert_task(cur, self.executor.task_row(q, partition, "call", s, report))
+
+    def _replan(self, cur: Any, plan: Plan) -> None:
+        """Late intents and results of a quarantined workflow join its plan."""
+        if plan.value is None:
+            return
+        q = self.decode(plan.value)
+        steps, events, positions = self._plan_steps(cur, plan.workflow_key, Scope.of(q))
+        self.store.set_steps(cur, plan.quarantine_id, [s.to_json() for s in steps])
+        self._store_steps(cur, q, plan.partition, steps, events, positions)
+
+    def _on_release(self, cur: Any, e: dict[str, Any]) -> list[Output]:
+        key = workflow_key(e["workflow_id"])
+        lifted = e.get("quarantine_id")
+        active = self.store.active_plans(cur, key=key)
+        left = []
+        for plan in active:
+            if lifted is None or lifted == plan.quarantine_id:
+                cancelled = self.store.release(cur, plan.quarantine_id, e)
+                log.warning(
+                    "release: quarantine lifted workflow=%s quarantine=%s by=%s cancelled=%d",
+                    e["workflow_id"],
+                    plan.quarantine_id,
+                    e.get("by"),
+                    cancelled,
+                )
+            else:
+                left.append(plan)
+        if left:  # another quarantine stays in force: publish it again
+            out = self._quarantine_output(key, left[-1].value)
+            return [out] if out is not None else []
+        return [Output(self.topics.quarantines, None, key)]
+
+    def _on_result_event(self, cur: Any, e: dict[str, Any]) -> None:
+        status = e.get("status")
+        if status in ("ok", "skipped"):
+            state = "done" if status == "ok" else "nothing"
+        elif e.get("final"):
+            state = "failed"
+        else:
+            return
+        detail = e.get("error_message") or f"recorded by event {e['event_id']}"
+        if e.get("agent_id") == AGENT:
+            self.store.settle_from_event(cur, e, state, detail)
+
+
+#: the compensator's own event types: anyone who can write the events topic can forge them
+COMPENSATOR_EVENTS = frozenset({"CompensationStarted", "CompensationResult", "Escalation"})
+
+
+def tool_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The events a plan is computed from in the daemon: what is compensated, escalated and
+    attempted comes from the compensator's own state in PostgreSQL, never from events on the
+    topic, so a forged CompensationResult or Escalation cannot make it skip a call."""
+    return [e for e in events if e.get("type") not in COMPENSATOR_EVENTS]
+
+
+def _misplaced(r: LedgerRecord, e: Mapping[str, Any]) -> bool:
+    """A Quarantine or Release that is not keyed by its workflow id."""
+    return e.get("type") in ("Quarantine", "Release") and r.key != workflow_key(
+        e.get("workflow_id", "")
+    )
+
+
+def young_unknown(step: Step, now_us: int, grace_s: float) -> bool:
+    """A call with no result yet whose intent is too recent to call its outcome unknown."""
+    return (
+        step.reason == "outcome_unknown"
+        and step.result is None
+        and now_us - int(step.intent.get("time") or 0) < grace_s * 1_000_000
+    )
+
+
+def to_file(step: Step, now_us: int, grace_s: float) -> bool:
+    """Whether a step gets a human task now (escalated, not by an earlier Escalation)."""
+    return (
+        step.action == "escalate"
+        and step.escalated_by is None
+        and not young_unknown(step, now_us, grace_s)
+    )
+
+
+def _covers(active: Scope, new: Scope) -> bool:
+    """A quarantine in force already covers everything `new` would."""
+    if active.kind == "workflow":
+        return True
+    if active.kind == "run":
+        return new.kind == "run" and new.run_id == active.run_id
+    return new.kind == "tainted" and new.tainted <= active.tainted
