@@ -41,6 +41,17 @@ class Position:
     #: None: not ledgered yet when the report was made
     leaf_index: int | None = None
 
+    @classmethod
+    def of(cls, value: Any) -> Position:
+        """A Position from a Position, a (partition, offset[, leaf_index]) tuple, or a mapping
+        with those keys (`wakeline workflow plan --json`'s `ledger`)."""
+        if isinstance(value, Position):
+            return value
+        if isinstance(value, Mapping):
+            return cls(int(value["partition"]), int(value["offset"]), value.get("leaf_index"))
+        partition, offset, *leaf = value
+        return cls(int(partition), int(offset), leaf[0] if leaf else None)
+
     def describe(self) -> str:
         leaf = "not ledgered yet" if self.leaf_index is None else f"leaf {self.leaf_index}"
         return f"partition {self.partition} offset {self.offset}, {leaf}"
@@ -59,6 +70,17 @@ class ActionOutcome:
     attempts: int = 0
     external_ids: Mapping[str, str] = field(default_factory=dict)
     compensation: str | None = None
+
+    @classmethod
+    def of(cls, action: Any) -> ActionOutcome:
+        """The outcome of a `compensator_actions` row (any object with its fields)."""
+        return cls(
+            state=action.state,
+            detail=action.detail,
+            attempts=int(action.attempts or 0),
+            external_ids=dict(action.external_ids or {}),
+            compensation=action.compensation,
+        )
 
 
 @dataclass(frozen=True)

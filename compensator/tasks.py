@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import blake3
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -40,7 +39,6 @@ _COLUMNS = (
     "resolved_at, resolved_by, resolution_note, escalation_event_id, published_at, "
     "notified_at, notify_attempts, notify_error"
 )
-_TASK_ID_DOMAIN = b"wakeline.compensator.task-id.v1\x00"
 
 
 class TaskError(WakelineError):
@@ -89,17 +87,6 @@ class Task:
         return out
 
 
-def task_id_for(quarantine_id: str, kind: str, intent_id: str | None = None) -> str:
-    """A stable task id: the same plan and call always give the same one (`t-` + 24 hex
-    digits of BLAKE3 over the quarantine id, kind and intent id), so a compensator that
-    files a task again after a crash names the same task."""
-    h = blake3.blake3(_TASK_ID_DOMAIN)
-    for part in (quarantine_id, kind, intent_id or ""):
-        h.update(part.encode("utf-8", "surrogatepass"))
-        h.update(b"\x00")
-    return "t-" + h.hexdigest(length=12)
-
-
 def insert_task(
     conn: psycopg.Connection,
     *,
@@ -117,8 +104,9 @@ def insert_task(
     workflow_key: bytes | None = None,
 ) -> bool:
     """File a task; False (and nothing changes) when the task, or one for the same plan,
-    kind and call, exists already. `workflow_key`: the Kafka key, byte for byte (default:
-    `workflow_id` in UTF-8)."""
+    kind and call, exists already. `task_id`: stable for the plan, kind and call
+    (`compensator.processor.task_id`), so filing again after a crash names the same task.
+    `workflow_key`: the Kafka key, byte for byte (default: `workflow_id` in UTF-8)."""
     if kind not in KINDS:
         raise TaskError(f"task kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if (kind == "call") != (intent_id is not None):

@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from wakeline.cli.main import cli
 from wakeline.compensator import tasks
+from wakeline.compensator.processor import task_id
 from wakeline.errors import StoreError
 
 pytestmark = pytest.mark.integration
@@ -46,15 +47,15 @@ def task(
     *,
     kind: str = "call",
     intent_id: str | None = None,
-    task_id: str | None = None,
+    tid: str | None = None,
     report: str = "Not undone, and why:\n  - email.send: irreversible",
 ) -> str:
     quarantine_id = quarantine_id or plan(conn, workflow)
     intent_id = intent_id or (f"i-{uuid.uuid4()}" if kind == "call" else None)
-    task_id = task_id or tasks.task_id_for(quarantine_id, kind, intent_id)
+    tid = tid or task_id(quarantine_id, kind, intent_id)
     assert tasks.insert_task(
         conn,
-        task_id=task_id,
+        task_id=tid,
         kind=kind,
         quarantine_id=quarantine_id,
         intent_id=intent_id,
@@ -66,7 +67,7 @@ def task(
         report_json={"kind": kind, "recommended": ["send a correction to ada@example.com"]},
         escalation_event_id=f"e-{uuid.uuid4()}",
     )
-    return task_id
+    return tid
 
 
 def run(dsn: str, *args: str) -> Result:
@@ -154,12 +155,12 @@ def test_a_resolved_task_is_not_acked_or_resolved_again(dsn: str, conn) -> None:
 
 
 @pytest.mark.parametrize(
-    "task_id",
+    "hostile",
     ["nope", "' OR '1'='1", "x'; DROP TABLE compensator_tasks; --", "%s", "[/red]", "a\x00b", ""],
 )
-def test_unknown_and_hostile_ids_are_a_clear_error(dsn: str, conn, task_id: str) -> None:
+def test_unknown_and_hostile_ids_are_a_clear_error(dsn: str, conn, hostile: str) -> None:
     task(conn, wf())  # a task exists: an injected OR would find it
-    for args in (("show", task_id), ("ack", task_id), ("resolve", task_id, "--note", "x")):
+    for args in (("show", hostile), ("ack", hostile), ("resolve", hostile, "--note", "x")):
         got = run(dsn, *args)
         assert got.exit_code == 1, (args, got.output)
         assert "no task" in got.output and "Traceback" not in got.output
@@ -216,8 +217,8 @@ def test_insert_task_is_idempotent_and_scrubs_nul(dsn: str, conn) -> None:
         reason="outcome_unknown", title="t\x00", report="r\x00",
         report_json={"k\x00": ["v\x00", 1, None, True]}, escalation_event_id="e-1",
     )  # fmt: skip
-    first = tasks.task_id_for(q, "call", "i-1")
-    assert first == tasks.task_id_for(q, "call", "i-1") != tasks.task_id_for(q, "plan")
+    first = task_id(q, "call", "i-1")
+    assert first == task_id(q, "call", "i-1") != task_id(q, "plan", None)
     assert tasks.insert_task(conn, task_id=first, **args) is True
     assert tasks.insert_task(conn, task_id=first, **args) is False
     # another id for the same plan, kind and call: the unique index says no
@@ -227,7 +228,7 @@ def test_insert_task_is_idempotent_and_scrubs_nul(dsn: str, conn) -> None:
     assert row.report_json == {"k\ufffd": ["v\ufffd", 1, None, True]}
     assert row.workflow_key == (w + "\x00").encode()
     plan_task = dict(args, kind="plan", intent_id=None)
-    assert tasks.insert_task(conn, task_id=tasks.task_id_for(q, "plan"), **plan_task) is True
+    assert tasks.insert_task(conn, task_id=task_id(q, "plan", None), **plan_task) is True
     with pytest.raises(tasks.TaskError, match="a 'call' task names its intent_id"):
         tasks.insert_task(conn, task_id="t-x", **dict(args, intent_id=None))
     with pytest.raises(StoreError, match="cannot file a task"):  # no such plan
@@ -274,7 +275,7 @@ def test_a_real_report_is_filed_and_shown(dsn: str, conn) -> None:
         positions={e["event_id"]: Position(3, i, i) for i, e in enumerate(ev.events)},
     )
     quarantine_id = plan(conn, ev.workflow)
-    t = tasks.task_id_for(quarantine_id, "plan")
+    t = task_id(quarantine_id, "plan", None)
     assert tasks.insert_task(
         conn,
         task_id=t,

@@ -315,3 +315,16 @@ def _iso(event: dict) -> str:
     from wakeline.schemas import rfc3339_micros
 
     return rfc3339_micros(event["time"])
+
+
+def test_positions_and_outcomes_from_the_daemons_shapes() -> None:
+    from types import SimpleNamespace
+
+    assert Position.of((3, 7)) == Position(3, 7, None)
+    assert Position.of((3, 7, 2)) == Position(3, 7, 2)
+    assert Position.of({"partition": 3, "offset": 7, "leaf_index": 2}) == Position(3, 7, 2)
+    assert Position.of(Position(1, 2)) == Position(1, 2)
+    row = SimpleNamespace(
+        state="done", detail="ok", attempts=2, external_ids={"r": "1"}, compensation="c"
+    )
+    assert ActionOutcome.of(row) == ActionOutcome("done", "ok", 2, {"r": "1"}, "c")
