@@ -222,7 +222,10 @@ class Webhook:
     # -- delivery --------------------------------------------------------------------------
 
     def send(self, notice: Notice) -> int:
-        """Deliver `notice`; the number of attempts it took. NotifyError after the last."""
+        """Deliver `notice`; the number of attempts it took. NotifyError after the last.
+        A task row (a `Task`, or a mapping of its columns) is taken too (`Notice.of`)."""
+        if not isinstance(notice, Notice):
+            notice = Notice.of(notice)
         body = json.dumps(self.payload(notice), ensure_ascii=False).encode()
         base = wait_exponential_jitter(
             multiplier=self.backoff_initial_s, jitter=self.backoff_initial_s, max=self.backoff_max_s

@@ -189,6 +189,12 @@ def test_settings_from_the_environment() -> None:
         Webhook.from_env({**env, "WAKELINE_WEBHOOK_ATTEMPTS": "0"})
 
 
+def test_a_task_row_is_sent_as_its_notice(server: Server) -> None:
+    row = {**NOTICE.__dict__, "report": NOTICE.text}
+    assert hook(server.url).send(row) == 1  # type: ignore[arg-type]
+    assert json.loads(server.received[0][2]) == hook(server.url).payload(NOTICE)
+
+
 def test_a_notice_of_a_task_row() -> None:
     from types import SimpleNamespace
 
