@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from wakeline.errors import WakelineError
@@ -33,7 +34,8 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except WakelineError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        # the message may quote input (an id, a file name): never read it as rich markup
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
 
 
@@ -205,13 +207,24 @@ def _attach_component_commands() -> None:
     """Commands owned by components, each in its own cli/ module."""
     from wakeline.cli.compensator import compensator
     from wakeline.cli.config import config
+    from wakeline.cli.incidents import incidents
     from wakeline.cli.ledger import ledger
     from wakeline.cli.operator import quarantine, release
     from wakeline.cli.tail import tail
     from wakeline.cli.worker import worker
     from wakeline.cli.workflow import workflow
 
-    for command in (ledger, worker, tail, config, workflow, compensator, quarantine, release):
+    for command in (
+        ledger,
+        worker,
+        tail,
+        config,
+        workflow,
+        compensator,
+        quarantine,
+        release,
+        incidents,
+    ):
         cli.add_command(command)
 
 

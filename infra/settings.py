@@ -161,6 +161,7 @@ COMPONENT_MODULES = (
     "wakeline.cli.main",
     "wakeline.cli.ledger",
     "wakeline.compensator.settings",
+    "wakeline.compensator.notify",
 )
 
 #: the entry-point group of packages outside Wakeline that declare components (a handler

@@ -61,6 +61,11 @@ class ToolSpec:
     #: be recalled only while it sits in the outbox); None = no limit. Recorded in every intent
     #: (`undo_window_us`); past it, the compensator escalates instead of compensating.
     undo_window_s: float | None = None
+    #: what a human should do when a call cannot be undone automatically, as a `str.format`
+    #: template over the logged arguments and the result's external ids (`"send a correction
+    #: to {to}"`); it may not name a redacted or digest-only field. The compensator's incident
+    #: report uses it, or generic advice when it is None or a field it names is missing.
+    advice: str | None = None
     #: redact + digest_only, sorted (derived; recorded in every intent)
     redacted_fields: list[str] = field(init=False, compare=False, repr=False)
 
@@ -95,6 +100,7 @@ class ToolSpec:
         both = self.redact & self.digest_only
         if both:
             raise SdkError(f"tool {self.name}: {sorted(both)[0]} is both redacted and digested")
+        self._check_advice()
         for which in ("reads", "writes"):
             keys = getattr(self, which)
             if isinstance(keys, str):
@@ -109,6 +115,22 @@ class ToolSpec:
                         f"{path}, which is redacted or digest-only; resource keys are written "
                         "in clear, so name the resource by a field that is not secret"
                     )
+
+    def _check_advice(self) -> None:
+        advice = self.advice
+        if advice is None:
+            return
+        if not isinstance(advice, str) or not advice.strip():
+            raise SdkError(f"tool {self.name}: advice must be a non-empty str or None")
+        try:
+            path = secret_in_template(advice, self.redacted_fields)
+        except ValueError as e:
+            raise SdkError(f"tool {self.name}: advice {advice!r} is not a template: {e}") from e
+        if path is not None:
+            raise SdkError(
+                f"tool {self.name}: advice {advice!r} uses {path}, which is redacted or "
+                "digest-only; an incident report never shows such a value"
+            )
 
     @property
     def mutates(self) -> bool:

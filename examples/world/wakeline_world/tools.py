@@ -57,6 +57,10 @@ SPECS: tuple[ToolSpec, ...] = (
         ),
         external_ids=_ids("charge_id"),
         description="Charge a customer's card.",
+        advice=(
+            "refund the {amount_cents} {currency} charged to {customer} by hand "
+            "(payments.refund), or tell the customer why the charge stands"
+        ),
     ),
     ToolSpec(
         "payments.refund",
@@ -67,6 +71,10 @@ SPECS: tuple[ToolSpec, ...] = (
         summarise=lambda r: f"refunded {r['amount_cents']} of {r['charge_id']} ({r['refund_id']})",
         external_ids=_ids("refund_id", "charge_id"),
         description="Refund what is left of a charge (or part of it).",
+        advice=(
+            "tell finance that refund {refund_id} of charge {charge_id} went out: it cannot "
+            "be taken back"
+        ),
     ),
     ToolSpec(
         "crm.get",
@@ -88,6 +96,7 @@ SPECS: tuple[ToolSpec, ...] = (
         ),
         external_ids=_ids("record_id", "version", "previous_version"),
         description="Merge fields into a customer record, as a new version.",
+        advice="restore {record_id} to version {previous_version} by hand (crm.restore)",
     ),
     ToolSpec(
         "crm.restore",
@@ -100,6 +109,7 @@ SPECS: tuple[ToolSpec, ...] = (
         ),
         external_ids=_ids("record_id", "version", "restored_from", "previous_version"),
         description="Make an earlier version of a record current again (0: delete it).",
+        advice="check record {record_id}: it was restored to version {restored_from}",
     ),
     ToolSpec(
         "email.send",
@@ -112,6 +122,7 @@ SPECS: tuple[ToolSpec, ...] = (
         summarise=lambda r: f"queued {r['message_id']} to {r['to']}",
         external_ids=_ids("message_id", "to"),
         description="Queue an e-mail in the outbox.",
+        advice="send a correction to {to} with email.send_correction (it cannot be recalled now)",
         extra={"undo_window": "while the message is queued in the outbox (status 'queued')"},
     ),
     ToolSpec(
@@ -123,6 +134,7 @@ SPECS: tuple[ToolSpec, ...] = (
         summarise=lambda r: f"recalled {r['message_id']}",
         external_ids=_ids("message_id"),
         description="Take a queued e-mail out of the outbox before it is delivered.",
+        advice="check that message {message_id} was meant to be recalled; resend it if so",
     ),
     ToolSpec(
         "email.send_correction",
@@ -134,6 +146,7 @@ SPECS: tuple[ToolSpec, ...] = (
         summarise=lambda r: f"queued correction {r['message_id']} of {r['correction_of']}",
         external_ids=_ids("message_id", "correction_of", "to"),
         description="Send a correction of a delivered e-mail to its recipient.",
+        advice="tell {to} which message stands: correction {message_id} of {correction_of}",
     ),
     ToolSpec(
         "inventory.stock",
@@ -153,6 +166,7 @@ SPECS: tuple[ToolSpec, ...] = (
         summarise=lambda r: f"reserved {r['quantity']} of {r['sku']} ({r['reservation_id']})",
         external_ids=_ids("reservation_id", "sku"),
         description="Hold stock of a SKU for an order.",
+        advice="release reservation {reservation_id} of {sku} by hand (inventory.release)",
     ),
     ToolSpec(
         "inventory.release",
@@ -163,6 +177,7 @@ SPECS: tuple[ToolSpec, ...] = (
         summarise=lambda r: f"released {r['reservation_id']}",
         external_ids=_ids("reservation_id", "sku"),
         description="Give a reservation's stock back.",
+        advice="reserve {sku} again if reservation {reservation_id} was still needed",
     ),
     ToolSpec(
         "cloud.create_vm",
@@ -174,6 +189,7 @@ SPECS: tuple[ToolSpec, ...] = (
         summarise=lambda r: f"created {r['vm_id']} ({r['name']}, {r['region']})",
         external_ids=_ids("vm_id"),
         description="Create a virtual machine (running).",
+        advice="delete VM {name} by hand (cloud.delete_vm) once nothing depends on it",
     ),
     ToolSpec(
         "cloud.delete_vm",
@@ -184,6 +200,7 @@ SPECS: tuple[ToolSpec, ...] = (
         summarise=lambda r: f"deleted {r['vm_id']}",
         external_ids=_ids("vm_id"),
         description="Delete a virtual machine and its disk.",
+        advice="recreate VM {vm_id} from its last backup if it was still needed",
     ),
 )
 

@@ -86,3 +86,18 @@ def test_registry_defaults_unknown_tools_to_the_worst_case_unless_strict():
         ToolRegistry(strict=True).get("nobody.registered.me")
     with pytest.raises(SdkError, match="already registered"):
         reg.declare("ok", reversibility="irreversible")
+
+
+def test_advice_is_a_template_that_may_not_name_a_secret_field():
+    spec = ToolSpec("email.send", advice="send a correction to {to}", digest_only={"body"})
+    assert spec.advice == "send a correction to {to}"
+    with pytest.raises(SdkError, match="uses body, which is redacted or digest-only"):
+        ToolSpec("email.send", advice="resend {body}", digest_only={"body"})
+    with pytest.raises(SdkError, match="uses card.number"):
+        ToolSpec("pay", advice="call about {card}", redact={"card.number"})
+    with pytest.raises(SdkError, match="not a template"):
+        ToolSpec("t", advice="refund {charge_id")
+    with pytest.raises(SdkError, match="non-empty str"):
+        ToolSpec("t", advice="  ")
+    with pytest.raises(SdkError, match="non-empty str"):
+        ToolSpec("t", advice=42)  # type: ignore[arg-type]
