@@ -94,7 +94,11 @@ def _run(
     url = dsn or DatabaseSettings.from_env().dsn
     db.migrate(url)
     default_codec().resolver = worker_resolver(kafka, url)
-    daemon = Compensator(kafka, url, loaded.handlers, settings)
+    from wakeline.compensator.notify import Webhook
+
+    daemon = Compensator(
+        kafka, url, loaded.handlers, settings, notifier=Webhook.from_env(), tools=loaded.tools
+    )
     log = logging.getLogger("wakeline.compensator")
 
     def stop(signum: int, _frame: object) -> None:

@@ -47,6 +47,7 @@ class Compensator:
         settings: CompensatorSettings | None = None,
         *,
         notifier: Any = None,
+        tools: Any = None,
         decode: Callable[[bytes], dict[str, Any]] | None = None,
         runner_settings: Any = None,
     ) -> None:
@@ -73,6 +74,7 @@ class Compensator:
             settings=s,
             owner=self.owner,
             notifier=notifier,
+            tools=tools,
         )
         self.processor = CompensatorProcessor(
             self.store,

@@ -21,9 +21,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from wakeline.compensator import report as reports
 from wakeline.compensator.plan import Scope, Step, build_plan
 from wakeline.compensator.processor import (
     AGENT,
@@ -41,6 +42,7 @@ from wakeline.compensator.registry import (
     NothingToUndo,
     Outcome,
 )
+from wakeline.compensator.report import ActionOutcome, Position, Report
 from wakeline.compensator.settings import CompensatorSettings
 from wakeline.compensator.store import (
     TERMINAL,
@@ -58,57 +60,6 @@ from wakeline.schemas import cloudevents_headers, encode_event, new_event_id
 
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Report:
-    title: str
-    text: str
-    data: dict[str, Any] = field(default_factory=dict)
-    undone: list[str] = field(default_factory=list)
-    not_undone: list[str] = field(default_factory=list)
-    recommended: list[str] = field(default_factory=list)
-    related_event_ids: list[str] = field(default_factory=list)
-
-
-def call_report(
-    q: Mapping[str, Any], step: Step, positions: Mapping[str, tuple[int, int]]
-) -> Report:
-    at = positions.get(step.intent_id)
-    where = f" (partition {at[0]}, offset {at[1]})" if at else ""
-    line = f"{step.tool} in run {step.run_id}, intent {step.intent_id}{where}: {step.why}"
-    return Report(
-        title=f"{q['workflow_id']}: {step.tool} not undone ({step.reason})",
-        text=line,
-        data={"step": step.to_json()},
-        not_undone=[line],
-        recommended=[f"check {step.tool} and undo it by hand if needed"],
-        related_event_ids=[step.intent_id],
-    )
-
-
-def plan_report(q: Mapping[str, Any], steps: Sequence[Step], actions: Mapping[str, Any]) -> Report:
-    undone, not_undone = [], []
-    for s in steps:
-        a = actions.get(s.intent_id)
-        if a is not None and a.state in ("done", "nothing"):
-            undone.append(f"{s.tool} undone by {a.compensation}: {a.detail or a.state}")
-        elif a is not None:
-            not_undone.append(f"{s.tool}: compensation {a.state} ({a.detail or 'no detail'})")
-        elif s.action == "escalate":
-            not_undone.append(f"{s.tool}: {s.why}")
-    text = "\n".join(
-        [f"Workflow {q['workflow_id']} quarantined by {q.get('by')}: {q.get('reason')}"]
-        + [f"undone: {u}" for u in undone]
-        + [f"not undone: {n}" for n in not_undone]
-    )
-    return Report(
-        title=f"{q['workflow_id']}: {len(undone)} undone, {len(not_undone)} need a human",
-        text=text,
-        undone=undone,
-        not_undone=not_undone,
-        related_event_ids=[s.intent_id for s in steps],
-    )
 
 
 # -- the executor ----------------------------------------------------------------------------
@@ -139,6 +90,7 @@ class Executor:
         settings: CompensatorSettings,
         owner: str,
         notifier: Any = None,
+        tools: Any = None,
         source: str | None = None,
         poll_s: float = 0.5,
     ) -> None:
@@ -150,6 +102,8 @@ class Executor:
         self.settings = settings
         self.owner = owner
         self.notifier = notifier
+        #: the tool registry the handler modules declare (advice in incident reports)
+        self.tools = tools
         self.source = source or f"wakeline://compensator/{socket.gethostname()}"
         self.poll_s = poll_s
         self._epochs: dict[int, int] = {}
@@ -423,7 +377,10 @@ class Executor:
         )
         if state == "failed":
             step = self._failed_step(ctx, action, detail)
-            report = call_report(ctx.quarantine, step, ctx.positions)
+            outcome_now = ActionOutcome(
+                "failed", detail, lease.attempt, dict(external), action.compensation
+            )
+            report = self.call_report(ctx.quarantine, step, ctx.positions, outcome_now)
             with self.store.transaction() as cur:
                 self.store.insert_task(
                     cur, self.task_row(ctx.quarantine, partition, "call", step, report)
@@ -499,8 +456,18 @@ class Executor:
             )
             self.producer.poll(0)
 
-    def call_report(self, q: Mapping[str, Any], step: Step, positions: Mapping[str, Any]) -> Report:
-        return call_report(q, step, positions)
+    def call_report(
+        self,
+        q: Mapping[str, Any],
+        step: Step,
+        positions: Mapping[str, tuple[int, int]],
+        outcome: ActionOutcome | None = None,
+    ) -> Report:
+        """The incident report of one escalated call."""
+        return reports.call_report(
+            workflow_id=q["workflow_id"], quarantine=q, step=step,
+            positions=_positions(positions), tools=self.tools, outcome=outcome,
+        )  # fmt: skip
 
     # -- tasks -------------------------------------------------------------------------------------
     def task_row(
@@ -535,6 +502,7 @@ class Executor:
         now_us = time.time_ns() // 1000
         with self.store.transaction() as cur:
             done = self.store.compensated_intents(cur, workflow_key(ctx.quarantine["workflow_id"]))
+        done -= {a.intent_id for a in actions}  # this plan's own: the report tells how
         steps = build_plan(
             tool_events(ctx.events),
             self.handlers,
@@ -548,7 +516,7 @@ class Executor:
         with self.store.transaction() as cur:
             for s in steps:
                 if to_file(s, now_us, grace):
-                    report = call_report(ctx.quarantine, s, ctx.positions)
+                    report = self.call_report(ctx.quarantine, s, ctx.positions)
                     self.store.insert_task(
                         cur, self.task_row(ctx.quarantine, partition, "call", s, report)
                     )
@@ -556,7 +524,16 @@ class Executor:
             return
         with self._lock:
             self._contexts.pop(qid, None)  # a late call reopens the plan and loads it again
-        report = plan_report(ctx.quarantine, steps, {a.intent_id: a for a in actions})
+        actions = self.store.actions(qid)  # as they ended
+        report = reports.plan_report(
+            workflow_id=ctx.quarantine["workflow_id"],
+            quarantine=ctx.quarantine,
+            events=ctx.events,
+            steps=steps,
+            outcomes={a.intent_id: ActionOutcome.of(a) for a in actions},
+            positions=_positions(ctx.positions),
+            tools=self.tools,
+        )
         task = self.task_row(ctx.quarantine, partition, "plan", None, report)
         with self.store.transaction() as cur:
             if not self.store.insert_task(cur, task):
@@ -570,41 +547,41 @@ class Executor:
             return
         outs, ids = [], []
         for t in tasks:
-            data = t["report_json"] or {}
+            data = t.report_json or {}
             event = {
-                "event_id": t["escalation_event_id"],
+                "event_id": t.escalation_event_id,
                 "type": "Escalation",
                 "time": time.time_ns() // 1000,
                 "source": self.source,
-                "workflow_id": t["workflow_id"],
-                "run_id": t["quarantine_id"],
-                "step_id": t["intent_id"],
+                "workflow_id": t.workflow_id,
+                "run_id": t.quarantine_id,
+                "step_id": t.intent_id,
                 "agent_id": AGENT,
                 "tenant": None,
                 "boundary": None,
-                "parent_event_ids": [p for p in (t["intent_id"], t["quarantine_id"]) if p],
+                "parent_event_ids": [p for p in (t.intent_id, t.quarantine_id) if p],
                 "correlation_id": None,
                 "principal": AGENT,
                 "trace_id": None,
                 "span_id": None,
-                "summary": clip(t["title"] + "\n" + t["report"], 60_000),
+                "summary": clip(t.title + "\n" + t.report, 60_000),
                 "undone": list(data.get("undone") or []),
                 "not_undone": list(data.get("not_undone") or []),
                 "recommended_actions": list(data.get("recommended") or []),
                 "related_event_ids": list(data.get("related_event_ids") or []),
-                "quarantine_id": t["quarantine_id"],
-                "task_id": t["task_id"],
+                "quarantine_id": t.quarantine_id,
+                "task_id": t.task_id,
             }
             outs.append(
                 Output(
                     self.topics.events,
                     encode_event(event),
-                    workflow_key(t["workflow_id"]),
+                    t.workflow_key,
                     cloudevents_headers(event),
-                    t["partition"],
+                    t.partition,
                 )
             )
-            ids.append(t["task_id"])
+            ids.append(t.task_id)
         refused = deliver(self.producer, outs, timeout=30)
         for _out, why in refused:
             log.error("escalation event refused by the broker: %s", why)
@@ -612,14 +589,14 @@ class Executor:
         self.store.mark_published(ids)
 
     def _notify(self, epochs: Mapping[int, int]) -> None:
-        for t in self.store.unnotified_tasks(epochs, 0):
+        for t in self.store.unnotified_tasks(epochs):
             try:
                 used = self.notifier.send(t)
             except Exception as e:  # noqa: BLE001 - recorded on the task, never fatal
-                self.store.mark_notified(t["task_id"], getattr(e, "attempts", 1), str(e))
-                log.error("webhook notification failed task=%s: %s", t["task_id"], e)
+                self.store.mark_notified(t.task_id, getattr(e, "attempts", 1), str(e))
+                log.error("webhook notification failed task=%s: %s", t.task_id, e)
                 continue
-            self.store.mark_notified(t["task_id"], int(used or 1), None)
+            self.store.mark_notified(t.task_id, int(used or 1), None)
 
     # -- leases ----------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -640,6 +617,10 @@ class Executor:
                     lease.intent_id,
                     lease.quarantine_id,
                 )
+
+
+def _positions(raw: Mapping[str, tuple[int, int]]) -> dict[str, Position]:
+    return {event_id: Position(p, o) for event_id, (p, o) in raw.items()}
 
 
 def process_owner() -> str:

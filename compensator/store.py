@@ -23,7 +23,6 @@ Workflow ids are stored as bytes (`workflow_key`); text columns are scrubbed of 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from wakeline.compensator import tasks
 from wakeline.compensator.registry import CompensatorError
 from wakeline.infra.db import connect
 
@@ -493,85 +493,36 @@ class CompensatorStore:
         )
         return cur.rowcount == 1
 
-    # -- tasks ------------------------------------------------------------------------------
+    # -- tasks (every statement on the table is in compensator/tasks.py) ---------------------
     def insert_task(self, cur: psycopg.Cursor, task: Mapping[str, Any]) -> bool:
-        """Insert a human task unless the plan already has it (one per call and kind)."""
-        cur.execute(
-            "INSERT INTO compensator_tasks (task_id, kind, quarantine_id, intent_id, "
-            "workflow_key, workflow_id, partition, reason, title, report, report_json, "
-            "escalation_event_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT DO NOTHING",
-            (
-                task["task_id"],
-                task["kind"],
-                task["quarantine_id"],
-                task.get("intent_id"),
-                task["workflow_key"],
-                pg_text(task["workflow_id"]),
-                task["partition"],
-                pg_text(task["reason"]),
-                pg_text(task["title"], 1000),
-                pg_text(task["report"]),
-                Jsonb(json.loads(json.dumps(task.get("report_json") or {}, default=str))),
-                task["escalation_event_id"],
-            ),
-        )
-        return cur.rowcount == 1
+        """File a human task unless the plan already has it (one per call and kind)."""
+        return tasks.insert_task(cur.connection, **task)
 
     def refresh_plan_task(self, cur: psycopg.Cursor, task: Mapping[str, Any]) -> None:
-        """The plan's report again (late calls joined it), while nobody acted on it."""
-        cur.execute(
-            "UPDATE compensator_tasks SET report = %s, report_json = %s, title = %s, "
-            "updated_at = now() WHERE task_id = %s AND state = 'open'",
-            (
-                pg_text(task["report"]),
-                Jsonb(json.loads(json.dumps(task.get("report_json") or {}, default=str))),
-                pg_text(task["title"], 1000),
-                task["task_id"],
-            ),
-        )
+        tasks.refresh_report(
+            cur.connection, task["task_id"], title=task["title"], report=task["report"],
+            report_json=task.get("report_json"),
+        )  # fmt: skip
 
-    def unpublished_tasks(self, partitions: Iterable[int]) -> list[dict[str, Any]]:
+    def unpublished_tasks(self, partitions: Iterable[int]) -> list[tasks.Task]:
         ps = list(partitions)
         if not ps:
             return []
         with self.transaction() as cur:
-            cur.execute(
-                "SELECT task_id, kind, quarantine_id, intent_id, workflow_id, partition, reason,"
-                " title, report, report_json, escalation_event_id FROM compensator_tasks "
-                "WHERE published_at IS NULL AND partition = ANY(%s) ORDER BY created_at",
-                (ps,),
-            )
-            cols = [d.name for d in cur.description or ()]
-            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+            return tasks.unpublished(cur.connection, ps)
 
     def mark_published(self, task_ids: Sequence[str]) -> None:
-        if task_ids:
-            with self.transaction() as cur:
-                cur.execute(
-                    "UPDATE compensator_tasks SET published_at = now() WHERE task_id = ANY(%s)",
-                    (list(task_ids),),
-                )
+        with self.transaction() as cur:
+            for task_id in task_ids:
+                tasks.mark_published(cur.connection, task_id)
 
-    def unnotified_tasks(self, partitions: Iterable[int], max_attempts: int) -> list[dict]:
+    def unnotified_tasks(self, partitions: Iterable[int]) -> list[tasks.Task]:
         ps = list(partitions)
         if not ps:
             return []
         with self.transaction() as cur:
-            cur.execute(
-                "SELECT task_id, kind, quarantine_id, workflow_id, title, report, reason "
-                "FROM compensator_tasks WHERE published_at IS NOT NULL AND notified_at IS NULL "
-                "AND notify_error IS NULL AND partition = ANY(%s) ORDER BY created_at",
-                (ps,),
-            )
-            cols = [d.name for d in cur.description or ()]
-            return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+            return tasks.unnotified(cur.connection, ps)
 
     def mark_notified(self, task_id: str, attempts: int, error: str | None) -> None:
         with self.transaction() as cur:
-            cur.execute(
-                "UPDATE compensator_tasks SET notify_attempts = notify_attempts + %s, "
-                "notified_at = CASE WHEN %s::text IS NULL THEN now() END, notify_error = %s "
-                "WHERE task_id = %s",
-                (attempts, error, None if error is None else pg_text(error, 2000), task_id),
-            )
+            tasks.record_notification(cur.connection, task_id, attempts=attempts, error=error)

@@ -230,6 +230,47 @@ def record_notification(
         )
 
 
+def refresh_report(
+    conn: psycopg.Connection,
+    task_id: str,
+    *,
+    title: str,
+    report: str,
+    report_json: Mapping[str, Any] | None,
+) -> bool:
+    """A plan's report again (late calls joined the plan), while nobody acted on it."""
+    with _store_errors("refresh a report"):
+        cur = conn.execute(
+            "UPDATE compensator_tasks SET title = %s, report = %s, report_json = %s, "
+            "updated_at = now() WHERE task_id = %s AND state = 'open'",
+            (_clean(title), _clean(report), Jsonb(_clean_json(dict(report_json or {}))),
+             task_id),
+        )  # fmt: skip
+    return cur.rowcount == 1
+
+
+def unpublished(conn: psycopg.Connection, partitions: Collection[int]) -> list[Task]:
+    """Tasks of these events partitions whose Escalation event is not yet acknowledged."""
+    return _select(conn, "published_at IS NULL AND partition = ANY(%s)", (list(partitions),))
+
+
+def unnotified(conn: psycopg.Connection, partitions: Collection[int]) -> list[Task]:
+    """Published tasks of these partitions the webhook has neither delivered nor given up."""
+    return _select(
+        conn,
+        "published_at IS NOT NULL AND notified_at IS NULL AND notify_error IS NULL "
+        "AND partition = ANY(%s)",
+        (list(partitions),),
+    )
+
+
+def _select(conn: psycopg.Connection, where: str, args: tuple[Any, ...]) -> list[Task]:
+    with _store_errors("read tasks"), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM compensator_tasks WHERE {where} ORDER BY created_at",
+                    args)  # fmt: skip
+        return [_task(r) for r in cur.fetchall()]
+
+
 def _refusal(conn: psycopg.Connection, task_id: str, wanted: str) -> TaskError:
     """Why a conditional UPDATE changed nothing: no such task, or its state."""
     task = get_task(conn, task_id)

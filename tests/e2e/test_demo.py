@@ -31,4 +31,4 @@ def test_demo_ledgers_verifies_and_catches_the_forged_amount(
     assert act["refunds"] == 1 and act["crm_tier"] == "silver"
     assert len(act["tasks"]) == 2  # the delivered e-mail, and the plan's incident report
     assert "4000 0000 0000 0077" not in text and "4000000000000077" not in text
-    assert "2 undone, 1 need a human" in text
+    assert "2 call(s) undone, 1 call(s) need a human" in text
