@@ -24,6 +24,12 @@ import click
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Transient failures allowed.")
 @click.option("--workers", type=click.IntRange(min=1), help="Plans run at once.")
 @click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (0 = off).",
+)
 def compensator(
     handler_modules: tuple[str, ...],
     group: str | None,
@@ -32,6 +38,7 @@ def compensator(
     max_attempts: int | None,
     workers: int | None,
     dsn: str | None,
+    metrics_port: int,
 ) -> None:
     """Run the compensator until stopped (SIGTERM/SIGINT).
 
@@ -44,7 +51,9 @@ def compensator(
     from wakeline.cli.main import run_guarded
 
     run_guarded(
-        lambda: _run(handler_modules, group, instance_id, lease_s, max_attempts, workers, dsn)
+        lambda: _run(
+            handler_modules, group, instance_id, lease_s, max_attempts, workers, dsn, metrics_port
+        )
     )
 
 
@@ -56,6 +65,7 @@ def _run(
     max_attempts: int | None,
     workers: int | None,
     dsn: str | None,
+    metrics_port: int = 0,
 ) -> None:
     import logging
     import signal
@@ -112,6 +122,12 @@ def _run(
         f"{', '.join(loaded.modules)}; group {settings.group_for(kafka.topics.prefix)}",
         err=True,
     )
+    if metrics_port:
+        from wakeline.infra.metrics import PrometheusMetrics
+
+        registry = PrometheusMetrics()
+        registry.observe(daemon.samples)
+        registry.serve(metrics_port)
     daemon.run()
     if daemon.runner.failure is not None:
         raise daemon.runner.failure

@@ -102,6 +102,18 @@ class Compensator:
             ),
         )
 
+    def samples(self) -> list[Any]:
+        """What the daemon counts, as metric samples (read on a scrape, from any thread)."""
+        from wakeline.infra import metrics as m
+
+        return [
+            *self.runner.samples(),
+            m.Sample(m.COMPENSATION_PLANS, (), self.processor.plans_started),
+            m.Sample(m.COMPENSATION_ATTEMPTS, (), self.executor.attempts),
+            m.Sample(m.ESCALATIONS, (), self.executor.escalations),
+            m.Sample(m.DLQ_RECORDS, (), self.processor.dead_lettered),
+        ]
+
     def start(self) -> Compensator:
         self.executor.start()
         self.runner.start()

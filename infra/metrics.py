@@ -101,6 +101,16 @@ CHECKPOINT_AGE = Spec(
     "seconds since the time of the newest signed checkpoint in PostgreSQL (an idle ledger is "
     "not signed again, so this grows while nothing is ledgered)",
 )
+# -- the compensator (collected on scrape) ----------------------------------------------------
+COMPENSATION_PLANS = Spec(
+    "wakeline_compensation_plans", "counter", "quarantines that started a compensation plan"
+)
+COMPENSATION_ATTEMPTS = Spec(
+    "wakeline_compensation_attempts", "counter", "compensating actions run (every attempt)"
+)
+ESCALATIONS = Spec(
+    "wakeline_escalations", "counter", "human tasks whose Escalation event was published"
+)
 # -- the SDK (opt-in: Emitter(metrics=...)) ---------------------------------------------------
 SDK_CALLS = Spec(
     "wakeline_sdk_calls",
@@ -114,7 +124,8 @@ SDK_REFUSALS = Spec(
 
 SPECS: tuple[Spec, ...] = (
     EVENTS_LEDGERED, SEGMENTS_STORED, RECORDS_READ, RUNNER_RESTARTS, LAG, STALLED_PARTITIONS,
-    STALLED_SECONDS, AUDIT_RECORDS, DLQ_RECORDS, CHECKPOINT_AGE, SDK_CALLS, SDK_REFUSALS,
+    STALLED_SECONDS, AUDIT_RECORDS, DLQ_RECORDS, CHECKPOINT_AGE, COMPENSATION_PLANS,
+    COMPENSATION_ATTEMPTS, ESCALATIONS, SDK_CALLS, SDK_REFUSALS,
 )  # fmt: skip
 
 

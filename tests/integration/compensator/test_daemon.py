@@ -46,10 +46,17 @@ def test_quarantine_compensates_newest_first_and_gates_refuse(
         ctx.call("kv.put", lambda key: key, {"key": f"k{i}"})
     ctx.call("kv.get", lambda key: key, {"key": "k0"})
     done = []
-    start_compensator(kv_handlers(done))
+    daemon = start_compensator(kv_handlers(done))
     qid = quarantine(ctx)
     wait_until(lambda: plan_state(fresh_dsn, qid) == "done", what="the plan")
     assert [d[0] for d in done] == ["k2", "k1", "k0"]
+    from wakeline.infra.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics()
+    metrics.observe(daemon.samples)
+    text = metrics.render().decode()
+    assert "wakeline_compensation_plans_total 1.0" in text
+    assert "wakeline_compensation_attempts_total 3.0" in text
     assert len({d[1] for d in done}) == 3 and all(d[2] == 1 for d in done)
     wait_until(lambda: emitter.gate.check(wf) is not None, what="the gate")
     with pytest.raises(WorkflowQuarantined):
