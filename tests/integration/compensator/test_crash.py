@@ -11,11 +11,13 @@ CompensationResult, between the result and the end of the attempt in PostgreSQL.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
 import signal
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ from wakeline.producers import Emitter
 from wakeline.testkit.harness import stop_worker
 from wakeline_world import World
 
+from . import probe_undo
 from .conftest import (
     act_on_world,
     assert_undone_once,
@@ -179,3 +182,108 @@ def _sleep_alive(proc: subprocess.Popen, log_path: Path, seconds: float) -> None
     except subprocess.TimeoutExpired:
         return
     _alive(proc, log_path)
+
+
+# -- two compensators, a third joins, one leaves -----------------------------------------------
+
+PROBE = Path(__file__).parent  # probe_undo.py: the world's handlers, each attempt recorded
+ATTEMPTS = "SELECT pid, idempotency_key, started, ended FROM probe.attempts ORDER BY started"
+
+
+def _on_partitions(count: int, partitions: int) -> list[str]:
+    """`count` workflow ids, one per partition (librdkafka's default partitioner puts a key
+    on CRC-32(key) mod partitions; the test checks where the plans ran)."""
+    found: dict[int, str] = {}
+    while len(found) < count:
+        wf = new_wf()
+        found.setdefault(zlib.crc32(wf.encode()) % partitions, wf)
+    return list(found.values())
+
+
+def _owners(dsn: str) -> dict[int, int]:
+    """partition -> pid of the compensator process holding its fencing epoch."""
+    got = rows(dsn, "SELECT partition, owner FROM compensator_partitions")
+    return {p: int(owner.split(":")[1]) for p, owner in got}
+
+
+def test_two_compensators_and_rebalances_in_the_middle_of_plans(
+    world: World,
+    world_emitter: Emitter,
+    fresh_kafka: KafkaSettings,
+    fresh_dsn: str,
+    tmp_path: Path,
+) -> None:
+    """Three workflows of 30 calls, one per partition, quarantined while compensators A and
+    B share the partitions; mid-plan C joins (partitions move to it), later B leaves
+    (SIGTERM: its partitions move to A and C). Afterwards each compensating effect
+    happened exactly once and every action is done, as in the kill test.
+
+    No action ever ran in two processes at once: the handlers (probe_undo.py) record each
+    attempt's process, idempotency key, start and end with the database's clock; for one key,
+    no two attempts of different processes overlap. That is the property itself (two
+    handlers acting at once), measured where it matters, so it does not rely on what the
+    daemon says about itself: the lease and the fencing epoch are what is under test. The
+    partitions really moved mid-plan: some workflow's actions ran in two processes."""
+    probe_undo.install(fresh_dsn)
+    _slow_world(world)
+    workflows = _on_partitions(3, fresh_kafka.partitions)
+    contexts = [world_emitter.workflow(wf, agent_id="bot", principal="bob") for wf in workflows]
+    calls = [c for ctx in contexts for c in act_on_world(ctx, world, 30)]
+    log_path = tmp_path / "compensators.log"
+    env = {**FAST_RETRY, "PYTHONPATH": str(PROBE)}
+    args = ("--handlers", "probe_undo", "--lease-s", "2")
+
+    def spawn() -> subprocess.Popen:
+        return spawn_compensator(fresh_kafka, fresh_dsn, *args, log_path=log_path, env=env)
+
+    def attempts() -> list[tuple]:
+        return rows(fresh_dsn, ATTEMPTS)
+
+    procs = {name: spawn() for name in ("A", "B")}
+    try:
+        pids = {p.pid for p in procs.values()}
+        wait_until(lambda: set(_owners(fresh_dsn).values()) == pids, timeout=60,
+                   what="A and B to share the partitions")  # fmt: skip
+        qids = [quarantine(ctx, reason="rebalance test") for ctx in contexts]
+        wait_until(lambda: len(attempts()) >= 15, timeout=60, what="the plans to start")
+        procs["C"] = spawn()
+        wait_until(lambda: procs["C"].pid in _owners(fresh_dsn).values(), timeout=60,
+                   what="C to take a partition")  # fmt: skip
+        wait_until(lambda: len(attempts()) >= 50, timeout=60, what="more progress")
+        assert any(plan_state(fresh_dsn, q) == "running" for q in qids), "B leaves mid-plan"
+        _stop(procs.pop("B"), log_path)
+        wait_until(
+            lambda: all(plan_state(fresh_dsn, q) == "done" for q in qids),
+            timeout=120,
+            what="every plan to finish",
+        )
+    finally:
+        for proc in procs.values():
+            _stop(proc, log_path)
+
+    actions = rows(fresh_dsn, "SELECT idempotency_key, quarantine_id, state, intent_id, "
+                   "compensation FROM compensator_actions")  # fmt: skip
+    assert len(actions) == 90 and {a[2] for a in actions} == {"done"}
+    plans = rows(fresh_dsn, "SELECT partition FROM compensator_plans")
+    assert sorted(p for (p,) in plans) == list(range(fresh_kafka.partitions))
+    assert_undone_once(world, calls)
+
+    runs = attempts()
+    assert all(r[3] is not None for r in runs), "an attempt never ended"
+    by_key: dict[str, list[tuple]] = {}
+    for r in runs:
+        by_key.setdefault(r[1], []).append(r)
+    for key, tries in by_key.items():
+        for a, b in itertools.combinations(tries, 2):
+            overlap = a[2] < b[3] and b[2] < a[3]
+            assert a[0] == b[0] or not overlap, f"{key} ran in {a[0]} and {b[0]} at once"
+    plan_of = {a[0]: a[1] for a in actions}
+    pids_per_plan: dict[str, set[int]] = {}
+    for r in runs:
+        pids_per_plan.setdefault(plan_of[r[1]], set()).add(r[0])
+    log.warning("processes per plan: %s; attempts %d for 90 actions",
+                sorted(len(p) for p in pids_per_plan.values()), len(runs))  # fmt: skip
+    assert max(len(p) for p in pids_per_plan.values()) >= 2, "no plan moved between processes"
+
+    events = topic_events(fresh_kafka)
+    assert ok_results(events) == {a[3]: {idempotency_key(a[3], a[4])} for a in actions}
