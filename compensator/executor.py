@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wakeline.compensator.plan import Scope, Step, build_plan
-from wakeline.compensator.processor import AGENT, decode_frames, task_id, to_file, young_unknown
+from wakeline.compensator.processor import (
+    AGENT,
+    believed,
+    decode_frames,
+    task_id,
+    to_file,
+    young_unknown,
+)
 from wakeline.compensator.registry import (
     CompensationRegistry,
     CompensationRequest,
@@ -267,9 +274,11 @@ class Executor:
         if not plan_rows or plan_rows[0].value is None:
             raise LookupError(f"plan {qid} has no stored quarantine")
         q = self.decode(plan_rows[0].value)
-        events, positions = decode_frames(
-            self.store.events_of(workflow_key(q["workflow_id"])), self.decode
-        )
+        key = workflow_key(q["workflow_id"])
+        with self.store.transaction() as cur:
+            stored, vouched = self.store.workflow_events(cur, key), self.store.vouched(cur, key)
+        events, positions = decode_frames(stored, self.decode)
+        events = believed(events, vouched)
         intents = {e["event_id"]: e for e in events if e["type"] == "ToolIntent"}
         results: dict[str, dict[str, Any]] = {}
         for e in events:

@@ -28,6 +28,7 @@ from wakeline.compensator.store import (
     CompensatorStore,
     Plan,
     StoredEvent,
+    Vouched,
     pg_text,
     workflow_key,
 )
@@ -162,7 +163,8 @@ class CompensatorProcessor:
             except Exception as e:  # noqa: BLE001 - any bad frame goes to the DLQ
                 batch.items.append((r, None, f"{type(e).__name__}: {e}"))
                 continue
-            batch.items.append((r, event, None))
+            misplaced = _misplaced(r, event)
+            batch.items.append((r, None, misplaced) if misplaced else (r, event, None))
         return list(by_partition.values())
 
     def due(self, now: float) -> list[Any]:
@@ -325,7 +327,7 @@ class CompensatorProcessor:
     ) -> tuple[list[Step], list[dict[str, Any]], dict[str, tuple[int, int]]]:
         events, positions = decode_frames(self.store.workflow_events(cur, key), self.decode)
         steps = build_plan(
-            events,
+            believed(events, self.store.vouched(cur, key)),
             self.handlers,
             scope=scope,
             now_us=self.now_us(),
@@ -403,7 +405,52 @@ class CompensatorProcessor:
         else:
             return
         detail = e.get("error_message") or f"recorded by event {e['event_id']}"
-        self.store.settle_from_event(cur, e["run_id"], e["original_event_id"], state, detail)
+        self.store.settle_from_event(
+            cur,
+            e["run_id"],
+            e["original_event_id"],
+            state,
+            detail,
+            idempotency_key=e.get("idempotency_key") or "",
+            attempt=int(e.get("attempt") or 0),
+        )
+
+
+def believed(events: Sequence[dict[str, Any]], vouched: Vouched) -> list[dict[str, Any]]:
+    """The events without the compensator events the compensator's state does not vouch for
+    (`Vouched`): anyone who can write to the events topic can claim a call compensated or
+    escalated; only the daemon's own attempts and tasks say so. The rest stay in the ledger
+    for an auditor, and are logged here."""
+    out = []
+    for e in events:
+        if e in vouched:
+            out.append(e)
+        else:
+            log.warning(
+                "compensator: ignoring %s %s (source %s) for intent %s: no attempt or task of "
+                "the compensator's own matches it",
+                e.get("type"),
+                e.get("event_id"),
+                e.get("source"),
+                e.get("original_event_id") or e.get("related_event_ids"),
+            )
+    return out
+
+
+def _misplaced(r: LedgerRecord, event: Mapping[str, Any]) -> str | None:
+    """Why an event the compensator acts on is not where its workflow's events are (its
+    record key is not its workflow_id), or None. Such an event is out of the workflow's
+    order and off its partition: it is dead-lettered, never acted on."""
+    if event.get("type") not in KEPT:
+        return None
+    workflow_id = event.get("workflow_id")
+    if isinstance(workflow_id, str) and r.key == workflow_key(workflow_id):
+        return None
+    shown = clip(repr((r.key or b"").decode("utf-8", "replace")), 120)
+    return (
+        f"{event.get('type')} {event.get('event_id')}: the record key {shown} is not the "
+        f"event's workflow_id {clip(repr(workflow_id), 120)}"
+    )
 
 
 def young_unknown(step: Step, now_us: int, grace_s: float) -> bool:

@@ -100,6 +100,30 @@ class Lease:
     failures: int
 
 
+@dataclass(frozen=True)
+class Vouched:
+    """The compensator's own events a workflow's state vouches for: an attempt's events
+    (CompensationStarted / CompensationResult) when the plan `run_id` names has the action
+    for `original_event_id` with that idempotency key, leased at least `attempt` times; an
+    Escalation when a task was filed under its event id (fixed before it is published)."""
+
+    attempts: Mapping[tuple[str, str, str], int]
+    escalations: frozenset[str]
+
+    def __contains__(self, event: object) -> bool:
+        if not isinstance(event, Mapping):
+            return False
+        kind = event.get("type")
+        if kind == "Escalation":
+            return event.get("event_id") in self.escalations
+        if kind not in ("CompensationStarted", "CompensationResult"):
+            return True
+        leased = self.attempts.get(
+            (event.get("run_id"), event.get("original_event_id"), event.get("idempotency_key"))
+        )
+        return leased is not None and int(event.get("attempt") or 0) <= leased
+
+
 class CompensatorStore:
     """One connection per thread (psycopg connections are not shared between threads)."""
 
@@ -196,10 +220,6 @@ class CompensatorStore:
             (key, self.topic),
         )
         return [StoredEvent(int(p), int(o), bytes(v)) for p, o, v in cur.fetchall()]
-
-    def events_of(self, key: bytes) -> list[StoredEvent]:
-        with self.transaction() as cur:
-            return self.workflow_events(cur, key)
 
     # -- plans ------------------------------------------------------------------------------
     def plan(self, cur: psycopg.Cursor, quarantine_id: str) -> Plan | None:
@@ -468,18 +488,45 @@ class CompensatorStore:
             return cur.rowcount == 1
 
     def settle_from_event(
-        self, cur: psycopg.Cursor, quarantine_id: str, intent_id: str, state: str, detail: str
+        self,
+        cur: psycopg.Cursor,
+        quarantine_id: str,
+        intent_id: str,
+        state: str,
+        detail: str,
+        *,
+        idempotency_key: str,
+        attempt: int,
     ) -> bool:
-        """A CompensationResult on the topic says the action ended: record it unless a live
-        lease holder is about to (its own write says the same)."""
+        """A CompensationResult on the topic says an attempt ended: record it if that is the
+        attempt that holds the action (`running`, leased `attempt` times, same idempotency
+        key) and its process is gone (the lease lapsed; a live holder writes its own end).
+        That is the one case it answers: a process that died after recording the result
+        and before ending the attempt here. A result for an action no attempt holds (it
+        never ran, or it is waiting for a retry) changes nothing: only a handler that ran
+        ends an action."""
         cur.execute(
             "UPDATE compensator_actions SET state = %s, detail = coalesce(detail, %s), "
             "lease_owner = NULL, lease_until = NULL, finished_at = now(), updated_at = now() "
-            "WHERE quarantine_id = %s AND intent_id = %s AND (state = 'pending' OR "
-            "(state = 'running' AND lease_until < now()))",
-            (state, pg_text(detail, 4000), quarantine_id, intent_id),
+            "WHERE quarantine_id = %s AND intent_id = %s AND idempotency_key = %s "
+            "AND attempts = %s AND state = 'running' AND lease_until < now()",
+            (state, pg_text(detail, 4000), quarantine_id, intent_id, idempotency_key, attempt),
         )
         return cur.rowcount == 1
+
+    def vouched(self, cur: psycopg.Cursor, key: bytes) -> Vouched:
+        """What this workflow's compensator state vouches for (see `Vouched`)."""
+        cur.execute(
+            "SELECT a.quarantine_id, a.intent_id, a.idempotency_key, a.attempts FROM "
+            "compensator_actions a JOIN compensator_plans p USING (quarantine_id) "
+            "WHERE p.workflow_key = %s AND p.topic = %s",
+            (key, self.topic),
+        )
+        attempts = {(r[0], r[1], r[2]): int(r[3]) for r in cur.fetchall()}
+        cur.execute(
+            "SELECT escalation_event_id FROM compensator_tasks WHERE workflow_key = %s", (key,)
+        )
+        return Vouched(attempts, frozenset(r[0] for r in cur.fetchall()))
 
     # -- tasks ------------------------------------------------------------------------------
     def insert_task(self, cur: psycopg.Cursor, task: Mapping[str, Any]) -> bool:
