@@ -148,10 +148,10 @@ def act_on_world(
     ctx: WorkflowContext, world: World, count: int, tools: Sequence[str] = MIXED
 ) -> list[tuple[str, dict[str, Any]]]:
     """`count` calls of `tools` in turn, with real effects in the world; (tool, response)."""
-    done = []
+    done, batch = [], uuid.uuid4().hex[:6]
     for i in range(count):
         tool = tools[i % len(tools)]
-        tag = f"{ctx.workflow_id[-8:]}-{i}"
+        tag = f"{ctx.workflow_id[-8:]}-{batch}-{i}"
         done.append((tool, ctx.call(tool, world.tool(tool), world_args(tool, tag))))
     return done
 
