@@ -7,7 +7,9 @@ is published to the compacted quarantines topic (SDK gates refuse the workflow's
 then on) and its plan is computed (compensator/plan.py) and stored, actions to run and tasks
 to file; a Release tombstones the quarantine and cancels the actions not started; late
 intents and results of a quarantined workflow join its plan; the compensator's own
-CompensationResult settles its action. Undecodable records go to the DLQ with the reason.
+CompensationResult settles its action. Undecodable records, and records whose key is not
+their workflow_id, go to the DLQ with the reason; compensator events no attempt or task of
+its own vouches for are ignored (store.Vouched, docs/compensation.md).
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ class CompensatorProcessor:
     def _dead_letter(self, r: LedgerRecord, reason: str) -> Output:
         self.dead_lettered += 1
         log.error(
-            "compensator: undecodable event sent to the DLQ partition=%d offset=%d reason=%s",
+            "compensator: event sent to the DLQ partition=%d offset=%d reason=%s",
             r.partition,
             r.offset,
             clip(reason, 300),
