@@ -38,12 +38,14 @@ test: $(STAMP)
 	status=0; $(BIN)/pytest $(PYTEST_ARGS) || status=$$?; $(WL) stack down; exit $$status
 
 # Longer fuzzing than `make test` runs (FUZZ_EXAMPLES per property; FUZZ_SEED for another
-# stream of hostile records), then the crash tests again.
+# stream of hostile records), then the crash tests again (the compensator's with SOAK_KILLS
+# kills of its process).
 SOAK_EXAMPLES ?= 5000
+SOAK_KILLS ?= 100
 soak: $(STAMP)
 	$(WL) stack up
 	$(WL) init
-	status=0; FUZZ_EXAMPLES=$(SOAK_EXAMPLES) $(BIN)/pytest tests/fuzz tests/integration/test_crash_restart.py $(PYTEST_ARGS) || status=$$?; $(WL) stack down; exit $$status
+	status=0; FUZZ_EXAMPLES=$(SOAK_EXAMPLES) CRASH_KILLS=$(SOAK_KILLS) $(BIN)/pytest tests/fuzz tests/integration/test_crash_restart.py tests/integration/compensator/test_crash.py $(PYTEST_ARGS) || status=$$?; $(WL) stack down; exit $$status
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)

@@ -55,8 +55,9 @@ KEPT = frozenset(
     }
 )
 _MISPLACED = (
-    "{kind} ignored: its Kafka key is not its workflow id, so it is not on the workflow's "
-    "partition (write it keyed by the workflow id, as `wakeline quarantine` does)"
+    "{kind} ignored: the record key is not the event's workflow_id, so it is not on the "
+    "workflow's partition (write it keyed by the workflow id, as the SDK and `wakeline "
+    "quarantine` do)"
 )
 _SCOPE_WIDTH = {"run": 0, "tainted": 1, "workflow": 2}
 
@@ -259,7 +260,7 @@ class CompensatorProcessor:
     def _dead_letter(self, r: LedgerRecord, reason: str) -> Output:
         self.dead_lettered += 1
         log.error(
-            "compensator: undecodable event sent to the DLQ partition=%d offset=%d reason=%s",
+            "compensator: record sent to the DLQ partition=%d offset=%d reason=%s",
             r.partition,
             r.offset,
             clip(reason, 300),
@@ -428,10 +429,9 @@ def tool_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _misplaced(r: LedgerRecord, e: Mapping[str, Any]) -> bool:
-    """A Quarantine or Release that is not keyed by its workflow id."""
-    return e.get("type") in ("Quarantine", "Release") and r.key != workflow_key(
-        e.get("workflow_id", "")
-    )
+    """An event the compensator acts on that is not keyed by its workflow id: it is not on
+    the workflow's partition, so its place in the workflow's order is unknown."""
+    return e.get("type") in KEPT and r.key != workflow_key(e.get("workflow_id", ""))
 
 
 def young_unknown(step: Step, now_us: int, grace_s: float) -> bool:
