@@ -156,3 +156,47 @@ def test_forged_compensator_events_cannot_suppress_an_undo(emitter, start_compen
     qid = quarantine(ctx)
     wait_until(lambda: plan_state(fresh_dsn, qid) == "done", what="the plan")
     assert [d[0] for d in done] == ["stolen"]
+
+
+def test_escalations_are_posted_to_the_webhook(emitter, start_compensator, fresh_dsn):
+    """Each task's Escalation is published, then POSTed (Slack-compatible) to the webhook;
+    a 500 is retried."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from wakeline.compensator.notify import Webhook
+
+    posted: list[dict] = []
+    answers = [500]
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            code = answers.pop(0) if answers else 200
+            if code == 200:
+                posted.append(json.loads(body))
+            self.send_response(code)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        wf = new_wf()
+        ctx = emitter.workflow(wf, agent_id="bot", principal="alice")
+        ctx.call("kv.burn", lambda key: key, {"key": "ashes"})
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        hook = Webhook(url, attempts=3, backoff_initial_s=0.01, backoff_max_s=0.05)
+        daemon = start_compensator(kv_handlers([]))
+        daemon.executor.notifier = hook
+        qid = quarantine(ctx)
+        wait_until(lambda: plan_state(fresh_dsn, qid) == "done", what="the plan")
+        wait_until(lambda: len(posted) == 2, what="two notifications")
+        assert all("text" in p and "blocks" in p for p in posted)
+        assert any("kv.burn" in json.dumps(p) for p in posted)
+        notified = rows(fresh_dsn, "SELECT notify_attempts FROM compensator_tasks")
+        assert sorted(n for (n,) in notified) == [1, 2]
+    finally:
+        server.shutdown()
