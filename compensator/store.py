@@ -163,30 +163,38 @@ class CompensatorStore:
                 out[p] = int(row[0])
         return out
 
-    def check_epoch(self, cur: psycopg.Cursor, partition: int, epoch: int) -> None:
-        """Lock the partition's row (claims wait for us) and check it is still ours."""
+    def check_epochs(self, cur: psycopg.Cursor, epochs: Mapping[int, int]) -> None:
+        """Lock the partitions' rows (claims wait for us; in partition order, as `claim`
+        takes them) and check they are still ours: `Fenced` otherwise."""
         cur.execute(
-            "SELECT epoch, owner FROM compensator_partitions WHERE topic = %s AND partition = %s "
-            "FOR UPDATE",
-            (self.topic, partition),
+            "SELECT partition, epoch, owner FROM compensator_partitions WHERE topic = %s AND "
+            "partition = ANY(%s) ORDER BY partition FOR UPDATE",
+            (self.topic, sorted(epochs)),
         )
-        row = cur.fetchone()
-        if row is None or int(row[0]) != epoch:
-            found = "none" if row is None else f"epoch {row[0]} of {row[1]}"
-            raise Fenced(
-                f"partition {partition} of {self.topic} was claimed by another process "
-                f"(ours: epoch {epoch}; now: {found})"
-            )
+        found = {int(r[0]): (int(r[1]), r[2]) for r in cur.fetchall()}
+        for p, epoch in sorted(epochs.items()):
+            now = found.get(p)
+            if now is None or now[0] != epoch:
+                held = "none" if now is None else f"epoch {now[0]} of {now[1]}"
+                raise Fenced(
+                    f"partition {p} of {self.topic} was claimed by another process "
+                    f"(ours: epoch {epoch}; now: {held})"
+                )
 
     # -- events -----------------------------------------------------------------------------
     def insert_events(self, cur: psycopg.Cursor, rows: Sequence[tuple[Any, ...]]) -> None:
-        """rows: (partition, offset, workflow_key, event_id, type, time, value)."""
+        """rows: (partition, offset, workflow_key, event_id, type, time, value); one
+        statement for them all (arrays, unnested by the server): one round trip. The arrays
+        go in binary (%b): psycopg's text dump of a bytea array runs regexes over every
+        element, the larger part of the sink's time at 5,000 events/s."""
         if rows:
-            cur.executemany(
+            cols = list(zip(*rows, strict=True))
+            cur.execute(
                 'INSERT INTO compensator_events (topic, partition, "offset", workflow_key, '
-                "event_id, event_type, event_time, value) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT DO NOTHING",
-                [(self.topic, *r) for r in rows],
+                "event_id, event_type, event_time, value) SELECT %s, * FROM unnest("
+                "%b::integer[], %b::bigint[], %b::bytea[], %b::text[], %b::text[], "
+                "%b::bigint[], %b::bytea[]) ON CONFLICT DO NOTHING",
+                [self.topic, *(list(c) for c in cols)],
             )
 
     def workflow_events(self, cur: psycopg.Cursor, key: bytes) -> list[StoredEvent]:
