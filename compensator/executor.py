@@ -617,6 +617,8 @@ class Executor:
             except Exception as e:  # noqa: BLE001
                 log.error("compensator: could not renew %d lease(s): %s", len(leases), e)
                 continue
+            with self._lock:  # an attempt that ended meanwhile lost nothing
+                lost = [x for x in lost if self._leases.get((x.quarantine_id, x.intent_id)) is x]
             for lease in lost:
                 log.error(
                     "compensator: lease lost for %s of plan %s",

@@ -425,7 +425,9 @@ class CompensatorStore:
         return Lease(quarantine_id, intent_id, int(row[0]), int(row[1]), int(row[2]))
 
     def renew(self, leases: Sequence[Lease], lease_s: float) -> list[Lease]:
-        """Extend the leases still ours; returns those that were lost."""
+        """Extend the leases still ours; returns those that were lost (another attempt took
+        the action: its token moved on). A lease whose own attempt ended meanwhile (same
+        token, no longer running) is not lost: the heartbeat read it just before `finish`."""
         lost = []
         with self.transaction() as cur:
             for lease in leases:
@@ -435,7 +437,15 @@ class CompensatorStore:
                     "lease_token = %s AND state = 'running'",
                     (lease_s, lease.quarantine_id, lease.intent_id, lease.token),
                 )
-                if cur.rowcount != 1:
+                if cur.rowcount == 1:
+                    continue
+                cur.execute(
+                    "SELECT lease_token FROM compensator_actions WHERE quarantine_id = %s AND "
+                    "intent_id = %s",
+                    (lease.quarantine_id, lease.intent_id),
+                )
+                row = cur.fetchone()
+                if row is None or int(row[0]) != lease.token:
                     lost.append(lease)
         return lost
 
