@@ -114,7 +114,9 @@ class CompensatorStore:
     def _conn(self) -> psycopg.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None or conn.closed:
-            conn = connect(self.dsn)
+            # autocommit: `transaction()` still makes real transactions (BEGIN ... COMMIT);
+            # `statement()` runs a statement atomic by itself in one round trip
+            conn = connect(self.dsn, autocommit=True)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -128,6 +130,19 @@ class CompensatorStore:
                 yield cur
         except psycopg.OperationalError:
             self.reset()  # the connection may be gone: the next call opens a new one
+            raise
+
+    @contextmanager
+    def statement(self) -> Iterator[psycopg.Cursor]:
+        """A cursor for one statement that is atomic by itself (an UPDATE ... RETURNING, a
+        SELECT): one round trip, where `transaction()` adds a BEGIN and a COMMIT. The
+        executor makes a few of these per action; they were most of its time."""
+        conn = self._conn()
+        try:
+            with conn.cursor() as cur:
+                yield cur
+        except psycopg.OperationalError:
+            self.reset()
             raise
 
     def reset(self) -> None:
@@ -206,7 +221,7 @@ class CompensatorStore:
         return [StoredEvent(int(p), int(o), bytes(v)) for p, o, v in cur.fetchall()]
 
     def events_of(self, key: bytes) -> list[StoredEvent]:
-        with self.transaction() as cur:
+        with self.statement() as cur:
             return self.workflow_events(cur, key)
 
     # -- plans ------------------------------------------------------------------------------
@@ -309,7 +324,7 @@ class CompensatorStore:
 
     def finish_plan(self, quarantine_id: str) -> bool:
         """running -> done once no action is left to run; True if it changed now."""
-        with self.transaction() as cur:
+        with self.statement() as cur:
             cur.execute(
                 "UPDATE compensator_plans SET state = 'done', finished_at = now() "
                 "WHERE quarantine_id = %s AND state = 'running' AND NOT EXISTS (SELECT 1 FROM "
@@ -354,7 +369,7 @@ class CompensatorStore:
         return added
 
     def actions(self, quarantine_id: str) -> list[Action]:
-        with self.transaction() as cur:
+        with self.statement() as cur:
             return self._actions(cur, quarantine_id)
 
     def _actions(self, cur: psycopg.Cursor, quarantine_id: str) -> list[Action]:
@@ -383,7 +398,7 @@ class CompensatorStore:
         """Running plans on our partitions (quarantine id, partition), oldest first."""
         if not partitions:
             return []
-        with self.transaction() as cur:
+        with self.statement() as cur:
             cur.execute(
                 "SELECT p.quarantine_id, p.partition FROM compensator_plans p JOIN "
                 "compensator_partitions c ON c.topic = p.topic AND c.partition = p.partition "
@@ -405,7 +420,7 @@ class CompensatorStore:
     ) -> Lease | None:
         """Take the action for one attempt, or None (someone holds it, it waits for its
         backoff, it is finished, or the partition is no longer ours)."""
-        with self.transaction() as cur:
+        with self.statement() as cur:
             cur.execute(
                 "UPDATE compensator_actions SET state = 'running', attempts = attempts + 1, "
                 "lease_owner = %s, lease_token = lease_token + 1, "
@@ -461,7 +476,7 @@ class CompensatorStore:
     ) -> bool:
         """End an attempt: a terminal state, or `pending` again after `retry_in_s`. False if
         the lease was lost meanwhile (another process may have run the action too)."""
-        with self.transaction() as cur:
+        with self.statement() as cur:
             cur.execute(
                 "UPDATE compensator_actions SET state = %s, detail = %s, external_ids = %s, "
                 "lease_owner = NULL, lease_until = NULL, failures = failures + %s, "
@@ -541,7 +556,7 @@ class CompensatorStore:
         ps = list(partitions)
         if not ps:
             return []
-        with self.transaction() as cur:
+        with self.statement() as cur:
             cur.execute(
                 "SELECT task_id, kind, quarantine_id, intent_id, workflow_id, partition, reason,"
                 " title, report, report_json, escalation_event_id FROM compensator_tasks "
@@ -553,7 +568,7 @@ class CompensatorStore:
 
     def mark_published(self, task_ids: Sequence[str]) -> None:
         if task_ids:
-            with self.transaction() as cur:
+            with self.statement() as cur:
                 cur.execute(
                     "UPDATE compensator_tasks SET published_at = now() WHERE task_id = ANY(%s)",
                     (list(task_ids),),
@@ -563,7 +578,7 @@ class CompensatorStore:
         ps = list(partitions)
         if not ps:
             return []
-        with self.transaction() as cur:
+        with self.statement() as cur:
             cur.execute(
                 "SELECT task_id, kind, quarantine_id, workflow_id, title, report, reason "
                 "FROM compensator_tasks WHERE published_at IS NOT NULL AND notified_at IS NULL "
@@ -574,7 +589,7 @@ class CompensatorStore:
             return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
     def mark_notified(self, task_id: str, attempts: int, error: str | None) -> None:
-        with self.transaction() as cur:
+        with self.statement() as cur:
             cur.execute(
                 "UPDATE compensator_tasks SET notify_attempts = notify_attempts + %s, "
                 "notified_at = CASE WHEN %s::text IS NULL THEN now() END, notify_error = %s "
