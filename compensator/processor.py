@@ -131,6 +131,8 @@ class CompensatorProcessor:
         self.now_us = now_us
         self.epochs: dict[int, int] = {}
         self.wait_for_sink: Callable[[], None] = lambda: None
+        #: the sink's round stored or changed a plan, an action or a task: wake the executor
+        self._plans_touched = False
         #: plans started, duplicates ignored, records sent to the DLQ (for tests and metrics)
         self.plans_started = 0
         self.duplicates = 0
@@ -195,7 +197,9 @@ class CompensatorProcessor:
     def delivered(self, applied: list[Applied], refused: list[tuple[Output, str]]) -> list[Output]:
         for out, why in refused:
             log.error("compensator output refused topic=%s reason=%s", out.topic, why)
-        self.executor.wake()
+        if self._plans_touched:  # not on every round: under load a round comes every 10 ms
+            self._plans_touched = False
+            self.executor.wake()
         return []
 
     def reset(self) -> None:
@@ -256,6 +260,9 @@ class CompensatorProcessor:
                         self._on_result_event(cur, e)
                     elif kind in ("ToolIntent", "ToolResult") and key in active:
                         changed.add(key)
+                    else:
+                        continue
+                    self._plans_touched = True
             for key in changed:
                 for plan in self.store.active_plans(cur, key=key):
                     self._replan(cur, plan)
