@@ -212,7 +212,9 @@ class CompensatorProcessor:
     def _apply_batches(self, batches: list[_Batch]) -> dict[int, list[Output]]:
         """Every batch of a sink round in one transaction (a handful of round trips, however
         many partitions and records: under load the sink keeps up with the topic), fenced by
-        each partition's epoch; outputs per partition, in record order."""
+        each partition's epoch; outputs per partition, in record order. Which of the round's
+        workflows are quarantined is asked about those workflows only: every plan not
+        released, read each round, grew with the plans the process ever ran."""
         epochs = {}
         for b in batches:
             epoch = self.epochs.get(b.partition)
@@ -239,11 +241,8 @@ class CompensatorProcessor:
                             )
                         )
             self.store.insert_events(cur, rows)
-            active = {
-                plan.workflow_key
-                for plan in self.store.active_plans(cur, partitions=epochs)
-                if plan.state in ("running", "done")
-            }
+            calls = {row[2] for row in rows if row[4] in ("ToolIntent", "ToolResult")}
+            active = self.store.quarantined(cur, calls)
             for b in batches:
                 out = outputs[b.partition]
                 for r, e, error in b.items:

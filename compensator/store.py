@@ -258,6 +258,18 @@ class CompensatorStore:
             for r in cur.fetchall()
         ]
 
+    def quarantined(self, cur: psycopg.Cursor, keys: Iterable[bytes]) -> set[bytes]:
+        """Which of these workflows have a plan not released (running or done)."""
+        ks = list(keys)
+        if not ks:
+            return set()
+        cur.execute(
+            "SELECT DISTINCT workflow_key FROM compensator_plans WHERE topic = %s AND "
+            "state <> 'released' AND workflow_key = ANY(%b::bytea[])",
+            (self.topic, ks),
+        )
+        return {bytes(r[0]) for r in cur.fetchall()}
+
     def insert_plan(
         self,
         cur: psycopg.Cursor,
