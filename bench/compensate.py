@@ -12,6 +12,8 @@ events/s by default; the rate it achieved is reported).
    the gate's check of the workflow says quarantined (polled every 0.5 ms; a real call is
    then refused to confirm). p50/p99 over --runs workflows of one mutating call each.
 2. `Quarantine` produced -> the first compensating handler started (same runs): p50/p99.
+   With 100 runs the p99 is the slowest run: on a shared machine one scheduling hiccup
+   decides it, so p90 is shown too.
 3. A 100-action plan with no-op handlers: Quarantine produced -> the plan `done` in
    PostgreSQL (polled every 5 ms), over --plans workflows of --actions calls each.
 
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         f"compensator bench  broker={kafka.bootstrap}  runs={args.runs}  "
         f"plans={args.plans} x {args.actions} actions"
     )
-    print(f"{'measure':<52} {'p50':>8} {'p99':>8} {'max':>8}  {'target':>9}  ok")
+    print(f"{'measure':<50} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}  {'target':>9}  ok")
     figures: dict[str, Any] = {}
     for name, r in results.items():
         label = "no background load" if name == "idle" else f"{r['rate']:,.0f} events/s background"
@@ -280,15 +282,16 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for key, what, scale in rows:
             v = r[key]
-            p50, p99, top = pct(v, 0.5), pct(v, 0.99), max(v)
-            target = TARGETS[key] if key != "plan" else TARGETS["plan"]
+            p50, p90, p99, top = pct(v, 0.5), pct(v, 0.9), pct(v, 0.99), max(v)
+            target = TARGETS[key]
             ok = "yes" if (p99 if key != "plan" else top) <= target else "NO"
             tgt = f"{'p99' if key != 'plan' else 'max'}<={target * scale:g}"
             print(
-                f"  {what:<50} {p50 * scale:>8.1f} {p99 * scale:>8.1f} {top * scale:>8.1f}  "
-                f"{tgt:>9}  {ok}"
+                f"  {what:<48} {p50 * scale:>7.1f} {p90 * scale:>7.1f} {p99 * scale:>7.1f} "
+                f"{top * scale:>7.1f}  {tgt:>9}  {ok}"
             )
-            figures[f"{name}.{key}"] = {"p50": p50, "p99": p99, "max": top, "n": len(v)}
+            figures[f"{name}.{key}"] = {"p50": p50, "p90": p90, "p99": p99, "max": top,
+                                        "n": len(v)}  # fmt: skip
         if "rate" in r:
             figures[f"{name}.rate"] = r["rate"]
     load = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(load_before, os.getloadavg(), strict=True))
