@@ -29,35 +29,14 @@ import time
 import uuid
 from dataclasses import replace
 
-import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
-from psycopg import conninfo
 
-from wakeline.infra import db, topics
-from wakeline.infra.settings import DatabaseSettings, KafkaSettings, Topics
-from wakeline.testkit.harness import start_worker, stop_worker
+from wakeline.infra import topics
+from wakeline.infra.settings import KafkaSettings, Topics
+from wakeline.testkit.harness import create_database, drop_database, start_worker, stop_worker
 from wakeline.testkit.samples import frames, traffic
 
 WORKER_ARGS: tuple[str, ...] = ("--checkpoint-interval-s", "0")
-
-
-def create_database() -> str:
-    base = DatabaseSettings.from_env().dsn
-    name = f"wl_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = conninfo.make_conninfo(base, dbname=name)
-    db.migrate(dsn)
-    return dsn
-
-
-def drop_database(dsn: str) -> None:
-    name = conninfo.conninfo_to_dict(dsn)["dbname"]
-    with (
-        contextlib.suppress(psycopg.Error),
-        psycopg.connect(DatabaseSettings.from_env().dsn, autocommit=True) as conn,
-    ):
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def ledgered(dsn: str) -> int:

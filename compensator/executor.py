@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from wakeline.compensator import report as reports
@@ -194,13 +194,20 @@ class Executor:
                 self._inflight.discard(qid)
 
     def _run_plan(self, qid: str, partition: int) -> None:
+        # The actions are read once, and again only when what this loop knows may be stale
+        # (an attempt that did not end its action, nothing left to run): re-reading them
+        # before every action made a 100-action plan read 5,050 rows in 100 round trips.
+        actions = self.store.actions(qid)
+        fresh = True
         while not self._stop.is_set():
             with self._lock:
                 epoch = self._epochs.get(partition)
             if epoch is None:
                 return  # revoked: the next owner goes on
-            actions = self.store.actions(qid)
             todo = [a for a in actions if a.state not in TERMINAL]
+            if not todo and not fresh:  # late calls may have joined the plan meanwhile
+                actions, fresh = self.store.actions(qid), True
+                continue
             if not todo:
                 self._finish(qid, partition, actions)
                 return
@@ -217,7 +224,12 @@ class Executor:
             )
             if lease is None:
                 return
-            self._attempt(qid, partition, action, lease)
+            ended = self._attempt(qid, partition, action, lease)
+            if ended in TERMINAL:
+                actions = [replace(a, state=ended) if a is action else a for a in actions]
+                fresh = False
+            else:  # to be retried, or the lease was lost: what the database says
+                actions, fresh = self.store.actions(qid), True
 
     def _context(self, qid: str, partition: int) -> _Context:
         with self._lock:
@@ -244,7 +256,7 @@ class Executor:
         return ctx
 
     def _active_plans_of(self, qid: str) -> list[Plan]:
-        with self.store.transaction() as cur:
+        with self.store.statement() as cur:
             cur.execute(
                 "SELECT p.quarantine_id, p.partition, p.workflow_key, p.workflow_id, p.state, "
                 "e.value FROM compensator_plans p LEFT JOIN compensator_events e ON "
@@ -259,7 +271,8 @@ class Executor:
         ]
 
     # -- one attempt ---------------------------------------------------------------------------
-    def _attempt(self, qid: str, partition: int, action: Any, lease: Lease) -> None:
+    def _attempt(self, qid: str, partition: int, action: Any, lease: Lease) -> str | None:
+        """One attempt; the state it left the action in (None: the lease was lost)."""
         key = (qid, action.intent_id)
         with self._lock:
             self._leases[key] = lease
@@ -268,8 +281,7 @@ class Executor:
             intent = ctx.intents.get(action.intent_id)
             if intent is None:
                 missing = Failed("the original intent is not in the compensator's history")
-                self._end(lease, ctx, partition, action, None, missing, 0)
-                return
+                return self._end(lease, ctx, partition, action, None, missing, 0)
             request = CompensationRequest.of(
                 action.compensation,
                 intent,
@@ -297,7 +309,7 @@ class Executor:
             else:
                 outcome = handler.invoke(request)
             took_us = int((time.monotonic() - t0) * 1_000_000)
-            self._end(lease, ctx, partition, action, request, outcome, took_us)
+            return self._end(lease, ctx, partition, action, request, outcome, took_us)
         finally:
             with self._lock:
                 self._leases.pop(key, None)
@@ -311,7 +323,7 @@ class Executor:
         request: CompensationRequest | None,
         outcome: Outcome,
         took_us: int,
-    ) -> None:
+    ) -> str | None:
         retry_in = None
         external: Mapping[str, str] = {}
         if isinstance(outcome, Done):
@@ -351,14 +363,15 @@ class Executor:
             external_ids=dict(external),
         )
         self._produce(result, partition, ctx, wait=True)
-        if not self.store.finish(
+        finished = self.store.finish(
             lease,
             state,
             detail,
             external_ids=external,
             retry_in_s=retry_in,
             failed=status == "failed",
-        ):
+        )
+        if not finished:
             log.error(
                 "compensator: lease lost during %s of %s (another process may have run it)",
                 action.compensation,
@@ -386,6 +399,7 @@ class Executor:
                     cur, self.task_row(ctx.quarantine, partition, "call", step, report)
                 )
             self.wake()
+        return state if finished else None
 
     def _failed_step(self, ctx: _Context, action: Any, detail: str) -> Step:
         intent = ctx.intents.get(action.intent_id) or {
@@ -611,6 +625,8 @@ class Executor:
             except Exception as e:  # noqa: BLE001
                 log.error("compensator: could not renew %d lease(s): %s", len(leases), e)
                 continue
+            with self._lock:  # an attempt that ended meanwhile lost nothing
+                lost = [x for x in lost if self._leases.get((x.quarantine_id, x.intent_id)) is x]
             for lease in lost:
                 log.error(
                     "compensator: lease lost for %s of plan %s",

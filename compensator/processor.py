@@ -1,13 +1,14 @@
 """The compensator's stream processor: the events topic -> the compensator's state.
 
 It runs on the shared runner (processors/stream.py) in its own consumer group on the events
-topic. For each batch of one partition, one PostgreSQL transaction (fenced by the partition's
-epoch, compensator/store.py): the events a plan is computed from are recorded; a Quarantine
-is published to the compacted quarantines topic (SDK gates refuse the workflow's calls from
-then on) and its plan is computed (compensator/plan.py) and stored, actions to run and tasks
-to file; a Release tombstones the quarantine and cancels the actions not started; late
-intents and results of a quarantined workflow join its plan; the compensator's own
-CompensationResult settles its action. Undecodable records go to the DLQ with the reason.
+topic. For each round of the runner's sink (the batches of every partition read meanwhile),
+one PostgreSQL transaction (fenced by each partition's epoch, compensator/store.py): the
+events a plan is computed from are recorded; a Quarantine is published to the compacted
+quarantines topic (SDK gates refuse the workflow's calls from then on) and its plan is
+computed (compensator/plan.py) and stored, actions to run and tasks to file; a Release
+tombstones the quarantine and cancels the actions not started; late intents and results of
+a quarantined workflow join its plan; the compensator's own CompensationResult settles its
+action. Undecodable records go to the DLQ with the reason.
 """
 
 from __future__ import annotations
@@ -95,6 +96,10 @@ class _Batch:
     #: (record, event or None, why it does not decode)
     items: list[tuple[LedgerRecord, dict[str, Any] | None, str | None]]
 
+    @property
+    def next_offset(self) -> int:
+        return self.items[-1][0].offset + 1
+
 
 @dataclass
 class _Republish:
@@ -131,6 +136,8 @@ class CompensatorProcessor:
         self.now_us = now_us
         self.epochs: dict[int, int] = {}
         self.wait_for_sink: Callable[[], None] = lambda: None
+        #: the sink's round stored or changed a plan, an action or a task: wake the executor
+        self._plans_touched = False
         #: plans started, duplicates ignored, records sent to the DLQ (for tests and metrics)
         self.plans_started = 0
         self.duplicates = 0
@@ -179,19 +186,25 @@ class CompensatorProcessor:
     # -- runner protocol (sink thread) ---------------------------------------------------------
     def apply(self, works: list[Any]) -> list[Applied]:
         out = []
+        batches = []
         for w in works:
             if isinstance(w, _Republish):
                 outputs = [self._quarantine_output(p.workflow_key, p.value) for p in w.plans]
                 out.append(Applied(w, [o for o in outputs if o is not None], {}))
-                continue
-            outputs = self._apply_batch(w)
-            out.append(Applied(w, outputs, {w.partition: w.items[-1][0].offset + 1}))
+            else:
+                batches.append(w)
+        if batches:
+            outputs = self._apply_batches(batches)
+            for b in batches:
+                out.append(Applied(b, outputs.pop(b.partition, []), {b.partition: b.next_offset}))
         return out
 
     def delivered(self, applied: list[Applied], refused: list[tuple[Output, str]]) -> list[Output]:
         for out, why in refused:
             log.error("compensator output refused topic=%s reason=%s", out.topic, why)
-        self.executor.wake()
+        if self._plans_touched:  # not on every round: under load a round comes every 10 ms
+            self._plans_touched = False
+            self.executor.wake()
         return []
 
     def reset(self) -> None:
@@ -200,56 +213,65 @@ class CompensatorProcessor:
     def close(self) -> None:
         self.store.close()
 
-    # -- a batch of one partition ----------------------------------------------------------
-    def _apply_batch(self, batch: _Batch) -> list[Output]:
-        p = batch.partition
-        epoch = self.epochs.get(p)
-        if epoch is None:
-            raise PublishError(f"partition {p} is not assigned here")
-        outputs: list[Output] = []
+    # -- the batches of one sink round ---------------------------------------------------------
+    def _apply_batches(self, batches: list[_Batch]) -> dict[int, list[Output]]:
+        """Every batch of a sink round in one transaction (a handful of round trips, however
+        many partitions and records: under load the sink keeps up with the topic), fenced by
+        each partition's epoch; outputs per partition, in record order. Which of the round's
+        workflows are quarantined is asked about those workflows only: every plan not
+        released, read each round, grew with the plans the process ever ran."""
+        epochs = {}
+        for b in batches:
+            epoch = self.epochs.get(b.partition)
+            if epoch is None:
+                raise PublishError(f"partition {b.partition} is not assigned here")
+            epochs[b.partition] = epoch
+        outputs: dict[int, list[Output]] = {p: [] for p in epochs}
         changed: set[bytes] = set()
         with self.store.transaction() as cur:
-            self.store.check_epoch(cur, p, epoch)
+            self.store.check_epochs(cur, epochs)
             rows = []
-            for r, e, error in batch.items:
-                if e is None:
-                    outputs.append(self._dead_letter(r, error or "does not decode"))
-                elif e.get("type") in KEPT and not _misplaced(r, e):
-                    rows.append(
-                        (
-                            p,
-                            r.offset,
-                            workflow_key(e["workflow_id"]),
-                            pg_text(e["event_id"]),
-                            e["type"],
-                            int(e["time"]),
-                            r.value,
+            for b in batches:
+                for r, e, _ in b.items:
+                    if e is not None and e.get("type") in KEPT and not _misplaced(r, e):
+                        rows.append(
+                            (
+                                b.partition,
+                                r.offset,
+                                workflow_key(e["workflow_id"]),
+                                pg_text(e["event_id"]),
+                                e["type"],
+                                int(e["time"]),
+                                r.value,
+                            )
                         )
-                    )
             self.store.insert_events(cur, rows)
-            active = {
-                plan.workflow_key
-                for plan in self.store.active_plans(cur, partitions=[p])
-                if plan.state in ("running", "done")
-            }
-            for r, e, _ in batch.items:
-                if e is None:
-                    continue
-                kind, key = e.get("type"), workflow_key(e.get("workflow_id", ""))
-                if _misplaced(r, e):
-                    # not on the workflow's partition: its place in the workflow's order
-                    # is unknown, and whoever wrote it did not write it where we look
-                    outputs.append(self._dead_letter(r, _MISPLACED.format(kind=kind)))
-                    continue
-                if kind == "Quarantine":
-                    outputs += self._on_quarantine(cur, r, e)
-                    active.add(key)
-                elif kind == "Release":
-                    outputs += self._on_release(cur, e)
-                elif kind == "CompensationResult":
-                    self._on_result_event(cur, e)
-                elif kind in ("ToolIntent", "ToolResult") and key in active:
-                    changed.add(key)
+            calls = {row[2] for row in rows if row[4] in ("ToolIntent", "ToolResult")}
+            active = self.store.quarantined(cur, calls)
+            for b in batches:
+                out = outputs[b.partition]
+                for r, e, error in b.items:
+                    if e is None:
+                        out.append(self._dead_letter(r, error or "does not decode"))
+                        continue
+                    kind, key = e.get("type"), workflow_key(e.get("workflow_id", ""))
+                    if _misplaced(r, e):
+                        # not on the workflow's partition: its place in the workflow's order
+                        # is unknown, and whoever wrote it did not write it where we look
+                        out.append(self._dead_letter(r, _MISPLACED.format(kind=kind)))
+                        continue
+                    if kind == "Quarantine":
+                        out += self._on_quarantine(cur, r, e)
+                        active.add(key)
+                    elif kind == "Release":
+                        out += self._on_release(cur, e)
+                    elif kind == "CompensationResult":
+                        self._on_result_event(cur, e)
+                    elif kind in ("ToolIntent", "ToolResult") and key in active:
+                        changed.add(key)
+                    else:
+                        continue
+                    self._plans_touched = True
             for key in changed:
                 for plan in self.store.active_plans(cur, key=key):
                     self._replan(cur, plan)

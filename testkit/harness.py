@@ -7,6 +7,7 @@ exactly as an operator would run it, and its options on the command line.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import time
 import uuid
 from typing import Any
 
-from wakeline.infra.settings import KafkaSettings
+from wakeline.infra import db
+from wakeline.infra.settings import DatabaseSettings, KafkaSettings
 from wakeline.ledger.merkle import MerkleTree, root_of
 from wakeline.ledger.records import LedgerRecord, leaf_bytes, record_of_message
 from wakeline.ledger.segments import GENESIS
@@ -88,6 +90,33 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 30) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def create_database(prefix: str = "wl_bench") -> str:
+    """A new, migrated database next to the configured one (for benchmarks); its DSN."""
+    import psycopg
+    from psycopg import conninfo
+
+    base = DatabaseSettings.from_env().dsn
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = conninfo.make_conninfo(base, dbname=name)
+    db.migrate(dsn)
+    return dsn
+
+
+def drop_database(dsn: str) -> None:
+    """Drop a database `create_database` made (connections to it are ended)."""
+    import psycopg
+    from psycopg import conninfo
+
+    name = conninfo.conninfo_to_dict(dsn)["dbname"]
+    with (
+        contextlib.suppress(psycopg.Error),
+        psycopg.connect(DatabaseSettings.from_env().dsn, autocommit=True) as conn,
+    ):
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # -- reading back what the builder did --------------------------------------------------
