@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 
@@ -50,22 +52,18 @@ def compensator(
     """
     from wakeline.cli.main import run_guarded
 
-    run_guarded(
-        lambda: _run(
-            handler_modules, group, instance_id, lease_s, max_attempts, workers, dsn, metrics_port
-        )
-    )
+    overrides = {
+        "group_id": group,
+        "instance_id": instance_id,
+        "lease_s": lease_s,
+        "max_attempts": max_attempts,
+        "workers": workers,
+    }
+    run_guarded(lambda: _run(handler_modules, dsn, metrics_port, overrides))
 
 
 def _run(
-    modules: tuple[str, ...],
-    group: str | None,
-    instance_id: str | None,
-    lease_s: float | None,
-    max_attempts: int | None,
-    workers: int | None,
-    dsn: str | None,
-    metrics_port: int = 0,
+    modules: tuple[str, ...], dsn: str | None, metrics_port: int, overrides: dict[str, Any]
 ) -> None:
     import logging
     import signal
@@ -83,13 +81,6 @@ def _run(
     settings = CompensatorSettings.from_env()
     names = [m.strip() for raw in modules for m in raw.split(",") if m.strip()]
     names = list(dict.fromkeys([*settings.handlers, *names]))
-    overrides = {
-        "group_id": group,
-        "instance_id": instance_id,
-        "lease_s": lease_s,
-        "max_attempts": max_attempts,
-        "workers": workers,
-    }
     settings = replace(
         settings, handlers=tuple(names), **{k: v for k, v in overrides.items() if v is not None}
     )

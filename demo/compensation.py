@@ -28,13 +28,12 @@ class ActFailed(WakelineError):
 
 
 def _wait(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise ActFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+    from wakeline.testkit.harness import wait_until
+
+    try:
+        return wait_until(check, timeout, what, every=0.1)
+    except TimeoutError as e:
+        raise ActFailed(str(e)) from e
 
 
 def _rows(dsn: str, sql: str, *args: Any) -> list[tuple]:

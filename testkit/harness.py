@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from wakeline.infra import db
@@ -66,6 +67,21 @@ def start_worker(
     finally:
         if log_path:
             out.close()  # type: ignore[union-attr]
+
+
+def wait_until(
+    check: Callable[[], Any], timeout: float = 30, what: str = "condition", every: float = 0.05
+) -> Any:
+    """Call `check` until it returns something true, and return that; TimeoutError naming
+    `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
 
 
 def start_compensator(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -22,7 +21,11 @@ from wakeline.infra.settings import KafkaSettings
 from wakeline.producers import Emitter, ToolRegistry, ToolSpec
 from wakeline.producers.workflow import WorkflowContext
 from wakeline.schemas import decode_event
-from wakeline.testkit.harness import read_topic, worker_env
+from wakeline.testkit.harness import (
+    read_topic,
+    wait_until,  # noqa: F401 - the tests import it from here
+    worker_env,
+)
 from wakeline_world import World
 from wakeline_world import tools as world_tools
 
@@ -54,16 +57,6 @@ def release(ctx: WorkflowContext, quarantine_id: str | None = None) -> str:
     event = ctx.envelope("Release")
     event.update({"reason": "fixed", "by": "tester@example.com", "quarantine_id": quarantine_id})
     return ctx.emit(event, wait=True)
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def rows(dsn: str, sql: str, *args: Any) -> list[tuple]:
