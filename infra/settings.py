@@ -161,6 +161,7 @@ COMPONENT_MODULES = (
     "wakeline.cli.main",
     "wakeline.cli.ledger",
     "wakeline.compensator.settings",
+    "wakeline.infra.detection",
     "wakeline.compensator.notify",
 )
 
