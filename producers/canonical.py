@@ -156,6 +156,32 @@ def _scrub(args: Mapping[str, Any], redact: tuple[str, ...], digests: tuple[str,
     return out
 
 
+def loop_digest(args: Mapping[str, Any], paths: Iterable[str]) -> bytes:
+    """BLAKE3-256 of the canonical JSON of `args` without the values at the dotted `paths`
+    (a tool's volatile fields: request ids, timestamps), so calls that differ only there get
+    the same digest. Lists apply a path to each item, as `redact` does. The SDK's loop guard
+    keys on this over the raw arguments; a detector may compute it over an intent's logged
+    `args` and `volatile_fields` (then redacted values count as their marker or digest)."""
+    out: Any = args
+    for path in paths:
+        out = _drop(out, path.split("."))
+    return digest(canonical_json(out))
+
+
+def _drop(node: Any, parts: list[str]) -> Any:
+    """Copy-on-write removal of the value at a dotted path."""
+    if isinstance(node, list | tuple):
+        return [_drop(item, parts) for item in node]
+    if not isinstance(node, Mapping) or parts[0] not in node:
+        return node
+    copy = dict(node)
+    if len(parts) == 1:
+        del copy[parts[0]]
+    else:
+        copy[parts[0]] = _drop(node[parts[0]], parts[1:])
+    return copy
+
+
 def _digest_field(path: str):  # type: ignore[no-untyped-def]
     def replace(value: Any) -> str:
         try:

@@ -290,10 +290,11 @@ class WorkflowContext:
         )
         reads = spec.resources_read(args) if spec.reads else []
         writes = spec.resources_written(args) if spec.writes else []
+        version = spec.expected_version(args) if spec.version_arg is not None else None
         scrub = NOTHING
         if spec.redacted_fields:
             scrub = Scrubber.for_call(spec, args)
-            _check_resource_keys(spec, scrub, reads, writes)
+            _check_resource_keys(spec, scrub, reads, writes, [version] if version else [])
         gate_call = None
         decision, verdict, gate_index = ALLOW_ALL, None, -1
         if em.gates:
@@ -335,6 +336,7 @@ class WorkflowContext:
                     reads,
                     writes,
                     intent_tail(spec, decision, reason, mode),
+                    version,
                 )
             except Exception:  # noqa: BLE001 - the codec below frames it, or says why not
                 frame = None
@@ -354,6 +356,8 @@ class WorkflowContext:
                 durability=mode,
                 redacted_fields=spec.redacted_fields,
                 undo_window_us=spec.undo_window_us,
+                volatile_fields=spec.volatile_list,
+                expected_version=version,
             )
             frame = self._frame(intent)
         return ToolCall(
