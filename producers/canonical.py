@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,14 +156,17 @@ def _scrub(args: Mapping[str, Any], redact: tuple[str, ...], digests: tuple[str,
     return out
 
 
-def loop_digest(args: Mapping[str, Any], paths: Iterable[str]) -> bytes:
-    """BLAKE3-256 of the canonical JSON of `args` without the values at the dotted `paths`
-    (a tool's volatile fields: request ids, timestamps), so calls that differ only there get
-    the same digest. Lists apply a path to each item, as `redact` does. The SDK's loop guard
-    keys on this over the raw arguments; a detector may compute it over an intent's logged
-    `args` and `volatile_fields` (then redacted values count as their marker or digest)."""
-    out: Any = args
-    for path in paths:
+def loop_digest(canonical_args: str, volatile_fields: Sequence[str]) -> bytes:
+    """The digest loop detection keys on: BLAKE3-256 of the canonical arguments (as logged:
+    an intent's `args`) without the values at the dotted `volatile_fields` (request ids,
+    timestamps), so calls that differ only there get the same digest. Lists apply a path to
+    each item, as `redact` does. Without volatile fields it is the call's `args_digest`.
+    The SDK's loop guard and the worker's detector both compute it from what the intent
+    records (`args`, `volatile_fields`), so they agree on what counts as the same call."""
+    if not volatile_fields:
+        return digest(canonical_args.encode("utf-8"))
+    out: Any = json.loads(canonical_args)
+    for path in volatile_fields:
         out = _drop(out, path.split("."))
     return digest(canonical_json(out))
 

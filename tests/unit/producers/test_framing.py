@@ -110,7 +110,7 @@ def test_every_status_and_spec_kind_frames_like_the_codec(recorded) -> None:  # 
     ctx.begin("unregistered.tool", {"x": [1, 2.5, None, True]}).abort("gave up")
     for _ in range(3):  # the loop guard refuses the third: denied result, then an alert
         with contextlib.suppress(LoopRefused):
-            ctx.call("kv.get", lambda key: 1, {"key": "same"})
+            ctx.call("kv.put", lambda key: 1, {"key": "same"})
     asyncio.run(ctx.acall("kv.put", _async_ok, {"key": "d", "value": 4}))
     assert_codec_equal(rec)
     statuses = [e["status"] for e in rec.events() if e["type"] == "ToolResult"]
