@@ -205,6 +205,7 @@ def demo(as_json: bool) -> None:
 
 def _attach_component_commands() -> None:
     """Commands owned by components, each in its own cli/ module."""
+    from wakeline.cli.alerts import alerts
     from wakeline.cli.compensator import compensator
     from wakeline.cli.config import config
     from wakeline.cli.incidents import incidents
@@ -224,6 +225,7 @@ def _attach_component_commands() -> None:
         quarantine,
         release,
         incidents,
+        alerts,
     ):
         cli.add_command(command)
 

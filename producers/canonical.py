@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,6 +154,35 @@ def _scrub(args: Mapping[str, Any], redact: tuple[str, ...], digests: tuple[str,
     for path in digests:
         out = _replace(out, path.split("."), _digest_field(path))
     return out
+
+
+def loop_digest(canonical_args: str, volatile_fields: Sequence[str]) -> bytes:
+    """The digest loop detection keys on: BLAKE3-256 of the canonical arguments (as logged:
+    an intent's `args`) without the values at the dotted `volatile_fields` (request ids,
+    timestamps), so calls that differ only there get the same digest. Lists apply a path to
+    each item, as `redact` does. Without volatile fields it is the call's `args_digest`.
+    The SDK's loop guard and the worker's detector both compute it from what the intent
+    records (`args`, `volatile_fields`), so they agree on what counts as the same call."""
+    if not volatile_fields:
+        return digest(canonical_args.encode("utf-8"))
+    out: Any = json.loads(canonical_args)
+    for path in volatile_fields:
+        out = _drop(out, path.split("."))
+    return digest(canonical_json(out))
+
+
+def _drop(node: Any, parts: list[str]) -> Any:
+    """Copy-on-write removal of the value at a dotted path."""
+    if isinstance(node, list | tuple):
+        return [_drop(item, parts) for item in node]
+    if not isinstance(node, Mapping) or parts[0] not in node:
+        return node
+    copy = dict(node)
+    if len(parts) == 1:
+        del copy[parts[0]]
+    else:
+        copy[parts[0]] = _drop(node[parts[0]], parts[1:])
+    return copy
 
 
 def _digest_field(path: str):  # type: ignore[no-untyped-def]

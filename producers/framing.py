@@ -135,7 +135,8 @@ _RESULT_CE_TYPE = ("ce_type", ce_type("ToolResult").encode())
 
 
 def spec_tail(spec: ToolSpec, decision: PolicyDecision, reason: str, mode: str) -> bytes:
-    """The intent fields after the resource keys: fixed for a spec, decision and mode."""
+    """The intent fields after the resource keys, up to `volatile_fields`: fixed for a spec,
+    decision and mode (`expected_version`, per call, follows it)."""
     return b"".join(
         (
             _REVERSIBILITY[spec.reversibility],
@@ -147,6 +148,7 @@ def spec_tail(spec: ToolSpec, decision: PolicyDecision, reason: str, mode: str) 
             _strings(spec.redacted_fields),
             _NULL,  # approval_id
             _optional_long(spec.undo_window_us),
+            _strings(spec.volatile_list),
         )
     )
 
@@ -205,6 +207,7 @@ class RunFramer:
         reads: Sequence[str],
         writes: Sequence[str],
         tail: bytes,
+        expected_version: str | None = None,
     ) -> tuple[bytes, Headers]:
         eid = event_id.encode()
         digest = canonical.digest
@@ -221,6 +224,7 @@ class RunFramer:
                 _strings(reads),
                 _strings(writes),
                 tail,
+                _optional(expected_version),
             )
         )
         return frame, self.headers(eid, _INTENT_CE_TYPE, time_us)

@@ -10,8 +10,10 @@ grants) is one more gate in `Emitter.gates`, with no change to the call path.
 - `QuarantineGate` follows the compacted `<prefix>quarantines` topic through a `StateReader`
   (key = workflow id; value = a `Quarantine` event, or a `Release` event / tombstone that lifts
   it), so a quarantined workflow is refused within a poll interval.
-- `LoopGuard` refuses the same (agent, tool, args digest) once it has run `max_repeats - 1`
-  times within `window_s` seconds, locally, before the loop detector downstream would notice.
+- `LoopGuard` refuses a repeated call by the `repeat` rule of the detection rules (the same
+  agent, tool and arguments `count` times within `window_s`, per workflow unless the rule
+  says per agent; retries of failed calls within a budget do not count), locally, before the
+  loop detector downstream would notice; read-only tools are never refused, only alerted.
 - `PolicyHook` is any callable `PolicyRequest -> PolicyDecision`; `allow_all` is the default.
   The decision goes into the intent.
 """
@@ -24,10 +26,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from wakeline.infra.detection import DetectionRules, Rule
 from wakeline.infra.settings import KafkaSettings
+from wakeline.producers.canonical import loop_digest
 from wakeline.producers.errors import (
     ApprovalRequired,
     GateRefused,
@@ -99,6 +103,8 @@ class GateCall:
     tenant: str | None
     boundary: str | None
     scrub: Callable[[str], str]
+    #: the loop guard's state of this call's key: told the call's result (retries)
+    loop_state: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,7 +281,10 @@ class PolicyGate:
 class LoopVerdict:
     allowed: bool
     count: int = 0
-    alert: bool = False  # first refusal of this key in a window: emit an Alert
+    alert: bool = False  # first time over the rule's count in a window: emit an Alert
+    rule: str = "repeat"
+    #: seconds from the first counted call of the window to this one
+    span_s: float = 0.0
 
 
 _ALLOWED: dict[int, LoopVerdict] = {}
@@ -292,83 +301,200 @@ def _allowed(count: int) -> LoopVerdict:
     return verdict
 
 
+#: results that make the next identical call a retry (within the rule's `retry_budget`)
+_FAILED = frozenset(("error", "aborted"))
+
+
+class _Seen:
+    """One key's recent calls, and whether its last call failed (the next one is a retry)."""
+
+    __slots__ = ("times", "window_s", "failed", "retries")
+
+    def __init__(self, window_s: float) -> None:
+        self.times: deque[float] = deque()
+        self.window_s = window_s
+        self.failed = False
+        self.retries = 0
+
+    def result(self, status: str) -> None:
+        """The outcome of the call counted last (a denied call did not run: nothing)."""
+        if status == "ok":
+            self.failed = False
+            self.retries = 0
+        elif status in _FAILED:
+            self.failed = True
+
+
 @dataclass
 class LoopGuard:
-    """Refuse the `max_repeats`-th identical call within `window_s` seconds."""
+    """The SDK's local loop guard, by the detection rules the worker's detector follows
+    (`wakeline.infra.detection`, `DetectionRules.from_env()` unless `rules` is given):
 
-    max_repeats: int = 5
-    window_s: float = 10.0
+    - `repeat`: the `count`-th call of a tool by an agent with the same arguments within
+      `window_s` is refused, counted per workflow, or across the agent's workflows when the
+      rule says `per = "agent"`. Arguments are compared without the tool's volatile fields
+      (`loop_digest`). A call made right after a failed one with the same arguments (error
+      or aborted) is a retry: up to `retry_budget` of them in a row are not counted.
+    - `repeat_read`: the same for read-only tools, which are never refused: past its (high)
+      count, one Alert per window, and the call runs.
+
+    Thresholds per tool and per agent come from the rules. `max_repeats` and `window_s`,
+    when given, override the `repeat` rule's count and window for every tool and agent (a
+    guard of one's own, tests). A refusal names its rule in `LoopRefused`, in the recorded
+    decision (`policy`) and as its Alert's `detector`.
+    """
+
+    max_repeats: int | None = None
+    window_s: float | None = None
+    rules: DetectionRules | None = None
     clock: Callable[[], float] = time.monotonic
     max_keys: int = 100_000
-    _seen: dict[tuple[str, str, bytes], deque[float]] = field(default_factory=dict)
-    _alerted: dict[tuple[str, str, bytes], float] = field(default_factory=dict)
+    _seen: dict[tuple[str, str, str, bytes], _Seen] = field(default_factory=dict)
+    _alerted: dict[tuple[str, str, str, bytes], float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def __post_init__(self) -> None:
-        if self.max_repeats < 2:
-            raise ValueError("max_repeats must be at least 2 (1 would refuse every call)")
-        if self.window_s <= 0:
-            raise ValueError("window_s must be positive")
-
-    def check(self, agent_id: str, tool: str, args_digest: bytes) -> LoopVerdict:
-        now = self.clock()
-        key = (agent_id, tool, args_digest)
-        with self._lock:
-            seen = self._seen
-            # Re-inserted below, so the dict runs from least to most recently seen.
-            times = seen.pop(key, None)
-            if times is None:
-                if len(seen) >= self.max_keys:
-                    self._prune(now)
-                times = deque()
-            seen[key] = times
-            horizon = now - self.window_s
-            while times and times[0] <= horizon:
-                times.popleft()
-            if len(times) + 1 >= self.max_repeats:
-                last = self._alerted.get(key)
-                alert = last is None or last <= horizon
-                if alert:
-                    self._alerted[key] = now
-                return LoopVerdict(False, len(times) + 1, alert)
-            times.append(now)
-            return _allowed(len(times))
+    #: (read, tool, agent) -> (rule name, settings): `DetectionRules.rule` costs microseconds
+    _rule_cache: dict[tuple[bool, str, str], tuple[str, Rule]] = field(default_factory=dict)
 
     name = "loop-guard"
 
+    def __post_init__(self) -> None:
+        if self.max_repeats is not None and self.max_repeats < 2:
+            raise ValueError("max_repeats must be at least 2 (1 would refuse every call)")
+        if self.window_s is not None and self.window_s <= 0:
+            raise ValueError("window_s must be positive")
+        if self.rules is None:
+            self.rules = DetectionRules.from_env()
+
+    def rule(self, tool: str, agent_id: str, read: bool) -> tuple[str, Rule]:
+        """The rule (name, settings) a call of `tool` by `agent_id` is counted by."""
+        key = (read, tool, agent_id)
+        hit = self._rule_cache.get(key)
+        if hit is None:
+            name = "repeat_read" if read else "repeat"
+            assert self.rules is not None
+            rule = self.rules.rule(name, tool=tool, agent=agent_id)
+            if not read and (self.max_repeats is not None or self.window_s is not None):
+                rule = replace(
+                    rule,
+                    count=self.max_repeats or rule.count,
+                    window_s=self.window_s or rule.window_s,
+                )
+            if len(self._rule_cache) >= 4096:  # one entry per (tool, agent): rarely reached
+                self._rule_cache.clear()
+            hit = self._rule_cache[key] = (name, rule)
+        return hit
+
+    def check(
+        self,
+        agent_id: str,
+        tool: str,
+        args_digest: bytes,
+        *,
+        workflow_id: str = "",
+        read: bool = False,
+    ) -> LoopVerdict:
+        """Count one call; its verdict (`allowed` False: refuse it)."""
+        return self._check(agent_id, tool, args_digest, workflow_id, read)[0]
+
+    def _check(
+        self, agent_id: str, tool: str, digest: bytes, workflow_id: str, read: bool
+    ) -> tuple[LoopVerdict, _Seen | None]:
+        name, rule = self.rule(tool, agent_id, read)
+        if not rule.enabled:
+            return _allowed(0), None
+        now = self.clock()
+        key = (workflow_id if rule.per == "workflow" else "", agent_id, tool, digest)
+        with self._lock:
+            seen = self._seen
+            # Re-inserted below, so the dict runs from least to most recently seen.
+            state = seen.pop(key, None)
+            if state is None:
+                if len(seen) >= self.max_keys:
+                    self._prune(now)
+                state = _Seen(rule.window_s)
+            seen[key] = state
+            times = state.times
+            horizon = now - rule.window_s
+            while times and times[0] <= horizon:
+                times.popleft()
+            if state.failed and state.retries < rule.retry_budget:
+                state.failed = False  # a retry of a failed call: not counted
+                state.retries += 1
+                return _allowed(len(times)), state
+            state.failed = False
+            count = len(times) + 1
+            if count < rule.count:
+                times.append(now)
+                return _allowed(count), state
+            last = self._alerted.get(key)
+            alert = last is None or last <= horizon
+            if alert:
+                self._alerted[key] = now
+            span = now - times[0] if times else 0.0
+            if read:  # allowed, so counted; at most count - 1 kept: the window stays full
+                times.append(now)
+                if len(times) >= rule.count:
+                    times.popleft()
+            return LoopVerdict(read, count, alert, name, span), state
+
     def decide(self, call: GateCall) -> Verdict | None:
-        verdict = self.check(call.agent_id, call.spec.name, call.args_digest)
-        if verdict.allowed:
+        spec = call.spec
+        read = spec.reversibility == "read"
+        digest = call.args_digest
+        if spec.volatile_list:
+            digest = loop_digest(call.canonical_args, spec.volatile_list)
+        verdict, state = self._check(call.agent_id, spec.name, digest, call.workflow_id, read)
+        call.loop_state = state
+        if verdict.allowed and not verdict.alert:
             return None
-        why = (
-            f"{call.spec.name} called with the same arguments {verdict.count} times "
-            f"within {self.window_s:g}s by agent {call.agent_id}"
+        name, rule = self.rule(spec.name, call.agent_id, read)
+        where = (
+            f"in workflow {call.workflow_id}" if rule.per == "workflow" else "across its workflows"
         )
+        what = (
+            f"{call.agent_id} called {spec.name} with the same arguments {verdict.count} times "
+            f"in {verdict.span_s:.1f} s {where}"
+        )
+        limit = f"rule {name}: {rule.count} within {rule.window_s:g} s"
+        if read:
+            why = f"{what}; allowed, reads are never refused ({limit})"
+        else:
+            why = f"{what}; refused by the SDK's loop guard ({limit})"
         alert = None
         if verdict.alert:
             alert = AlertSpec(
                 "runaway_loop",
                 why,
-                "sdk-loop-guard",
+                name,
+                severity="info" if read else "warning",
                 attributes={
-                    "tool": call.spec.name,
+                    "rule": name,
+                    "by": "sdk-loop-guard",
+                    "tool": spec.name,
                     "args_digest": call.args_digest.hex(),
+                    "loop_digest": digest.hex(),
                     "count": str(verdict.count),
-                    "max_repeats": str(self.max_repeats),
-                    "window_s": f"{self.window_s:g}",
+                    "limit": str(rule.count),
+                    "window_s": f"{rule.window_s:g}",
+                    "span_s": f"{verdict.span_s:.3f}",
+                    "per": rule.per,
                 },
             )
-        return Verdict.refuse(LoopRefused(why), PolicyDecision("deny", why, self.name), alert)
+        if read:
+            if alert is None:
+                return None
+            return Verdict("allow", PolicyDecision("allow", why, name), alert=alert)
+        return Verdict.refuse(LoopRefused(why), PolicyDecision("deny", why, name), alert)
 
     def _prune(self, now: float) -> None:
-        """Make room: drop keys idle past the window, then, if every key is recent (more
+        """Make room: drop keys idle past their window, then, if every key is recent (more
         than `max_keys` distinct calls within one window), the least recently seen tenth.
         Amortised O(1) per call: the next prune is `max_keys // 10` new keys away."""
-        horizon = now - self.window_s
         seen = self._seen
         stale = []
-        for k, t in seen.items():  # least recently seen first
-            if t and t[-1] > horizon:
+        for k, state in seen.items():  # least recently seen first
+            t = state.times
+            if t and t[-1] > now - state.window_s:
                 break
             stale.append(k)
         if len(seen) - len(stale) >= self.max_keys:

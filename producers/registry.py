@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from wakeline.producers.canonical import canonical_json
 from wakeline.producers.errors import SdkError, UnknownTool
 from wakeline.producers.redaction import secret_in_template
 
@@ -66,8 +67,19 @@ class ToolSpec:
     #: to {to}"`); it may not name a redacted or digest-only field. The compensator's incident
     #: report uses it, or generic advice when it is None or a field it names is missing.
     advice: str | None = None
+    #: dotted argument paths (`request_id`, `meta.sent_at`) that differ between otherwise
+    #: identical calls: the loop guard and the loop detector compare arguments without them.
+    #: Recorded in every intent (`volatile_fields`); `args_digest` still covers them.
+    volatile_fields: frozenset[str] = frozenset()
+    #: the dotted argument path holding the version of the written resource the call expects
+    #: to replace (optimistic concurrency: an ETag, a row version). Its value, as text, is
+    #: recorded in every intent (`expected_version`) for the race detector; it may not be a
+    #: redacted or digest-only field (the intent records it in clear).
+    version_arg: str | None = None
     #: redact + digest_only, sorted (derived; recorded in every intent)
     redacted_fields: list[str] = field(init=False, compare=False, repr=False)
+    #: volatile_fields, sorted (derived; recorded in every intent)
+    volatile_list: list[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -100,6 +112,7 @@ class ToolSpec:
         both = self.redact & self.digest_only
         if both:
             raise SdkError(f"tool {self.name}: {sorted(both)[0]} is both redacted and digested")
+        self._check_paths()
         self._check_advice()
         for which in ("reads", "writes"):
             keys = getattr(self, which)
@@ -115,6 +128,44 @@ class ToolSpec:
                         f"{path}, which is redacted or digest-only; resource keys are written "
                         "in clear, so name the resource by a field that is not secret"
                     )
+
+    def _check_paths(self) -> None:
+        volatile = self.volatile_fields
+        if isinstance(volatile, str):  # a str is an iterable of one-letter paths
+            raise SdkError(f"tool {self.name}: volatile_fields must be a set of paths, not a str")
+        volatile = frozenset(volatile)
+        for path in volatile:
+            if not isinstance(path, str) or not path or "" in path.split("."):
+                raise SdkError(f"tool {self.name}: volatile field {path!r} is not a dotted path")
+        object.__setattr__(self, "volatile_fields", volatile)
+        object.__setattr__(self, "volatile_list", sorted(volatile))
+        arg = self.version_arg
+        if arg is None:
+            return
+        if not isinstance(arg, str) or not arg or "" in arg.split("."):
+            raise SdkError(f"tool {self.name}: version_arg {arg!r} is not a dotted path")
+        for secret in self.redacted_fields:
+            if arg == secret or arg.startswith(secret + ".") or secret.startswith(arg + "."):
+                raise SdkError(
+                    f"tool {self.name}: version_arg {arg} is (or holds) the redacted or "
+                    f"digest-only field {secret}; the expected version is recorded in clear"
+                )
+
+    def expected_version(self, args: Mapping[str, Any]) -> str | None:
+        """The value of `version_arg` in `args` as text (a str as is, anything else as
+        canonical JSON), or None when the tool has no version argument or the call lacks it."""
+        if self.version_arg is None:
+            return None
+        node: Any = args
+        for part in self.version_arg.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        if node is None:
+            return None
+        if isinstance(node, str):
+            return node
+        return canonical_json(node, what=f"version argument {self.version_arg}").decode()
 
     def _check_advice(self) -> None:
         advice = self.advice

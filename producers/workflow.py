@@ -21,7 +21,14 @@ from wakeline.infra.metrics import SDK_CALLS, SDK_REFUSALS
 from wakeline.producers.canonical import Canonical, canonical_result, canonicalise
 from wakeline.producers.errors import MissingWorkflow, SdkError
 from wakeline.producers.framing import Headers, checked_framer, intent_tail
-from wakeline.producers.gates import ALLOW_ALL, GateCall, PolicyDecision, Verdict, timed_out
+from wakeline.producers.gates import (
+    ALLOW_ALL,
+    AlertSpec,
+    GateCall,
+    PolicyDecision,
+    Verdict,
+    timed_out,
+)
 from wakeline.producers.redaction import NOTHING, Scrubber, error_message, scrub_text
 from wakeline.producers.registry import Durability, ToolSpec
 from wakeline.schemas import cloudevents_headers, decode_event, encode_event, new_event_id
@@ -190,6 +197,8 @@ class WorkflowContext:
         """Gates, then the intent (acknowledged first when strict). Refusals raise."""
         call = self._prepare(tool, args, parents, step_id, durability)
         self._send(call.intent_id, *call.frame, call.strict)
+        if call.alert is not None:
+            call._alert(call.alert)
         while call.verdict is not None and call.verdict.outcome == "wait":
             v = call.verdict
             call.verdict = self._after_wait(call, v.waiter.wait(v.timeout_s))  # type: ignore[union-attr]
@@ -208,6 +217,8 @@ class WorkflowContext:
     ) -> ToolCall:
         call = self._prepare(tool, args, parents, step_id, durability)
         await self._asend(call.intent_id, *call.frame, call.strict)
+        if call.alert is not None:
+            call._alert(call.alert)
         while call.verdict is not None and call.verdict.outcome == "wait":
             v = call.verdict
             got = await v.waiter.wait_async(v.timeout_s)  # type: ignore[union-attr]
@@ -290,12 +301,13 @@ class WorkflowContext:
         )
         reads = spec.resources_read(args) if spec.reads else []
         writes = spec.resources_written(args) if spec.writes else []
+        version = spec.expected_version(args) if spec.version_arg is not None else None
         scrub = NOTHING
         if spec.redacted_fields:
             scrub = Scrubber.for_call(spec, args)
-            _check_resource_keys(spec, scrub, reads, writes)
+            _check_resource_keys(spec, scrub, reads, writes, [version] if version else [])
         gate_call = None
-        decision, verdict, gate_index = ALLOW_ALL, None, -1
+        decision, verdict, gate_index, alert = ALLOW_ALL, None, -1, None
         if em.gates:
             gate_call = GateCall(
                 spec,
@@ -318,6 +330,8 @@ class WorkflowContext:
                 if v.outcome != "allow":
                     verdict = v
                     break
+                if v.alert is not None:  # allowed, with an alert (the loop guard's reads)
+                    alert = v.alert
         mode = durability or spec.effective_durability
         reason = _reason(decision)
         event_id = new_event_id()
@@ -335,6 +349,7 @@ class WorkflowContext:
                     reads,
                     writes,
                     intent_tail(spec, decision, reason, mode),
+                    version,
                 )
             except Exception:  # noqa: BLE001 - the codec below frames it, or says why not
                 frame = None
@@ -354,6 +369,8 @@ class WorkflowContext:
                 durability=mode,
                 redacted_fields=spec.redacted_fields,
                 undo_window_us=spec.undo_window_us,
+                volatile_fields=spec.volatile_list,
+                expected_version=version,
             )
             frame = self._frame(intent)
         return ToolCall(
@@ -369,6 +386,7 @@ class WorkflowContext:
             scrub,
             gate_call,
             gate_index,
+            alert,
         )
 
     def _after_wait(self, call: ToolCall, got: Verdict | None) -> Verdict | None:
@@ -413,6 +431,7 @@ class ToolCall:
         "scrub",
         "gate_call",
         "gate_index",
+        "alert",
         "done",
     )
 
@@ -430,6 +449,7 @@ class ToolCall:
         scrub: Scrubber = NOTHING,
         gate_call: GateCall | None = None,
         gate_index: int = -1,
+        alert: AlertSpec | None = None,
     ) -> None:
         self.ctx = ctx
         self.spec = spec
@@ -447,6 +467,8 @@ class ToolCall:
         self.gate_index = gate_index
         #: removes the call's redacted and digest-only values from what it records
         self.scrub = scrub
+        #: an Alert an allowing gate asked for (sent after the intent)
+        self.alert = alert
         self.done = False
 
     @property
@@ -480,6 +502,9 @@ class ToolCall:
             event.update(intent_id=self.intent_id, status=status, duration_us=duration_us, **fields)
             frame = ctx._frame(event)
         sent = ctx._send(event_id, *frame, False)
+        gate_call = self.gate_call
+        if gate_call is not None and gate_call.loop_state is not None:
+            gate_call.loop_state.result(status)  # the loop guard learns of failed calls
         metrics = ctx.emitter.metrics  # None unless enabled: one attribute check per call
         if metrics is not None:
             metrics.inc(SDK_CALLS, self.spec.name, status)
@@ -544,19 +569,22 @@ class ToolCall:
             error_type=type(refusal).__name__,
             error_message=scrub_text(str(refusal), self.scrub, MAX_ERROR_MESSAGE),
         )
-        spec = verdict.alert
-        if spec is not None:
-            alert = self.ctx.envelope("Alert", step_id=self.step_id)
-            alert.update(
-                kind=spec.kind,
-                severity=spec.severity,
-                detail=scrub_text(spec.detail, self.scrub, MAX_ERROR_MESSAGE),
-                detector=spec.detector,
-                related_event_ids=[self.intent_id],
-                attributes={k: self.scrub(v) for k, v in spec.attributes.items()},
-            )
-            self.ctx._alert(alert)
+        if verdict.alert is not None:
+            self._alert(verdict.alert)
         raise refusal
+
+    def _alert(self, spec: AlertSpec) -> None:
+        """An Alert about this call (its intent the evidence), on the events and alerts topics."""
+        alert = self.ctx.envelope("Alert", step_id=self.step_id)
+        alert.update(
+            kind=spec.kind,
+            severity=spec.severity,
+            detail=scrub_text(spec.detail, self.scrub, MAX_ERROR_MESSAGE),
+            detector=spec.detector,
+            related_event_ids=[self.intent_id],
+            attributes={k: self.scrub(v) for k, v in spec.attributes.items()},
+        )
+        self.ctx._alert(alert)
 
 
 #: `error_message` for the SDK's own texts: no spec scrubber, only the call's values

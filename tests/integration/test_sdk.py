@@ -227,8 +227,9 @@ def test_loop_guard_alert_reaches_events_and_alerts_topics(kafka, registry, tmp_
     ctx = em.workflow(wf, agent_id="looper", principal="alice")
     refused = 0
     for _ in range(5):
+        ctx.call("kv.get", lambda key: 1, {"key": "same"})  # reads are never refused
         try:
-            ctx.call("kv.get", lambda key: 1, {"key": "same"})
+            ctx.call("kv.put", lambda key: 1, {"key": "same"})
         except Exception:  # noqa: BLE001
             refused += 1
     em.close(10)
@@ -238,7 +239,7 @@ def test_loop_guard_alert_reaches_events_and_alerts_topics(kafka, registry, tmp_
         for m in read_topic(kafka, kafka.topics.alerts)
         if m.key() == wf.encode()
     ]
-    assert [a["kind"] for a in alerts] == ["runaway_loop"]
+    assert [(a["kind"], a["detector"]) for a in alerts] == [("runaway_loop", "repeat")]
     assert [e["type"] for e in events_of(kafka, wf)].count("Alert") == 1
 
 

@@ -74,10 +74,14 @@ def test_the_window_must_be_a_positive_number_of_seconds() -> None:
             ToolSpec("a", undo_window_s=bad)  # type: ignore[arg-type]
 
 
+#: `undo_window_us` and the ToolIntent fields added after it (each defaults to "nothing")
+_SINCE = {"undo_window_us": None, "volatile_fields": [], "expected_version": None}
+
+
 def _previous_intent_schema() -> SchemaInfo:
     """ToolIntent as it was before `undo_window_us`."""
     parsed = json.loads(packaged_schemas()["ToolIntent"].schema_json)
-    parsed["fields"] = [f for f in parsed["fields"] if f["name"] != "undo_window_us"]
+    parsed["fields"] = [f for f in parsed["fields"] if f["name"] not in _SINCE]
     return SchemaInfo.from_json(parsed)
 
 
@@ -89,9 +93,9 @@ def test_old_readers_read_new_intents_and_new_readers_old_ones() -> None:
 
     old.register(packaged_schemas()["ToolIntent"])
     read_by_old = old.decode(new.encode(event))
-    assert read_by_old == {k: v for k, v in event.items() if k != "undo_window_us"}
+    assert read_by_old == {k: v for k, v in event.items() if k not in _SINCE}
 
     new.register(old_schema)
-    written_by_old = old.encode({k: v for k, v in event.items() if k != "undo_window_us"})
+    written_by_old = old.encode({k: v for k, v in event.items() if k not in _SINCE})
     assert written_by_old[2:10] == old_schema.fingerprint
-    assert new.decode(written_by_old) == {**event, "undo_window_us": None}  # no window
+    assert new.decode(written_by_old) == {**event, **_SINCE}  # no window

@@ -198,10 +198,10 @@ def test_loop_guard_refuses_records_and_alerts_once(recorded):
     ctx = ctx_of(emitter)
     ran = []
     for _ in range(2):
-        ctx.call("kv.get", lambda key: ran.append(key), {"key": "same"})
+        ctx.call("kv.put", lambda key: ran.append(key), {"key": "same"})
     for _ in range(2):
-        with pytest.raises(LoopRefused):
-            ctx.call("kv.get", lambda key: ran.append(key), {"key": "same"})
+        with pytest.raises(LoopRefused, match="rule repeat"):
+            ctx.call("kv.put", lambda key: ran.append(key), {"key": "same"})
     assert len(ran) == 2
     events = rec.events()
     assert [e["type"] for e in events] == ["ToolIntent", "ToolResult"] * 2 + [
@@ -213,6 +213,9 @@ def test_loop_guard_refuses_records_and_alerts_once(recorded):
     ]
     alert = events[6]
     assert alert["kind"] == "runaway_loop"
+    assert alert["detector"] == "repeat"
+    assert events[4]["policy_decision"] == "deny"
+    assert events[4]["policy_reason"].startswith("repeat: agent-1 called kv.put")
     assert alert["related_event_ids"] == [events[4]["event_id"]]
     assert alert["attributes"]["count"] == "3"
     assert [e["type"] for e in rec.events("alerts")] == ["Alert"]

@@ -83,12 +83,15 @@ def test_frames_equal_the_codecs_for_any_envelope(
         summarise=lambda _r: summary,
         external_ids=lambda _r: ids,
         writes=("res:{key}",),
+        volatile_fields={"rid", "meta.at"},
+        version_arg="ver",
     )
-    ctx.call(
-        spec, lambda **_: value, {"key": value, "n": 1}, parents=call_parents, step_id=call_step
-    )
+    args = {"key": value, "n": 1, "rid": value, "ver": value, "meta": {"at": 1}}
+    ctx.call(spec, lambda **_: value, args, parents=call_parents, step_id=call_step)
     assert_codec_equal(rec)
     intent, result = rec.events()
+    assert intent["volatile_fields"] == ["meta.at", "rid"]
+    assert intent["expected_version"] == value
     assert intent["parent_event_ids"] == [*own_parents, *call_parents]
     assert result["step_id"] == (call_step if call_step is not None else step)
     assert result["result_summary"] == summary
@@ -107,7 +110,7 @@ def test_every_status_and_spec_kind_frames_like_the_codec(recorded) -> None:  # 
     ctx.begin("unregistered.tool", {"x": [1, 2.5, None, True]}).abort("gave up")
     for _ in range(3):  # the loop guard refuses the third: denied result, then an alert
         with contextlib.suppress(LoopRefused):
-            ctx.call("kv.get", lambda key: 1, {"key": "same"})
+            ctx.call("kv.put", lambda key: 1, {"key": "same"})
     asyncio.run(ctx.acall("kv.put", _async_ok, {"key": "d", "value": 4}))
     assert_codec_equal(rec)
     statuses = [e["status"] for e in rec.events() if e["type"] == "ToolResult"]

@@ -70,7 +70,7 @@ def test_loop_guard_forgets_idle_keys_first():
     clock.now += 11  # every key is idle past the window
     guard.check("a", "t", b"late-1")
     guard.check("a", "t", b"late-1")
-    assert set(guard._seen) == {("a", "t", b"late-1")}
+    assert set(guard._seen) == {("", "a", "t", b"late-1")}  # (workflow, agent, tool, digest)
     assert not guard.check("a", "t", b"late-1").allowed
 
 

@@ -101,3 +101,22 @@ def test_advice_is_a_template_that_may_not_name_a_secret_field():
         ToolSpec("t", advice="  ")
     with pytest.raises(SdkError, match="non-empty str"):
         ToolSpec("t", advice=42)  # type: ignore[arg-type]
+
+
+def test_volatile_fields_and_version_arg_are_checked_and_recorded_as_text():
+    spec = ToolSpec("crm.update", volatile_fields={"request_id", "meta.at"}, version_arg="etag")
+    assert spec.volatile_list == ["meta.at", "request_id"]
+    assert spec.expected_version({"etag": "W/7"}) == "W/7"
+    assert spec.expected_version({"etag": 7}) == "7"
+    assert spec.expected_version({"etag": {"v": 7}}) == '{"v":7}'
+    assert spec.expected_version({"other": 1}) is None  # the call did not give one
+    assert ToolSpec("a", version_arg="row.version").expected_version({"row": {"version": 3}}) == "3"
+    assert ToolSpec("a").expected_version({"etag": "x"}) is None
+    with pytest.raises(SdkError, match="not a str"):
+        ToolSpec("a", volatile_fields="request_id")  # type: ignore[arg-type]
+    with pytest.raises(SdkError, match="dotted path"):
+        ToolSpec("a", volatile_fields={"a..b"})
+    with pytest.raises(SdkError, match="recorded in clear"):
+        ToolSpec("a", digest_only={"auth"}, version_arg="auth.etag")
+    with pytest.raises(SdkError, match="recorded in clear"):
+        ToolSpec("a", redact={"row.secret"}, version_arg="row")

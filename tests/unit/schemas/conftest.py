@@ -50,6 +50,8 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "redacted_fields": ["card.number"],
         "approval_id": None,
         "undo_window_us": None,
+        "volatile_fields": ["request_id"],
+        "expected_version": "7",
     },
     "ToolResult": {
         "intent_id": "01939b6e-0000-7000-8000-000000000001",

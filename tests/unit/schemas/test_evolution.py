@@ -1,7 +1,7 @@
 """Schema evolution: old readers read new writers and new readers read old writers (Avro rules).
 
-data/ToolIntent.v0.avsc is ToolIntent before `redacted_fields`, `approval_id` and
-`undo_window_us` were added;
+data/ToolIntent.v0.avsc is ToolIntent before `redacted_fields`, `approval_id`,
+`undo_window_us`, `volatile_fields` and `expected_version` were added;
 data/Alert.v2.avsc is a future Alert with one more enum symbol and one more defaulted field.
 """
 
@@ -25,7 +25,13 @@ from wakeline.schemas import (
 DATA = Path(__file__).parent / "data"
 TOOL_INTENT_V0 = SchemaInfo.from_json((DATA / "ToolIntent.v0.avsc").read_text())
 ALERT_V2 = SchemaInfo.from_json((DATA / "Alert.v2.avsc").read_text())
-ADDED_IN_V1 = {"redacted_fields", "approval_id", "undo_window_us"}
+ADDED_IN_V1 = {
+    "redacted_fields",
+    "approval_id",
+    "undo_window_us",
+    "volatile_fields",
+    "expected_version",
+}
 
 
 def _v0_codec() -> Codec:
@@ -58,7 +64,14 @@ def test_new_reader_reads_old_writer(make_event: Callable[..., dict]) -> None:
     new = Codec(packaged_schemas())
     new.register(TOOL_INTENT_V0)
     decoded = new.decode(frame)
-    assert decoded == {**event, "redacted_fields": [], "approval_id": None, "undo_window_us": None}
+    assert decoded == {
+        **event,
+        "redacted_fields": [],
+        "approval_id": None,
+        "undo_window_us": None,
+        "volatile_fields": [],
+        "expected_version": None,
+    }
 
 
 def test_unknown_enum_symbol_reads_as_the_enum_default(make_event: Callable[..., dict]) -> None:
