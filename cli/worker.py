@@ -45,6 +45,12 @@ import click
 @click.option("--no-audit", is_flag=True, help="Do not run the audit publisher here.")
 @click.option("--no-builder", is_flag=True, help="Do not run the ledger builder here.")
 @click.option(
+    "--detectors/--no-detectors",
+    default=False,
+    help="Run the loop detector too, with the audit publisher (rules: "
+    "WAKELINE_DETECTION_RULES, docs/detection.md). Off by default for now.",
+)
+@click.option(
     "--single-process",
     is_flag=True,
     help="Run builder and audit publisher in this one process (default: the audit "
@@ -62,6 +68,7 @@ def worker(
     metrics_host: str | None,
     no_audit: bool,
     no_builder: bool,
+    detectors: bool,
     single_process: bool,
     loglevel: str,
 ) -> None:
@@ -71,6 +78,7 @@ def worker(
     GIL of its own) that dies with this one; `--single-process` keeps both here. Run
     several for more throughput: they share the events topic's partitions (builder) and
     the ledger topic's (audit publisher). `--no-audit` / `--no-builder` run one role only.
+    `--detectors` runs the loop detector too, with the audit publisher.
     `--metrics-port N` serves Prometheus metrics on N (the audit child's on N + 1).
     """
     from wakeline.processors.shutdown import install_boot_handlers
@@ -88,6 +96,7 @@ def worker(
         "checkpoint_interval_s": checkpoint_interval_s,
         "audit": False if no_audit else None,
         "builder": False if no_builder else None,
+        "detectors": True if detectors else None,
         "metrics_port": metrics_port,
         "metrics_host": metrics_host,
     }
@@ -96,11 +105,15 @@ def worker(
         child = None
         if not (no_audit or no_builder or single_process):
             # the builder stays here; only this process signs checkpoints
+            # the detectors run there too: the builder's process is the busier one
             args = ["--checkpoint-interval-s", "0", "-l", loglevel, *_child_metrics(metrics_port)]
+            if detectors:
+                args.append("--detectors")
             if metrics_host is not None:
                 args += ["--metrics-host", metrics_host]
             child = AuditChild(args, nice=10)
             overrides["audit"] = False
+            overrides["detectors"] = False
         run_from_env(overrides, loglevel=loglevel, audit_child=child)
 
     run_guarded(run)

@@ -33,6 +33,10 @@ class BuilderSettings:
     builder: bool = True
     #: run the audit publisher (audit + DLQ records per ledgered record) in this worker
     audit: bool = True
+    #: run the detectors (loop detector, processors/loops.py) in this worker: opt-in
+    #: (`wakeline worker --detectors`) until they meet their throughput and false-alert
+    #: targets (bench/detect.py)
+    detectors: bool = False
     #: results whose intent is remembered for the summary ("called X for Y: ok")
     intent_cache_size: int = 200_000
     #: the most a derived record (audit, DLQ) may weigh: key + value + headers; under
