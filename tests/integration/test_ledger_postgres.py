@@ -140,10 +140,10 @@ def test_verify_from_kafka_replays_events_against_published_headers(own_topics, 
 
 
 def test_cli_checkpoint_verify_export_and_proof_against_postgres(
-    fresh_dsn, kafka, tmp_path
+    fresh_dsn, fresh_kafka, tmp_path
 ) -> None:
-    """(The verifier also reads the events topic's unledgered tail: this session's topics,
-    not the default ones another run of the demo may have filled.)"""
+    """(The verifier also reads the events topic's unledgered tail: topics of this test's
+    own, empty, not the default ones a run of the demo may have filled.)"""
     import json
 
     from click.testing import CliRunner
@@ -170,7 +170,7 @@ def test_cli_checkpoint_verify_export_and_proof_against_postgres(
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["signed"] is True
     vkey = signer.verifier.vkey()
-    env = {"WAKELINE_TOPIC_PREFIX": kafka.topics.prefix}
+    env = {"WAKELINE_TOPIC_PREFIX": fresh_kafka.topics.prefix}
     res = run(ledger_verify_main, ["--dsn", fresh_dsn, "--trusted-key", vkey, "--json"], env=env)
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["stats"]["leaves"] == 15
