@@ -227,27 +227,26 @@ def resource_record(
     status: str | None = None,
     of: str | None = None,
 ) -> bytes:
-    """One record of `<prefix>resources` (docs/detection.md): compact JSON, versioned."""
-    return json.dumps(
-        {
-            "v": RESOURCE_FORMAT,
-            "kind": kind,
-            "of": of,
-            "workflow": event["workflow_id"],
-            "run": event["run_id"],
-            "agent": event["agent_id"],
-            "tool": tool,
-            "event": event["event_id"],
-            "intent": intent,
-            "status": status,
-            "time": event["time"],
-            "parents": parents,
-            "expected_version": expected_version,
-            "partition": partition,
-            "offset": offset,
-        },
-        separators=(",", ":"),
+    """One record of `<prefix>resources` (docs/detection.md): a JSON object, versioned.
+    Written by hand with the json module's C string escaper: a third of `json.dumps`'s
+    time, and the keyer writes one per resource key of every call."""
+    q = _quote
+    return (
+        f'{{"v":{RESOURCE_FORMAT},"kind":{q(kind)},"of":{_maybe(of)},'
+        f'"workflow":{q(event["workflow_id"])},"run":{q(event["run_id"])},'
+        f'"agent":{q(event["agent_id"])},"tool":{q(tool)},"event":{q(event["event_id"])},'
+        f'"intent":{q(intent)},"status":{_maybe(status)},"time":{int(event["time"])},'
+        f'"parents":[{",".join(map(q, parents))}],'
+        f'"expected_version":{_maybe(expected_version)},'
+        f'"partition":{int(partition)},"offset":{int(offset)}}}'
     ).encode()
+
+
+_quote: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+
+def _maybe(value: str | None) -> str:
+    return "null" if value is None else _quote(value)
 
 
 class ResourceKeyer(_Windowed):
@@ -273,13 +272,13 @@ class ResourceKeyer(_Windowed):
         self.window_us = int(window_s * 1_000_000)
         self.max_remembered = max_remembered
         self._seen: dict[int, OrderedDict[str, _Touched]] = {}
-        self._newest: dict[int, int] = {}
+        self._evicted_at: dict[int, int] = {}
         self.results_unmatched = 0
         self.records_out = 0
 
     def forget(self, partition: int) -> None:
         self._seen.pop(partition, None)
-        self._newest.pop(partition, None)
+        self._evicted_at.pop(partition, None)
 
     def take(self, r: LedgerRecord) -> list[Output] | None:
         from wakeline.schemas import decode_event
@@ -296,8 +295,8 @@ class ResourceKeyer(_Windowed):
         if seen is None:
             seen = self._seen[p] = OrderedDict()
         t = e["time"]
-        if t > self._newest.get(p, 0):
-            self._newest[p] = t
+        if t - self._evicted_at.get(p, 0) > self.window_us // 16 or len(seen) > self.max_remembered:
+            self._evicted_at[p] = t  # forget what is older than the window, now and then
             horizon = t - self.window_us
             limit = self.max_remembered
             while seen and (next(iter(seen.values())).time < horizon or len(seen) > limit):
