@@ -88,6 +88,16 @@ def race_alerts(kafka: KafkaSettings, topic: str) -> list[dict[str, Any]]:
     return out
 
 
+def explain(kafka: KafkaSettings, runners: list[KafkaRunner]) -> str:
+    lines = [f"{m.partition()}/{m.offset()} {m.key()!r} {m.value()!r}"
+             for m in read_topic(kafka, kafka.topics.resources, idle=0.5)]  # fmt: skip
+    for r in runners:
+        p = r.processor
+        lines.append(f"{p.name}: assigned {sorted(r._assigned)} done {r._done} "
+                     f"live from {p.live_from} state {getattr(p, '_keys', '-')}")  # type: ignore[attr-defined]  # fmt: skip
+    return "\n".join(lines)
+
+
 def update(ctx: WorkflowContext, world: World, record: str, **options: Any) -> Any:
     """`crm.update` begun and run on the world: (the call, its response), the result not yet
     sent (`call.ok(response)` sends it)."""
@@ -149,11 +159,52 @@ def test_a_lost_update_is_caught(
     call, got = update(a, world, record)
     call.ok(got)
     assert emitter.flush(15) == 0
-    (alert,) = wait_until(
-        lambda: [e for e in race_alerts(fresh_kafka, fresh_kafka.topics.alerts)
-                 if e["resource"] == f"crm:{record}"],
-        60, "the lost update alert",
-    )  # fmt: skip
+    try:
+        (alert,) = wait_until(
+            lambda: [e for e in race_alerts(fresh_kafka, fresh_kafka.topics.alerts)
+                     if e["resource"] == f"crm:{record}"],
+            60, "the lost update alert",
+        )  # fmt: skip
+    except TimeoutError as e:  # say what the detectors were given and what they hold
+        raise AssertionError(explain(fresh_kafka, detectors)) from e
     assert alert["detector"] == "lost_update" and alert["workflow_id"] == wf_a
     assert alert["related_event_ids"][1] == call.intent_id
     assert "without reading it again" in alert["detail"]
+
+
+def test_a_worker_leaving_mid_race_hands_its_partitions_over_with_their_state(
+    fresh_kafka: KafkaSettings, world: World, emitter: Emitter, detectors: list[KafkaRunner]
+) -> None:
+    """Both intents are keyed and committed, then the second worker (its keyer and its
+    detector) stops: the first takes its partitions, re-reads the window to know the open
+    calls, and the results that follow still make exactly one alert."""
+    wf_a, wf_b = one_per_keyer(fresh_kafka, detectors)
+    a = emitter.workflow(wf_a, agent_id="crm-sync", principal="ops@example.com")
+    b = emitter.workflow(wf_b, agent_id="support-bot", principal="ops@example.com")
+    record = f"rec_{uuid.uuid4().hex[:8]}"
+    call_a, got_a = update(a, world, record)
+    call_b, got_b = update(b, world, record)
+    assert emitter.flush(15) == 0
+    keyers, finders = detectors[0::2], detectors[1::2]
+    resources = fresh_kafka.topics.resources
+
+    def keyed() -> bool:  # both intents on the resources topic, their offsets committed
+        return len(read_topic(fresh_kafka, resources, idle=0.3)) >= 2 and all(
+            r._done for r in keyers
+        )
+
+    wait_until(keyed, 60, "both intents keyed")
+    for r in (keyers[1], finders[1]):
+        r.stop()
+    n = fresh_kafka.partitions
+    wait_until(lambda: len(keyers[0]._assigned) == n and len(finders[0]._assigned) == n,
+               60, "the first worker holding every partition")  # fmt: skip
+    call_a.ok(got_a)
+    call_b.ok(got_b)
+    assert emitter.flush(15) == 0
+    (alert,) = wait_until(
+        lambda: [e for e in race_alerts(fresh_kafka, fresh_kafka.topics.alerts)
+                 if e["resource"] == f"crm:{record}"],
+        60, "the race alert after the hand-over",
+    )  # fmt: skip
+    assert alert["related_event_ids"] == [call_a.intent_id, call_b.intent_id]
