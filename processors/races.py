@@ -135,6 +135,8 @@ class _Windowed:
         self.live_from: dict[int, int] = {}
         self.wait_for_sink: Callable[[], None] = lambda: None
         self.undecodable = 0
+        #: records `take` failed on (logged with their position)
+        self.skipped = 0
 
     def assign(self, partitions: list[int]) -> Assigned:
         self.revoke(partitions)
@@ -163,7 +165,13 @@ class _Windowed:
         live_from = self.live_from
         for r in records:
             live = r.offset >= live_from.get(r.partition, 0)
-            made = self.take(r)
+            try:
+                made = self.take(r)
+            except Exception:  # a record no rule foresaw: say where, never stall on it
+                self.skipped += 1
+                log.exception("%s: record skipped partition=%d offset=%d",
+                              self.name, r.partition, r.offset)  # fmt: skip
+                made = None
             if live:
                 commit[r.partition] = r.offset + 1
                 if made:
@@ -580,8 +588,20 @@ class RaceDetector(_Windowed):
             if rec["v"] != RESOURCE_FORMAT:
                 raise ValueError(f"format {rec['v']!r}, want {RESOURCE_FORMAT}")
             key = (r.key or b"").decode("utf-8", "surrogatepass")
-            t = int(rec["time"])
-        except Exception as e:  # noqa: BLE001 - not ours to judge further: skip, say so
+            t, kind, event, intent = int(rec["time"]), rec["kind"], rec["event"], rec["intent"]
+            parents = tuple(str(x) for x in rec["parents"])
+            if kind == "result":
+                of, status = rec["of"], rec["status"]
+                call = None
+            elif kind in ("read", "write"):
+                call = Call(
+                    event, kind, str(rec["workflow"]), str(rec["run"]), str(rec["agent"]),
+                    str(rec["tool"]), t, rec.get("expected_version"),
+                    partition=rec["partition"], offset=rec["offset"],
+                )  # fmt: skip
+            else:
+                raise ValueError(f"kind {kind!r}, want read, write or result")
+        except Exception as e:  # noqa: BLE001 - a record we did not write: skip, say so
             self.bad_records += 1
             log.warning("%s: record skipped partition=%d offset=%d: %s: %s",
                         self.name, r.partition, r.offset, type(e).__name__, e)  # fmt: skip
@@ -595,22 +615,17 @@ class RaceDetector(_Windowed):
         st = keys.get(key)
         if st is None:
             st = keys[key] = _Key()
-        kind = rec["kind"]
-        event = rec["event"]
-        if kind == "result":
-            call = st.calls.get((rec["intent"], rec["of"]))
-            if call is None or call.result is not None:
+        if call is None:  # a result
+            found = st.calls.get((intent, of))
+            if found is None or found.result is not None:
                 return None  # its intent is older than the window, or seen twice
-            call.end, call.status, call.result = t, rec["status"], event
-            st.parents[event] = (t, (*rec["parents"], rec["intent"]))
-            return self._decide(key, st, call) if call.kind == "write" else None
+            found.end, found.status, found.result = t, status, event
+            st.parents[event] = (t, (*parents, intent))
+            return self._decide(key, st, found) if found.kind == "write" else None
         if (event, kind) in st.calls:
             return None  # seen twice
-        st.calls[(event, kind)] = Call(
-            event, kind, rec["workflow"], rec["run"], rec["agent"], rec["tool"], t,
-            rec.get("expected_version"), partition=rec["partition"], offset=rec["offset"],
-        )  # fmt: skip
-        st.parents[event] = (t, tuple(rec["parents"]))
+        st.calls[(event, kind)] = call
+        st.parents[event] = (t, parents)
         return None
 
     def _sweep(self, partition: int, horizon: int) -> None:

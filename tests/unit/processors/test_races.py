@@ -274,11 +274,25 @@ def test_the_keyer_names_a_call_once_per_key_and_a_result_it_cannot_place_is_cou
     assert p.keyer.undecodable == 1 and p.keyers.committed[0] == 3
 
 
+def test_a_record_take_fails_on_is_logged_and_skipped_never_a_stall(monkeypatch) -> None:
+    p = Pipeline()
+
+    def broken(r):  # type: ignore[no-untyped-def]
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(p.keyer, "take", broken)
+    both = intent("wf-a", "agent-a", T0, writes=["b:1"])
+    assert p.keyers.feed([LedgerRecord(0, 0, 0, b"wf-a", encode_event(both))]) == []
+    assert p.keyer.skipped == 1 and p.keyers.committed[0] == 1
+
+
 def test_a_bad_resource_record_is_skipped_and_the_detector_goes_on() -> None:
     p = Pipeline()
     p.records(LedgerRecord(0, 0, 0, R.encode(), b"{not json"))
     p.records(LedgerRecord(0, 1, 0, R.encode(), b'{"v": 99}'))
-    assert p.detector.bad_records == 2 and p.detectors.committed[0] == 2
+    p.records(LedgerRecord(0, 2, 0, R.encode(), b'{"v": 1, "time": 5, "kind": "write"}'))
+    p.records(LedgerRecord(0, 3, 0, R.encode(), b"[1]"))
+    assert p.detector.bad_records == 4 and p.detectors.committed[0] == 4
     a = intent("wf-a", "agent-a", T0, writes=[R])
     b = intent("wf-b", "agent-b", T0 + 1, writes=[R])
     p.feed(a, result(a, T0 + S))
