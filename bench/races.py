@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         got["keyer"] = run_until_done(keyer, end_offsets(kafka, kafka.topics.events))
         got["detector"] = run_until_done(detector, end_offsets(kafka, kafka.topics.resources))
         got["alerts"] = detector.processor.alerts  # type: ignore[attr-defined]
+        k = keyer.processor
+        got["keyer_unmatched_results"] = k.results_unmatched  # type: ignore[attr-defined]
+        got["keyer_skipped"] = k.skipped + k.undecodable  # type: ignore[attr-defined]
     finally:
         topics.delete_topics(kafka)
     for name in ("keyer", "detector"):
@@ -102,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{name:9s} {r['records']:>8,} records in {r['wall_s']:6.2f} s: {r['per_s']:>9,.0f}/s "
             f"wall, {r['per_cpu_s']:>9,.0f}/s per CPU second ({verdict})"
         )
-    print(f"alerts on the benign backlog: {got['alerts']}")
+    print(
+        f"alerts on the benign backlog: {got['alerts']}; results the keyer could not place: "
+        f"{got['keyer_unmatched_results']}; records skipped: {got['keyer_skipped']}"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(got, f, indent=2)

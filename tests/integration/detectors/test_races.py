@@ -3,6 +3,8 @@ partitions (processors/races.py), agents act on the example world's CRM through 
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -208,3 +210,50 @@ def test_a_worker_leaving_mid_race_hands_its_partitions_over_with_their_state(
         60, "the race alert after the hand-over",
     )  # fmt: skip
     assert alert["related_event_ids"] == [call_a.intent_id, call_b.intent_id]
+
+
+def test_a_keyer_taking_over_a_lagging_group_rereads_the_window_before_its_position(
+    fresh_kafka: KafkaSettings,
+) -> None:
+    """The window is re-read back from the group's committed position, not from now: a
+    keyer that takes over a backlog older than the window still knows the intents whose
+    results come next."""
+    from confluent_kafka import Producer
+
+    from wakeline.testkit.samples import frames, intent, result
+
+    rules = DetectionRules.parse("[rules.race_overlap]\nwindow_s = 1\n"
+                                 "[rules.race_version]\nwindow_s = 1\n"
+                                 "[rules.lost_update]\nwindow_s = 1\n")  # fmt: skip
+    producer = Producer(fresh_kafka.client_config())
+    intents = [intent(f"wf-{i}", i) for i in range(6)]
+    results = [result(i) for i in intents]  # their calls took no time; they are sent late
+
+    def send(events: list[dict[str, Any]]) -> None:
+        for e in events:
+            key, value, headers = frames(e)
+            producer.produce(fresh_kafka.topics.events, value, key, headers=headers)
+        assert producer.flush(15) == 0
+
+    send(intents)
+    first = race_runners(fresh_kafka, rules)[0]
+    first.start()
+    try:
+        wait_until(lambda: sum(first._done.values()) >= len(intents), 60, "the intents keyed")
+    finally:
+        first.stop()
+    assert first.failure is None
+    # more than a window later, the results: a new keyer must re-read the intents
+    time.sleep(1.5)  # the window passes (wall clock: what the re-read is measured against)
+    send(results)
+    second = race_runners(fresh_kafka, rules)[0]
+    second.start()
+    try:
+        wait_until(lambda: sum(second._done.values()) >= 2 * len(intents), 60, "results keyed")
+    finally:
+        second.stop()
+    keyer = second.processor
+    assert keyer.results_unmatched == 0  # type: ignore[attr-defined]
+    kinds = [json.loads(m.value())["kind"]
+             for m in read_topic(fresh_kafka, fresh_kafka.topics.resources, 0.5)]  # fmt: skip
+    assert sorted(kinds) == ["result"] * len(intents) + ["write"] * len(intents)
