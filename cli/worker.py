@@ -47,7 +47,7 @@ import click
 @click.option(
     "--detectors/--no-detectors",
     default=False,
-    help="Run the loop detector too, with the audit publisher (rules: "
+    help="Run the loop and race detectors too, with the audit publisher (rules: "
     "WAKELINE_DETECTION_RULES, docs/detection.md). Off by default for now.",
 )
 @click.option(
@@ -78,7 +78,7 @@ def worker(
     GIL of its own) that dies with this one; `--single-process` keeps both here. Run
     several for more throughput: they share the events topic's partitions (builder) and
     the ledger topic's (audit publisher). `--no-audit` / `--no-builder` run one role only.
-    `--detectors` runs the loop detector too, with the audit publisher.
+    `--detectors` runs the loop and race detectors too, with the audit publisher.
     `--metrics-port N` serves Prometheus metrics on N (the audit child's on N + 1).
     """
     from wakeline.processors.shutdown import install_boot_handlers

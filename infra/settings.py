@@ -391,6 +391,11 @@ class Topics:
         return self.prefix + "quarantines"
 
     @property
+    def resources(self) -> str:
+        """Tool calls re-keyed by resource key, for the race detector (processors/races.py)."""
+        return self.prefix + "resources"
+
+    @property
     def schemas(self) -> str:
         return self.prefix + "schemas"
 
@@ -405,6 +410,7 @@ class Topics:
             self.audit,
             self.alerts,
             self.quarantines,
+            self.resources,
             self.schemas,
             self.dlq,
         )

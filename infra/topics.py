@@ -30,6 +30,8 @@ def topic_specs(settings: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(t.audit, n, {}),
         TopicSpec(t.alerts, n, {}),
         TopicSpec(t.quarantines, n, dict(_COMPACTED)),
+        # the race detector's repartition: re-read on assignment for one window only
+        TopicSpec(t.resources, n, {}),
         TopicSpec(t.schemas, 1, dict(_COMPACTED)),
         TopicSpec(t.dlq, n, dict(_FOREVER)),
     ]

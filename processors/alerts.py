@@ -99,7 +99,21 @@ def incident_outputs(
         related_event_ids=related,
         attributes={**attrs, "action": action if scope else "alert"},
     )
-    key = alert["workflow_id"].encode()
+    return alert_outputs(alert, topics=topics, scope=scope, partition=partition)
+
+
+def alert_outputs(
+    alert: Mapping[str, Any],
+    *,
+    topics: Topics,
+    scope: str | None = None,
+    partition: int | None = None,
+) -> list[Output]:
+    """An Alert event's outputs: on the alerts topic and on its workflow's partition of the
+    events topic, then, when `scope` is a quarantine scope (workflow, run), a Quarantine of
+    that scope there too, caused by the alert. Every detector's incidents go out this way."""
+    rule = str(alert.get("detector") or "detector")
+    key = alert["workflow_id"].encode("utf-8", "surrogatepass")
     value = encode_event(alert)
     headers = cloudevents_headers(alert)
     events = topics.events
@@ -108,11 +122,11 @@ def incident_outputs(
         Output(events, value, key, headers, partition, tag=("alert", alert["event_id"])),
     ]
     if scope is not None:
-        q = _envelope("Quarantine", rule, envelope)
+        q = _envelope("Quarantine", rule, alert)
         q.update(
             parent_event_ids=[alert["event_id"]],
             scope=scope,
-            reason=detail,
+            reason=alert["detail"],
             by=f"{DETECTOR_AGENT}/{rule}",
             alert_id=alert["event_id"],
             tainted_event_ids=[],

@@ -1,7 +1,7 @@
 """The faust-streaming app behind `wakeline worker`: the host of the stream processors.
 
-The ledger builder, the audit publisher and the loop detector (processors/loops.py) run on
-the Kafka runner (processors/stream.py),
+The ledger builder, the audit publisher and, with `--detectors`, the loop and race detectors
+(processors/loops.py, processors/races.py) run on the Kafka runner (processors/stream.py),
 each on threads of its own inside the worker, hosted as a mode Service: batch consumption
 with confluent-kafka is ~20x faster than faust's per-event machinery (docs/decisions.md has
 the figures), and the runner gives both one way to restore, retry, commit after the sink and
@@ -31,6 +31,7 @@ from mode import Service
 
 from wakeline.errors import ConfigError, WakelineError
 from wakeline.infra import metrics as m
+from wakeline.infra.detection import DetectionRules
 from wakeline.infra.settings import KafkaSettings
 from wakeline.ledger.checkpoints import Signer, parse_body, split_note
 from wakeline.ledger.store import LedgerStore
@@ -39,6 +40,7 @@ from wakeline.schemas import default_codec
 from .auditor import Auditor, AuditProcessor
 from .checkpointing import sign_checkpoint
 from .loops import loop_runner
+from .races import race_runners
 from .schema_sync import worker_resolver
 from .service import LedgerBuilderService
 from .settings import BuilderSettings
@@ -157,7 +159,9 @@ def create_worker(
         builder = LedgerBuilderService(kafka, settings, store_factory, dsn)
         runners.append(builder)
     if settings.detectors:
-        runners.append(loop_runner(kafka, stall_after_s=settings.stall_after_s))
+        rules = DetectionRules.from_env()
+        runners.append(loop_runner(kafka, rules, stall_after_s=settings.stall_after_s))
+        runners.extend(race_runners(kafka, rules, stall_after_s=settings.stall_after_s))
     if settings.audit:
         runners.append(audit_runner(kafka, settings, store_factory))
         # frames written with schemas agents published on the schemas topic decode too
