@@ -55,13 +55,21 @@ from wakeline.ledger.records import LedgerRecord
 from wakeline.schemas import HEADER_SIZE, MAGIC, default_codec
 
 from .alerts import incident_outputs
-from .stream import COMMITTED, Applied, Assigned, KafkaRunner, Output, PublishError, RunnerSettings
+from .stream import (
+    COMMITTED,
+    Applied,
+    Assigned,
+    KafkaRunner,
+    Output,
+    PublishError,
+    Rewind,
+    RunnerSettings,
+)
 
 log = logging.getLogger(__name__)
 
 #: partitions, since (ms since the epoch) -> {partition: (first offset at/after since or
 #: None, the group's committed offset or None)}
-Positions = Callable[[list[int], int], dict[int, tuple[int | None, int | None]]]
 
 _FAILED = frozenset({"error", "aborted"})
 #: intents remembered for their results (per partition)
@@ -117,11 +125,16 @@ class LoopDetector:
     fatal: tuple[type[BaseException], ...] = ()
 
     def __init__(
-        self, rules: DetectionRules, topics: Topics, *, positions: Positions | None = None
+        self,
+        rules: DetectionRules,
+        topics: Topics,
+        *,
+        rewind: Callable[[list[int]], dict[int, tuple[int, int]]] | None = None,
     ) -> None:
         self.rules = rules
         self.topics = topics
-        self.positions = positions
+        #: partitions -> (where to start re-reading, the first offset to act on); see Rewind
+        self.rewind = rewind
         self.wait_for_sink: Callable[[], None] = lambda: None
         self._parts: dict[int, _Partition] = {}
         #: per-agent state across workflows (entries carry their partition, see revoke)
@@ -146,12 +159,11 @@ class LoopDetector:
             self._drop(p)
             self._parts[p] = _Partition()
         offsets: dict[int, int | None] = dict.fromkeys(partitions, COMMITTED)
-        if self.positions is not None and partitions:
-            since_ms = int(time.time() * 1000) - self.max_window_us // 1000
-            for p, (start, committed) in self.positions(partitions, since_ms).items():
-                if start is not None and committed is not None and start < committed:
+        if self.rewind is not None and partitions:
+            for p, (start, live) in self.rewind(partitions).items():
+                if start < live:
                     offsets[p] = start
-                    self._parts[p].quiet_until = committed
+                    self._parts[p].quiet_until = live
         return Assigned(offsets)
 
     def revoke(self, partitions: list[int]) -> None:
@@ -214,7 +226,7 @@ class LoopDetector:
         pass
 
     def close(self) -> None:
-        closer = getattr(self.positions, "close", None)
+        closer = getattr(self.rewind, "close", None)
         if closer is not None:
             closer()
 
@@ -531,53 +543,14 @@ def _describe_args(args: str, most: int = 2) -> str:
 # -- on the Kafka runner -------------------------------------------------------------------
 
 
-class KafkaPositions:
-    """`Positions` from the broker: `offsets_for_times` and the group's committed offsets,
-    through a consumer of the detector's group that never subscribes (so never joins it)."""
-
-    def __init__(self, kafka: KafkaSettings, group_id: str) -> None:
-        self.kafka = kafka
-        self.group_id = group_id
-        self._consumer: Any = None
-
-    def __call__(self, partitions: list[int], since_ms: int) -> dict[int, tuple]:
-        from confluent_kafka import Consumer, TopicPartition
-
-        if self._consumer is None:
-            self._consumer = Consumer(
-                self.kafka.client_config(
-                    **{"group.id": self.group_id, "enable.auto.commit": False, "log_level": 0}
-                )
-            )
-        topic = self.kafka.topics.events
-        committed = self._consumer.committed(
-            [TopicPartition(topic, p) for p in partitions], timeout=10
-        )
-        starts = self._consumer.offsets_for_times(
-            [TopicPartition(topic, p, since_ms) for p in partitions], timeout=10
-        )
-        done = {tp.partition: tp.offset if tp.offset >= 0 else None for tp in committed}
-        return {
-            tp.partition: (tp.offset if tp.offset >= 0 else None, done.get(tp.partition))
-            for tp in starts
-        }
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
-
-
 def loop_runner(
     kafka: KafkaSettings, rules: DetectionRules | None = None, *, stall_after_s: float = 60.0
 ) -> KafkaRunner:
     """The loop detector on the Kafka runner, group `<prefix>loop-detector`."""
     group = f"{kafka.topics.prefix}loop-detector"
-    detector = LoopDetector(
-        rules if rules is not None else DetectionRules.from_env(),
-        kafka.topics,
-        positions=KafkaPositions(kafka, group),
-    )
+    detector = LoopDetector(rules if rules is not None else DetectionRules.from_env(), kafka.topics)
+    window_s = detector.max_window_us / 1_000_000
+    detector.rewind = Rewind(kafka.client_config, group, kafka.topics.events, window_s)
     return KafkaRunner(
         detector,
         kafka.topics.events,

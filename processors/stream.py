@@ -637,6 +637,77 @@ class KafkaRunner:
         return out
 
 
+# -- restoring windowed state ------------------------------------------------------------------
+
+
+class Rewind:
+    """Per partition, (where to start reading, the first offset to act on): one window
+    before the last committed record (before now for a new group), and the group's
+    committed offset. A consumer of its own (never subscribed) asks the broker, so it works
+    from inside the runner's rebalance callback."""
+
+    def __init__(
+        self,
+        client_config: Callable[..., dict[str, Any]],
+        group_id: str,
+        topic: str,
+        window_s: float,
+    ) -> None:
+        self._config = client_config
+        self.group_id = group_id
+        self.topic = topic
+        self.window_s = window_s
+        self._consumer: Any = None
+
+    def __call__(self, partitions: list[int]) -> dict[int, tuple[int, int]]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        if self._consumer is None:
+            self._consumer = Consumer(
+                self._config(**{"group.id": self.group_id, "enable.auto.commit": False})
+            )
+        c = self._consumer
+        committed = c.committed([TopicPartition(self.topic, p) for p in partitions], timeout=10)
+        now_ms = int(time.time() * 1000)
+        wanted = []
+        for tp in committed:
+            # one window before the committed position, not before now: a group that lags
+            # (a backlog) needs the window its next records belong to
+            at = self._time_at(tp.partition, tp.offset - 1) if tp.offset > 0 else None
+            since = min(now_ms, at if at is not None else now_ms) - int(self.window_s * 1000)
+            wanted.append(TopicPartition(self.topic, tp.partition, max(since, 0)))
+        found = c.offsets_for_times(wanted, timeout=10)
+        out = {}
+        for tp_c, tp_t in zip(committed, found, strict=True):
+            p = tp_c.partition
+            start = tp_t.offset
+            if start < 0:  # nothing that recent: start at the end
+                start = c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+            live = tp_c.offset if tp_c.offset >= 0 else start
+            out[p] = (min(start, live), live)
+        return out
+
+    def _time_at(self, partition: int, offset: int) -> int | None:
+        """The broker timestamp (ms) of the record at `offset`, None if it cannot be read."""
+        from confluent_kafka import TopicPartition
+
+        c = self._consumer
+        c.assign([TopicPartition(self.topic, partition, offset)])
+        try:
+            for m in c.consume(1, 5):
+                if m.error() is None:
+                    return int(m.timestamp()[1])
+            return None
+        finally:
+            c.unassign()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close()
+            self._consumer = None
+
+
 # -- the in-memory runner ----------------------------------------------------------------------
 
 

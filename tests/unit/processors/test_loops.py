@@ -239,7 +239,7 @@ def test_replay_below_the_committed_offset_does_not_alert_again() -> None:
     assert len(s.alerts()) == 1
     # a new owner re-reads the window: offsets below the committed one are replayed quietly
     first = 0
-    s2 = Stream(positions=lambda ps, since: {p: (first, 6) for p in ps})
+    s2 = Stream(rewind=lambda ps: {p: (first, 6) for p in ps})
     assert s2.runner.starts == {0: 0, 1: 0}
     for i, e in enumerate(events):
         rec = LedgerRecord(0, i, 0, b"wf-1", encode_event(e), cloudevents_headers(e))
