@@ -18,7 +18,9 @@ the same verdicts as the live run.
   `repeat`'s.
 - `ping_pong`: per workflow, the sequence of calls (agent, tool, argument digest), runs of
   the same call collapsed, ends in a cycle of 2 or 3 distinct calls repeated `cycles` times
-  within `window_s`. A cycle whose calls are made by different agents is a hand-off loop.
+  within `window_s`, over at least two tools or two agents (one tool alternating between two
+  arguments, re-reading two customers, is not a cycle). A cycle whose calls are made by
+  different agents is a hand-off loop.
   Calls with new arguments each time (a planner and an executor at work, pagination) are
   not a cycle.
 - `rate`: more intents within `window_s` than `per_workflow`, `per_agent` or `per_tool`.
@@ -388,6 +390,8 @@ class LoopDetector:
             cycle = [c[0] for c in tail[:length]]
             if len(set(cycle)) != length:
                 continue
+            if len({(a, tl) for a, tl, _ in cycle}) < 2:
+                continue  # one tool of one agent with alternating arguments: re-reads, not a cycle
             if all(tail[i][0] == tail[i - length][0] for i in range(length, n)):
                 if wf in part.cycling:
                     return None
