@@ -80,7 +80,9 @@ def benign(seed: int = 0, rate: int = 0):  # noqa: ANN201 - a generator of event
 
 def _pairs(n: int):  # noqa: ANN202 - a generator of events
     """One legitimate step: a write, a re-read, a page, or a failed call retried."""
-    wf, agent = f"wf-{n % 500:04d}", f"agent-{n % 50:02d}"
+    # the agent is not a function of the step's kind (n % 10): with n % 50, five agents made
+    # every retried capture, over the default per-agent rate ceiling, which is an alert
+    wf, agent = f"wf-{n % 500:04d}", f"agent-{(n // 10) % 50:02d}"
     kind = n % 10
     if kind < 6:  # a write with its own arguments
         tool = f"svc{n % 7}.update"

@@ -104,7 +104,7 @@ RULES: Mapping[str, tuple[Rule, str, str]] = MappingProxyType(
             "times within `window_s`",
         ),
         "rate": (
-            Rule(window_s=10.0, per_workflow=200, per_agent=1000, per_tool=5000),
+            Rule(window_s=10.0, per_workflow=200, per_agent=1000, per_tool=20_000),
             "alert",
             "more calls within `window_s` than `per_workflow`, `per_agent` or `per_tool`",
         ),

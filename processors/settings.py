@@ -33,9 +33,9 @@ class BuilderSettings:
     builder: bool = True
     #: run the audit publisher (audit + DLQ records per ledgered record) in this worker
     audit: bool = True
-    #: run the detectors (loop detector, processors/loops.py) in this worker: opt-in
-    #: (`wakeline worker --detectors`) until they meet their throughput and false-alert
-    #: targets (bench/detect.py)
+    #: run the loop and race detectors (processors/loops.py, races.py) in this worker:
+    #: opt-in (`wakeline worker --detectors`): they write alerts and quarantines, and the
+    #: test suite's sample traffic is not written to stay under their thresholds
     detectors: bool = False
     #: results whose intent is remembered for the summary ("called X for Y: ok")
     intent_cache_size: int = 200_000
