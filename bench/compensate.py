@@ -71,30 +71,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 def background(kafka: KafkaSettings, rate: int, stop: Any, out: Any) -> None:
-    """Produce other workflows' intents and results at `rate` events/s until `stop` is set;
-    puts (events, seconds) on `out`."""
-    from confluent_kafka import Producer
+    """Other workflows' intents and results at `rate` events/s until `stop` is set; puts
+    (events, seconds) on `out`."""
+    from wakeline.testkit.samples import produce_at_rate, traffic
 
-    from wakeline.testkit.samples import frames, traffic
-
-    p = Producer(kafka.client_config(**{"linger.ms": 5}))
-    gen = traffic(1 << 40, workflows=500)
-    sent, t0 = 0, time.perf_counter()
-    while not stop.is_set():
-        due = int((time.perf_counter() - t0) * rate) + 1
-        while sent < due:
-            key, value, headers = frames(next(gen))
-            try:
-                p.produce(kafka.topics.events, key=key, value=value, headers=headers)
-            except BufferError:
-                p.poll(0.01)
-                continue
-            sent += 1
-        p.poll(0)
-        time.sleep(0.001)
-    elapsed = time.perf_counter() - t0
-    p.flush(30)
-    out.put((sent, elapsed))
+    produce_at_rate(kafka, traffic(1 << 40, workflows=500), rate, stop, out)
 
 
 class Load:

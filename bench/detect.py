@@ -125,27 +125,9 @@ def _produce(kafka: KafkaSettings, events: Any, count: int) -> None:
 
 def background(kafka: KafkaSettings, rate: int, stop: Any, out: Any) -> None:
     """Produce benign events at `rate` events/s until `stop` is set; (events, s) on `out`."""
-    from confluent_kafka import Producer
+    from wakeline.testkit.samples import produce_at_rate
 
-    p = Producer(kafka.client_config(**{"linger.ms": 5}))
-    gen = benign(10_000_000)
-    sent, t0 = 0, time.perf_counter()
-    while not stop.is_set():
-        due = int((time.perf_counter() - t0) * rate) + 1
-        while sent < due:
-            e = next(gen)
-            try:
-                p.produce(kafka.topics.events, encode_event(e), e["workflow_id"].encode(),
-                          headers=cloudevents_headers(e))  # fmt: skip
-            except BufferError:
-                p.poll(0.01)
-                continue
-            sent += 1
-        p.poll(0)
-        time.sleep(0.001)
-    elapsed = time.perf_counter() - t0
-    p.flush(30)
-    out.put((sent, elapsed))
+    produce_at_rate(kafka, benign(10_000_000), rate, stop, out)
 
 
 def pct(values: list[float], q: float) -> float:

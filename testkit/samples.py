@@ -79,3 +79,30 @@ def traffic(count: int, workflows: int = 64) -> Iterator[dict[str, Any]]:
             yield e
         else:
             yield result(pending)
+
+
+def produce_at_rate(
+    kafka: Any, events: Iterator[dict[str, Any]], rate: int, stop: Any, out: Any
+) -> None:
+    """Produce `events` to the events topic at `rate` events/s until `stop` (an Event) is set,
+    then put (events sent, seconds) on `out`: the benchmarks' background traffic, run in a
+    process of its own so it does not share the measured process's GIL."""
+    from confluent_kafka import Producer
+
+    p = Producer(kafka.client_config(**{"linger.ms": 5}))
+    sent, t0 = 0, time.perf_counter()
+    while not stop.is_set():
+        due = int((time.perf_counter() - t0) * rate) + 1
+        while sent < due:
+            key, value, headers = frames(next(events))
+            try:
+                p.produce(kafka.topics.events, key=key, value=value, headers=headers)
+            except BufferError:
+                p.poll(0.01)
+                continue
+            sent += 1
+        p.poll(0)
+        time.sleep(0.001)
+    elapsed = time.perf_counter() - t0
+    p.flush(30)
+    out.put((sent, elapsed))
