@@ -11,8 +11,10 @@ byte of an exported bundle (the charged amount) is caught and located by `ledger
 Then (demo/compensation.py) a second agent acts on the example outside world, is
 quarantined, and the compensator undoes its calls newest first (the CRM record restored, the
 charge refunded) and escalates what it cannot undo (a delivered e-mail) with an incident
-report; the world's tables are checked, and the ledger, compensator events included,
-verified again.
+report; the world's tables are checked. Last (demo/detection.py), the worker's detectors
+catch a charge re-issued through two agent processes (quarantined, refunded) and two agents
+racing on one CRM record (alerted), and the ledger, every event of the three acts included,
+is verified again.
 
 Exit status is non-zero if any step does not behave: the demo is a test a person can watch.
 """
@@ -152,6 +154,7 @@ def run_demo(kafka: KafkaSettings, database: DatabaseSettings, *, console: Conso
     console.rule("[bold]1. The ledger worker starts")
     worker = start_worker(
         kafka, database.dsn, "--segment-max-age-ms", "200", "--checkpoint-interval-s", "0",
+        "--detectors",
         log_path=str(out_dir / "worker.log"),
     )  # fmt: skip
     console.print(f"  wakeline worker pid {worker.pid} (log: {out_dir / 'worker.log'})")
@@ -249,7 +252,12 @@ def run_demo(kafka: KafkaSettings, database: DatabaseSettings, *, console: Conso
             report["compensation"] = run_act(
                 kafka, database, store, home, out_dir, console=console, step=9
             )
-            console.rule("[bold]15. The auditor verifies the ledger again")
+            from wakeline.demo.detection import run_act as detection_act
+
+            report["detection"] = detection_act(
+                kafka, database, home, out_dir, console=console, step=15
+            )
+            console.rule("[bold]17. The auditor verifies the ledger again")
             again = verify_store(store, trusted_keys=[vkey])
             console.print(f"  from PostgreSQL: [bold]{again.verdict}[/] {again.stats}")
             if not again.ok:

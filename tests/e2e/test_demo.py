@@ -32,3 +32,7 @@ def test_demo_ledgers_verifies_and_catches_the_forged_amount(
     assert len(act["tasks"]) == 2  # the delivered e-mail, and the plan's incident report
     assert "4000 0000 0000 0077" not in text and "4000000000000077" not in text
     assert "2 call(s) undone, 1 call(s) need a human" in text
+    detection = report["detection"]
+    assert detection["loop_refunds"] == 1
+    assert "billing-bot called payments.charge" in detection["loop_alert"]
+    assert "crm" in detection["race_alert"]

@@ -1,0 +1,132 @@
+"""The demo's third act: the worker's detectors catch what no single agent process sees.
+
+An orchestrator re-issues the same charge through two SDK processes (each sees too few
+repeats to refuse it): the worker's loop detector raises an alert and quarantines the
+workflow, and the compensator refunds the charge. Then two agents, in different workflows,
+update one CRM record at the same time: the race detector raises an alert naming both.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from wakeline.demo.compensation import ActFailed, _rows, _wait
+from wakeline.infra.settings import DatabaseSettings, KafkaSettings
+
+
+def _alerts(kafka: KafkaSettings, **match: str) -> list[dict[str, Any]]:
+    from wakeline.schemas import decode_event
+    from wakeline.testkit.harness import read_topic
+
+    out = []
+    for m in read_topic(kafka, kafka.topics.alerts, idle=0.5):
+        e = decode_event(m.value())
+        if all(e.get(k) == v for k, v in match.items()):
+            out.append(e)
+    return out
+
+
+def run_act(
+    kafka: KafkaSettings,
+    database: DatabaseSettings,
+    home: Path,
+    out_dir: Path,
+    *,
+    console: Console,
+    step: int,
+) -> dict[str, Any]:
+    from wakeline.producers import Emitter
+    from wakeline.producers.errors import GateRefused
+    from wakeline.testkit.harness import start_compensator, stop_worker
+    from wakeline_world import World
+    from wakeline_world.tools import registry
+
+    dsn = database.dsn
+    world = World(dsn).install()
+    report: dict[str, Any] = {}
+    comp = start_compensator(
+        kafka, dsn, "--handlers", "wakeline_world.undo",
+        log_path=str(out_dir / "compensator-2.log"), env={"WAKELINE_WORLD_DSN": dsn},
+    )  # fmt: skip
+    emitters = [
+        Emitter(
+            kafka,
+            spool_dir=home / "spool" / f"demo-loop-{i}",
+            registry=registry(),
+            loop_guard=False,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        console.rule(f"[bold]{step}. A runaway loop across two agent processes")
+        wf = f"orchestrator-{uuid.uuid4().hex[:8]}"
+        ctxs = [e.workflow(wf, agent_id="billing-bot", principal="ops@example.com")
+                for e in emitters]  # fmt: skip
+        args = {"customer": "cus_123", "amount_cents": 4200, "currency": "EUR",
+                "idempotency_key": f"order-{wf}"}  # fmt: skip
+        charged, refused = [], 0
+        for i in range(16):  # the orchestrator re-issues the charge through either process
+            try:
+                charged.append(
+                    ctxs[i % 2].call("payments.charge", world.tool("payments.charge"), args)
+                )
+            except GateRefused:
+                refused += 1
+            time.sleep(0.25)
+        (alert,) = _wait(lambda: _alerts(kafka, workflow_id=wf, detector="repeat"), 30,
+                         "the loop alert")  # fmt: skip
+        console.print(f"  [bold]alert[/] ({alert['detector']}): {alert['detail']}",
+                      highlight=False)  # fmt: skip
+        console.print(
+            f"  {len(charged)} charge call(s) ran, {refused} refused once the detector's "
+            "quarantine reached the SDK gates"
+        )
+        if refused == 0:
+            raise ActFailed("the detector's quarantine never reached the SDK's gate")
+        qid = _wait(
+            lambda: _rows(dsn, "SELECT quarantine_id FROM compensator_plans WHERE workflow_id = "
+                          "%s AND state = 'done'", wf),
+            60, "the compensation of the loop",
+        )[0][0]  # fmt: skip
+        charge_ids = {c["charge_id"] for c in charged}
+        refunds = [r for c in charge_ids for r in world.payments.refunds(c)]
+        console.print(
+            f"  quarantine {qid} by the detector; the compensator refunded "
+            f"{', '.join(sorted(charge_ids))} ({len(refunds)} refund)"
+        )
+        if len(charge_ids) != 1 or len(refunds) != 1:
+            raise ActFailed(f"{len(charge_ids)} charge(s), {len(refunds)} refund(s): want 1, 1")
+        report["loop_alert"] = alert["detail"]
+        report["loop_refunds"] = len(refunds)
+
+        console.rule(f"[bold]{step + 1}. A race: two agents update one CRM record at once")
+        record = f"crm-{uuid.uuid4().hex[:6]}"
+        a = emitters[0].workflow(f"sync-{uuid.uuid4().hex[:6]}", agent_id="crm-sync",
+                                 principal="ops@example.com")  # fmt: skip
+        b = emitters[1].workflow(f"support-{uuid.uuid4().hex[:6]}", agent_id="support-bot",
+                                 principal="ops@example.com")  # fmt: skip
+        calls = []
+        for ctx, fields in ((a, {"tier": "gold"}), (b, {"tier": "bronze"})):
+            args = {"record_id": record, "fields": fields,
+                    "idempotency_key": f"{ctx.agent_id}/{uuid.uuid4()}"}  # fmt: skip
+            calls.append(ctx.begin("crm.update", args))  # both begin before either ends
+        for call in calls:
+            call.ok(world.crm.update(**call.args))
+        for e in emitters:
+            e.flush(15)
+        (race,) = _wait(lambda: _alerts(kafka, resource=f"crm:{record}"), 60, "the race alert")
+        console.print(f"  [bold]alert[/] ({race['detector']}): {race['detail']}",
+                      highlight=False)  # fmt: skip
+        if not {c.intent_id for c in calls} <= set(race["related_event_ids"]):
+            raise ActFailed("the race alert does not name both intents")
+        report["race_alert"] = race["detail"]
+    finally:
+        for e in emitters:
+            e.close(15)
+        stop_worker(comp)
+    return report
