@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from wakeline.compensator import report as reports
-from wakeline.compensator.plan import Scope, Step, build_plan
+from wakeline.compensator.plan import Scope, Step, build_plan, supersedes
 from wakeline.compensator.processor import (
     AGENT,
     decode_frames,
@@ -48,7 +48,6 @@ from wakeline.compensator.store import (
     TERMINAL,
     CompensatorStore,
     Lease,
-    Plan,
     workflow_key,
 )
 from wakeline.infra.settings import Topics
@@ -236,39 +235,22 @@ class Executor:
             ctx = self._contexts.get(qid)
         if ctx is not None:
             return ctx
-        plan_rows = [p for p in self._active_plans_of(qid)]
-        if not plan_rows or plan_rows[0].value is None:
+        plan = self.store.plan_with_frame(qid)
+        if plan is None or plan.value is None:
             raise LookupError(f"plan {qid} has no stored quarantine")
-        q = self.decode(plan_rows[0].value)
+        q = self.decode(plan.value)
         events, positions = decode_frames(
             self.store.events_of(workflow_key(q["workflow_id"])), self.decode
         )
         intents = {e["event_id"]: e for e in events if e["type"] == "ToolIntent"}
         results: dict[str, dict[str, Any]] = {}
         for e in events:
-            if e["type"] == "ToolResult":
-                prior = results.get(e["intent_id"])
-                if prior is None or (e["status"] == "ok" and prior["status"] != "ok"):
-                    results[e["intent_id"]] = e
+            if e["type"] == "ToolResult" and supersedes(e, results.get(e["intent_id"])):
+                results[e["intent_id"]] = e
         ctx = _Context(q, events, positions, intents, results)
         with self._lock:
             self._contexts[qid] = ctx
         return ctx
-
-    def _active_plans_of(self, qid: str) -> list[Plan]:
-        with self.store.statement() as cur:
-            cur.execute(
-                "SELECT p.quarantine_id, p.partition, p.workflow_key, p.workflow_id, p.state, "
-                "e.value FROM compensator_plans p LEFT JOIN compensator_events e ON "
-                'e.topic = p.topic AND e.partition = p.partition AND e."offset" = p."offset"'
-                " WHERE p.quarantine_id = %s",
-                (qid,),
-            )
-            rows = cur.fetchall()
-        return [
-            Plan(r[0], int(r[1]), bytes(r[2]), r[3], r[4], None if r[5] is None else bytes(r[5]))
-            for r in rows
-        ]
 
     # -- one attempt ---------------------------------------------------------------------------
     def _attempt(self, qid: str, partition: int, action: Any, lease: Lease) -> str | None:

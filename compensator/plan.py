@@ -172,9 +172,8 @@ def build_plan(
             if call is None:
                 continue  # a result of a call out of scope (or never seen)
             tainted.add(event["event_id"])
-            took_effect = event.get("status") == "ok" and call.result is not None
-            if call.result is None or (took_effect and call.result.get("status") != "ok"):
-                call.result = event  # duplicates: the one that says the call took effect
+            if supersedes(event, call.result):
+                call.result = event
         elif kind in ("CompensationStarted", "CompensationResult", "Escalation"):
             compensator.append(event)
         elif scope.kind == "tainted":
@@ -186,6 +185,12 @@ def build_plan(
         for call in sorted(calls.values(), key=lambda c: c.index, reverse=True)
     ]
     return steps
+
+
+def supersedes(result: Mapping[str, Any], prior: Mapping[str, Any] | None) -> bool:
+    """Whether `result` replaces `prior` as a call's result: the first one counts, and of
+    duplicates the one that says the call took effect (`ok`)."""
+    return prior is None or (result.get("status") == "ok" and prior.get("status") != "ok")
 
 
 def active_quarantine(events: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:

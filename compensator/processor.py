@@ -35,6 +35,7 @@ from wakeline.compensator.store import (
 from wakeline.infra.settings import Topics
 from wakeline.ledger.records import LedgerRecord
 from wakeline.processors.audit import clip
+from wakeline.processors.auditor import dlq_record
 from wakeline.processors.stream import COMMITTED, Applied, Assigned, Output, PublishError
 
 if TYPE_CHECKING:
@@ -287,20 +288,9 @@ class CompensatorProcessor:
             r.offset,
             clip(reason, 300),
         )
-        headers = [
-            ("wakeline_dlq_reason", (clip(reason, 4000) or "").encode("utf-8", "replace")),
-            ("wakeline_dlq_component", b"compensator"),
-            ("wakeline_dlq_topic", self.topics.events.encode()),
-            ("wakeline_dlq_partition", str(r.partition).encode()),
-            ("wakeline_dlq_offset", str(r.offset).encode()),
-        ]
-        value, key = r.value, r.key
-        if len(value or b"") + len(key or b"") + 16_384 > self.max_record_bytes:
-            digest = blake3.blake3(value or b"").hexdigest()
-            headers.append(("wakeline_dlq_value_blake3", digest.encode()))
-            value, key = None, None if key is None else key[:1024]
-        else:
-            headers = [*r.headers, *headers]
+        value, key, headers = dlq_record(
+            r, reason, self.topics.events, None, self.max_record_bytes, component="compensator"
+        )
         return Output(self.topics.dlq, value, key, headers)
 
     def _quarantine_output(self, key: bytes, value: bytes | None) -> Output | None:

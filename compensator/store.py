@@ -246,11 +246,20 @@ class CompensatorStore:
         if ps:
             where.append("p.partition = ANY(%s)")
             args.append(ps)
+        return self._plans(cur, " AND ".join(where), args)
+
+    def plan_with_frame(self, quarantine_id: str) -> Plan | None:
+        """One plan, whatever its state, with its Quarantine's frame."""
+        with self.statement() as cur:
+            found = self._plans(cur, "p.quarantine_id = %s", [quarantine_id])
+        return found[0] if found else None
+
+    def _plans(self, cur: psycopg.Cursor, where: str, args: list[Any]) -> list[Plan]:
         cur.execute(
             "SELECT p.quarantine_id, p.partition, p.workflow_key, p.workflow_id, p.state, e.value "
             "FROM compensator_plans p LEFT JOIN compensator_events e ON e.topic = p.topic AND "
             'e.partition = p.partition AND e."offset" = p."offset" '
-            f"WHERE {' AND '.join(where)} ORDER BY p.created_at",
+            f"WHERE {where} ORDER BY p.created_at",
             args,
         )
         return [

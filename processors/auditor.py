@@ -61,31 +61,47 @@ def decode_record(record: LedgerRecord) -> tuple[dict[str, Any] | None, str | No
 
 
 def _dlq_position(
-    record: LedgerRecord, reason: str, events_topic: str, leaf_hash: bytes
+    record: LedgerRecord,
+    reason: str,
+    events_topic: str,
+    leaf_hash: bytes | None,
+    component: str | None,
 ) -> list[tuple[str, bytes]]:
-    return [
+    headers = [
         ("wakeline_dlq_reason", (clip(reason, 4000) or "").encode("utf-8", "replace")),
         ("wakeline_dlq_topic", events_topic.encode()),
         ("wakeline_dlq_partition", str(record.partition).encode()),
         ("wakeline_dlq_offset", str(record.offset).encode()),
-        ("wakeline_leaf_hash", leaf_hash.hex().encode()),
     ]
+    if leaf_hash is not None:
+        headers.append(("wakeline_leaf_hash", leaf_hash.hex().encode()))
+    if component is not None:
+        headers.append(("wakeline_dlq_component", component.encode()))
+    return headers
 
 
 def dlq_record(
-    record: LedgerRecord, reason: str, events_topic: str, leaf_hash: bytes, max_bytes: int
+    record: LedgerRecord,
+    reason: str,
+    events_topic: str,
+    leaf_hash: bytes | None,
+    max_bytes: int,
+    *,
+    component: str | None = None,
 ) -> tuple[bytes | None, bytes | None, list[tuple[str, Any]]]:
-    """(value, key, headers) of the DLQ copy of a ledgered record, within `max_bytes`.
+    """(value, key, headers) of the DLQ copy of a consumed record, within `max_bytes`.
 
     The copy carries the record's value, key and headers as they came, plus where it sits
-    in the ledger and why it is here. Too large, it keeps only what fits: the value is
+    (its leaf hash when it is ledgered), which component sent it (`component`, when not the
+    audit publisher) and why it is here. Too large, it keeps only what fits: the value is
     replaced by its BLAKE3 (`wakeline_dlq_value_blake3`), the original headers are dropped
     (`wakeline_dlq_headers_dropped` says how many) and a long key is replaced by its digest;
     the ledger leaf holds every byte."""
-    headers = [*record.headers, *_dlq_position(record, reason, events_topic, leaf_hash)]
+    position = _dlq_position(record, reason, events_topic, leaf_hash, component)
+    headers = [*record.headers, *position]
     if record_size(record.key, record.value, headers) <= max_bytes:
         return record.value, record.key, headers
-    headers = _dlq_position(record, reason, events_topic, leaf_hash)
+    headers = position
     value = record.value
     if value is not None and len(value) + 16_384 > max_bytes:
         headers.append(("wakeline_dlq_value_blake3", blake3.blake3(value).hexdigest().encode()))
