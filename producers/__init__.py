@@ -31,6 +31,8 @@ from wakeline.producers.errors import (
 )
 from wakeline.producers.gates import (
     AlertSpec,
+    ApproverGroup,
+    Authorizer,
     Gate,
     GateCall,
     LoopGuard,
@@ -59,6 +61,8 @@ from wakeline.producers.transport import (
 __all__ = [
     "REDACTED",
     "AlertSpec",
+    "ApproverGroup",
+    "Authorizer",
     "ApprovalRequired",
     "Canonical",
     "Emitter",

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from wakeline.infra.settings import KafkaSettings, StackSettings
 from wakeline.producers.canonical import DEFAULT_MAX_PAYLOAD
 from wakeline.producers.gates import (
+    Authorizer,
     Gate,
     LoopGuard,
     PolicyGate,
@@ -71,6 +72,7 @@ class Emitter:
         registry: ToolRegistry | None = None,
         source: str = "wakeline-sdk",
         policy: PolicyHook = allow_all,
+        authorizer: Authorizer | None = None,
         loop_guard: LoopGuard | bool = True,
         quarantine_gate: QuarantineGate | bool = True,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD,
@@ -84,7 +86,9 @@ class Emitter:
         self.kafka = kafka
         self.registry = registry if registry is not None else ToolRegistry()
         self.source = source
-        self._policy_gate = PolicyGate(policy)
+        #: `authorizer` turns require_approval into a wait for a signed approval (or an
+        #: allow by a standing grant); without one such calls are refused
+        self._policy_gate = PolicyGate(policy, authorizer)
         self._loop_guard: LoopGuard | None = LoopGuard() if loop_guard is True else None
         if isinstance(loop_guard, LoopGuard):
             self._loop_guard = loop_guard

@@ -66,10 +66,36 @@ class PolicyRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ApproverGroup:
+    """Who may approve: a named group of principals, each with its Ed25519 public key (32 raw
+    bytes), as a policy file lists them. An approval counts only when signed by a member's key."""
+
+    name: str
+    members: Mapping[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyDecision:
+    """What a policy decided about one call, and what the intent records of it.
+
+    `rule` names the rule that decided and `version` is the policy's digest (hex), so every
+    decision says which policy version made it; `shadow` lists what shadow-mode rules would
+    have decided (recorded, never enforced). For `require_approval`: the `approvers` group, the
+    `quorum` of distinct approvers needed and the `timeout_s` after which the call is denied.
+    An approvals gate fills `approval_id` (the ApprovalRequested's event id, known before the
+    intent is framed) or `grant_id` (the standing grant that authorized the call instead)."""
+
     outcome: Outcome
     reason: str = ""
     policy: str = "default"
+    rule: str = ""
+    version: str = ""
+    shadow: tuple[str, ...] = ()
+    approvers: ApproverGroup | None = None
+    quorum: int = 1
+    timeout_s: float = 300.0
+    approval_id: str | None = None
+    grant_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -77,6 +103,20 @@ class PolicyDecision:
 
 
 PolicyHook = Callable[[PolicyRequest], PolicyDecision]
+
+
+class Authorizer(Protocol):
+    """What turns a `require_approval` decision into a wait (or an allow) in `PolicyGate`:
+    `grant_for` names a standing grant that covers the call (None: none does), `request`
+    starts an approval request and returns the waiter the call blocks on, with the decision
+    to record (its `approval_id` set)."""
+
+    def grant_for(self, call: GateCall, decision: PolicyDecision) -> str | None: ...
+
+    def request(
+        self, call: GateCall, decision: PolicyDecision
+    ) -> tuple[Waiter, PolicyDecision]: ...
+
 
 ALLOW_ALL = PolicyDecision("allow", "no policy configured", "allow-all")
 
@@ -172,7 +212,10 @@ class Gate(Protocol):
 
 
 class Waiter(Protocol):
-    """What a waiting call blocks on; `Pending` is the ready-made one."""
+    """What a waiting call blocks on; `Pending` is the ready-made one. A waiter that also has
+    `started(call)` is told once the call's intent is sent (the `ToolCall`, with its
+    `intent_id` and frame), before the call blocks: an approvals waiter emits its
+    ApprovalRequested there, bound to that exact intent."""
 
     def wait(self, timeout: float) -> Verdict | None: ...
 
@@ -235,13 +278,15 @@ def timed_out(gate: str, verdict: Verdict, tool: str) -> Verdict:
 
 
 class PolicyGate:
-    """The policy hook as a gate: deny refuses; require_approval refuses too (no approvals
-    gate is installed to wait for one: put such a gate before this one)."""
+    """The policy hook as a gate: deny refuses; require_approval waits for an approval when
+    an `Authorizer` is installed (or is allowed by a standing grant it finds), and is refused
+    without one (fail closed)."""
 
     name = "policy"
 
-    def __init__(self, policy: PolicyHook) -> None:
+    def __init__(self, policy: PolicyHook, authorizer: Authorizer | None = None) -> None:
         self.policy = policy
+        self.authorizer = authorizer
 
     def decide(self, call: GateCall) -> Verdict | None:
         if self.policy is allow_all:  # the default: no request object to build
@@ -260,17 +305,23 @@ class PolicyGate:
             )
         )
         # a policy sees the raw arguments; what it says is recorded, so it is scrubbed
-        decision = PolicyDecision(
-            decision.outcome, call.scrub(decision.reason), call.scrub(decision.policy)
+        decision = replace(
+            decision, reason=call.scrub(decision.reason), policy=call.scrub(decision.policy)
         )
         name = call.spec.name
         if decision.outcome == "deny":
             why = f"policy {decision.policy} denied {name}: {decision.reason}"
             return Verdict.refuse(PolicyDenied(why), decision)
         if decision.outcome == "require_approval":
+            if self.authorizer is not None:
+                grant = self.authorizer.grant_for(call, decision)
+                if grant is not None:
+                    return Verdict.allow(replace(decision, grant_id=grant))
+                waiter, decision = self.authorizer.request(call, decision)
+                return Verdict.wait(waiter, decision, decision.timeout_s)
             why = (
                 f"policy {decision.policy} requires approval for {name} ({decision.reason}); "
-                "no approvals gate is installed, so the call is refused"
+                "no approvals are configured, so the call is refused"
             )
             return Verdict.refuse(ApprovalRequired(why), decision)
         return Verdict.allow(decision)

@@ -199,6 +199,7 @@ class WorkflowContext:
         self._send(call.intent_id, *call.frame, call.strict)
         if call.alert is not None:
             call._alert(call.alert)
+        call._started()
         while call.verdict is not None and call.verdict.outcome == "wait":
             v = call.verdict
             call.verdict = self._after_wait(call, v.waiter.wait(v.timeout_s))  # type: ignore[union-attr]
@@ -219,6 +220,7 @@ class WorkflowContext:
         await self._asend(call.intent_id, *call.frame, call.strict)
         if call.alert is not None:
             call._alert(call.alert)
+        call._started()
         while call.verdict is not None and call.verdict.outcome == "wait":
             v = call.verdict
             got = await v.waiter.wait_async(v.timeout_s)  # type: ignore[union-attr]
@@ -553,6 +555,14 @@ class ToolCall:
             error_type="Aborted",
             error_message=scrub_text(reason, self.scrub, MAX_ERROR_MESSAGE),
         )
+
+    def _started(self) -> None:
+        """The intent is sent: tell a waiter that wants to know (`Waiter.started`)."""
+        verdict = self.verdict
+        if verdict is not None and verdict.outcome == "wait":
+            started = getattr(verdict.waiter, "started", None)
+            if started is not None:
+                started(self)
 
     def _refuse(self) -> None:
         verdict = self.verdict

@@ -110,6 +110,10 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "by": "detector:loop",
         "alert_id": "01939b6e-0000-7000-8000-000000000005",
         "tainted_event_ids": ["01939b6e-0000-7000-8000-000000000006"],
+        "target": None,
+        "since": None,
+        "origin_id": "01939b6e-0000-7000-8000-000000000008",
+        "after_event_id": None,
     },
     "Release": {
         "reason": "false positive",
