@@ -396,6 +396,17 @@ class Topics:
         return self.prefix + "resources"
 
     @property
+    def approvals(self) -> str:
+        """Signed approval decisions, compacted, keyed `<request id>/<approver>`: what a
+        waiting SDK call follows (each is also on the workflow's partition of events)."""
+        return self.prefix + "approvals"
+
+    @property
+    def grants(self) -> str:
+        """Standing grants and their revocations, compacted, keyed by grant id."""
+        return self.prefix + "grants"
+
+    @property
     def schemas(self) -> str:
         return self.prefix + "schemas"
 
@@ -411,6 +422,8 @@ class Topics:
             self.alerts,
             self.quarantines,
             self.resources,
+            self.approvals,
+            self.grants,
             self.schemas,
             self.dlq,
         )

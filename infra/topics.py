@@ -32,6 +32,8 @@ def topic_specs(settings: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(t.quarantines, n, dict(_COMPACTED)),
         # the race detector's repartition: re-read on assignment for one window only
         TopicSpec(t.resources, n, {}),
+        TopicSpec(t.approvals, n, dict(_COMPACTED)),
+        TopicSpec(t.grants, 1, dict(_COMPACTED)),
         TopicSpec(t.schemas, 1, dict(_COMPACTED)),
         TopicSpec(t.dlq, n, dict(_FOREVER)),
     ]

@@ -31,7 +31,7 @@ def test_prefix_partitions_and_client_extras() -> None:
         "WAKELINE_KAFKA_CONFIG": "security.protocol=SASL_SSL, sasl.mechanism=PLAIN",
     }
     k = KafkaSettings.from_env(env)
-    assert k.topics.all()[0] == "acme.events" and len(k.topics.all()) == 8
+    assert k.topics.all()[0] == "acme.events" and len(k.topics.all()) == 10
     assert k.partitions == 3
     conf = k.client_config(**{"group.id": "g"})
     assert conf["security.protocol"] == "SASL_SSL" and conf["group.id"] == "g"

@@ -80,6 +80,9 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "reason": "destructive tool",
         "approvers": ["group:sre"],
         "expires_at": T0 + 900_000_000,
+        "quorum": 2,
+        "approver_keys": {"alice@example.com": "ed25519:" + "B" * 43 + "="},
+        "policy_version": "ab" * 32,
     },
     "ApprovalGranted": {
         "request_id": "01939b6e-0000-7000-8000-000000000003",
@@ -87,6 +90,8 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "approver": "user:bob@example.com",
         "expires_at": T0 + 300_000_000,
         "comment": "ok once",
+        "signature": b"\x09" * 64,
+        "public_key": b"\x07" * 32,
     },
     "ApprovalDenied": {
         "request_id": "01939b6e-0000-7000-8000-000000000003",
@@ -94,6 +99,8 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "approver": "wakeline-approvals",
         "reason": "no answer within 15 minutes",
         "timed_out": True,
+        "signature": None,
+        "public_key": None,
     },
     "Alert": {
         "kind": "runaway_loop",
