@@ -366,3 +366,36 @@ def decision_event(
     else:
         event.update(type="ApprovalDenied", reason=comment, timed_out=False)
     return event
+
+
+def publish_decision(kafka: Any, event: Mapping[str, Any], *, timeout: float = 15.0) -> None:
+    """Send a signed decision (from `decision_event`) where it counts: onto the workflow's
+    partition of `<prefix>events` first (so the ledger holds it), then onto the compacted
+    approvals topic the waiting SDK follows. `kafka` is a `KafkaSettings`. Raises
+    ApprovalError when the broker did not take both within `timeout`."""
+    from confluent_kafka import Producer
+
+    from wakeline.schemas import cloudevents_headers, encode_event
+
+    value = encode_event(dict(event))
+    headers = cloudevents_headers(dict(event))
+    producer = Producer(kafka.client_config(**{"enable.idempotence": True, "acks": "all"}))
+    failures: list[str] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    producer.produce(
+        kafka.topics.events, value, event["workflow_id"].encode(), headers=headers,
+        on_delivery=delivered,
+    )  # fmt: skip
+    left = producer.flush(timeout)
+    if not failures and not left:
+        producer.produce(
+            kafka.topics.approvals, value, approvals_key(event["request_id"], event["approver"]),
+            headers=headers, on_delivery=delivered,
+        )  # fmt: skip
+    left = producer.flush(timeout)
+    if failures or left:
+        raise ApprovalError(f"the decision was not published: {failures or 'timed out'}")
