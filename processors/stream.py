@@ -668,6 +668,12 @@ class Rewind:
             )
         c = self._consumer
         committed = c.committed([TopicPartition(self.topic, p) for p in partitions], timeout=10)
+        # the ends first: a record produced while offsets_for_times runs is at or after them,
+        # so "nothing that recent" starts where it will still be read, never past it
+        ends = {
+            p: c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+            for p in partitions
+        }
         now_ms = int(time.time() * 1000)
         wanted = []
         for tp in committed:
@@ -681,8 +687,8 @@ class Rewind:
         for tp_c, tp_t in zip(committed, found, strict=True):
             p = tp_c.partition
             start = tp_t.offset
-            if start < 0:  # nothing that recent: start at the end
-                start = c.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
+            if start < 0:  # nothing that recent: start at the end (as it was before the search)
+                start = ends[p]
             live = tp_c.offset if tp_c.offset >= 0 else start
             out[p] = (min(start, live), live)
         return out
