@@ -46,9 +46,9 @@ import click
 @click.option("--no-builder", is_flag=True, help="Do not run the ledger builder here.")
 @click.option(
     "--detectors/--no-detectors",
-    default=False,
-    help="Run the loop and race detectors too, with the audit publisher (rules: "
-    "WAKELINE_DETECTION_RULES, docs/detection.md). Off by default for now.",
+    default=None,
+    help="Run the loop and race detectors, with the audit publisher (on unless "
+    "WAKELINE_DETECTORS=0; rules: WAKELINE_DETECTION_RULES, docs/detection.md).",
 )
 @click.option(
     "--single-process",
@@ -68,7 +68,7 @@ def worker(
     metrics_host: str | None,
     no_audit: bool,
     no_builder: bool,
-    detectors: bool,
+    detectors: bool | None,
     single_process: bool,
     loglevel: str,
 ) -> None:
@@ -78,7 +78,7 @@ def worker(
     GIL of its own) that dies with this one; `--single-process` keeps both here. Run
     several for more throughput: they share the events topic's partitions (builder) and
     the ledger topic's (audit publisher). `--no-audit` / `--no-builder` run one role only.
-    `--detectors` runs the loop and race detectors too, with the audit publisher.
+    The loop and race detectors run with the audit publisher (`--no-detectors`: not here).
     `--metrics-port N` serves Prometheus metrics on N (the audit child's on N + 1).
     """
     from wakeline.processors.shutdown import install_boot_handlers
@@ -96,7 +96,7 @@ def worker(
         "checkpoint_interval_s": checkpoint_interval_s,
         "audit": False if no_audit else None,
         "builder": False if no_builder else None,
-        "detectors": True if detectors else None,
+        "detectors": detectors,
         "metrics_port": metrics_port,
         "metrics_host": metrics_host,
     }
@@ -107,8 +107,8 @@ def worker(
             # the builder stays here; only this process signs checkpoints
             # the detectors run there too: the builder's process is the busier one
             args = ["--checkpoint-interval-s", "0", "-l", loglevel, *_child_metrics(metrics_port)]
-            if detectors:
-                args.append("--detectors")
+            if detectors is not None:
+                args.append("--detectors" if detectors else "--no-detectors")
             if metrics_host is not None:
                 args += ["--metrics-host", metrics_host]
             child = AuditChild(args, nice=10)

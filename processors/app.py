@@ -1,13 +1,13 @@
 """The faust-streaming app behind `wakeline worker`: the host of the stream processors.
 
-The ledger builder, the audit publisher and, with `--detectors`, the loop and race detectors
-(processors/loops.py, processors/races.py) run on the Kafka runner (processors/stream.py),
-each on threads of its own inside the worker, hosted as a mode Service: batch consumption
-with confluent-kafka is ~20x faster than faust's per-event machinery (docs/decisions.md has
-the figures), and the runner gives both one way to restore, retry, commit after the sink and
-stop. faust stays the host: the worker's lifecycle and signals, checkpoint signing on a timer,
-and agents where volume is low and per-event logic is the point (`agent()` pins
-concurrency=1: faust-streaming can skip offsets with more, its issue #606).
+The ledger builder, the audit publisher and (beside it, unless `--no-detectors`) the loop and
+race detectors (processors/loops.py, processors/races.py) run on the Kafka runner
+(processors/stream.py), each on threads of its own inside the worker, hosted as a mode Service:
+batch consumption with confluent-kafka is ~20x faster than faust's per-event machinery
+(docs/decisions.md has the figures), and the runner gives both one way to restore, retry,
+commit after the sink and stop. faust stays the host: the worker's lifecycle and signals,
+checkpoint signing on a timer, and agents where volume is low and per-event logic is the point
+(`agent()` pins concurrency=1: faust-streaming can skip offsets with more, its issue #606).
 
 Several workers can run at once: each runner's consumer group shares its topic's partitions
 between them, and each partition resumes from PostgreSQL (builder) or the committed offset
@@ -158,7 +158,7 @@ def create_worker(
     if settings.builder:
         builder = LedgerBuilderService(kafka, settings, store_factory, dsn)
         runners.append(builder)
-    if settings.detectors:
+    if settings.detectors and settings.audit:  # they run beside the audit publisher
         rules = DetectionRules.from_env()
         runners.append(loop_runner(kafka, rules, stall_after_s=settings.stall_after_s))
         runners.extend(race_runners(kafka, rules, stall_after_s=settings.stall_after_s))

@@ -7,7 +7,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from wakeline.errors import ConfigError
-from wakeline.infra.settings import Variable, check_known, declare, integer, number, text
+from wakeline.infra.settings import (
+    Variable,
+    boolean,
+    check_known,
+    declare,
+    integer,
+    number,
+    text,
+)
 
 
 @dataclass(frozen=True)
@@ -33,10 +41,9 @@ class BuilderSettings:
     builder: bool = True
     #: run the audit publisher (audit + DLQ records per ledgered record) in this worker
     audit: bool = True
-    #: run the loop and race detectors (processors/loops.py, races.py) in this worker:
-    #: opt-in (`wakeline worker --detectors`): they write alerts and quarantines, and the
-    #: test suite's sample traffic is not written to stay under their thresholds
-    detectors: bool = False
+    #: run the loop and race detectors (processors/loops.py, races.py) in this worker (with
+    #: the audit publisher); `wakeline worker --no-detectors` or WAKELINE_DETECTORS=0 to not
+    detectors: bool = True
     #: results whose intent is remembered for the summary ("called X for Y: ok")
     intent_cache_size: int = 200_000
     #: the most a derived record (audit, DLQ) may weigh: key + value + headers; under
@@ -90,6 +97,7 @@ class BuilderSettings:
             hash_suite=HASH_SUITE.read(env),
             max_record_bytes=MAX_RECORD_BYTES.read(env),
             stall_after_s=STALL_AFTER_S.read(env),
+            detectors=DETECTORS.read(env),
             metrics_port=METRICS_PORT.read(env),
             metrics_host=METRICS_HOST.read(env),
         )
@@ -138,6 +146,12 @@ MAX_RECORD_BYTES = Variable(
     BuilderSettings.max_record_bytes,
     "the most a derived (audit, DLQ) record may weigh; keep it under the broker's limits",
 )
+DETECTORS = Variable(
+    "WAKELINE_DETECTORS",
+    boolean,
+    BuilderSettings.detectors,
+    "run the loop and race detectors in the worker (docs/detection.md)",
+)
 STALL_AFTER_S = Variable(
     "WAKELINE_STALL_AFTER_S",
     number(above=0),
@@ -168,6 +182,7 @@ BUILDER = declare(
     HASH_SUITE,
     MAX_RECORD_BYTES,
     STALL_AFTER_S,
+    DETECTORS,
     METRICS_PORT,
     METRICS_HOST,
 )

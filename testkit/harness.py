@@ -56,7 +56,14 @@ def start_worker(
 ) -> subprocess.Popen:
     """Start `wakeline worker <args>`; its output goes to `log_path` (or is discarded).
     `nice` lowers its CPU priority (e.g. an audit publisher that may lag the builder);
-    `env` adds variables (e.g. `WAKELINE_MAX_RECORD_BYTES`) to the worker's environment."""
+    `env` adds variables (e.g. `WAKELINE_MAX_RECORD_BYTES`) to the worker's environment.
+
+    The worker runs without its detectors unless `args` has `--detectors`: the tests of the
+    ledger and the audit topic count the records they produced, and the sample traffic
+    (testkit.samples) repeats charges fast enough to trip the loop rules, whose alerts would
+    be records of their own; the detectors have tests of their own."""
+    if program == _WORKER:
+        args = ("--no-detectors", *args)  # a later --detectors wins
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         return subprocess.Popen(
