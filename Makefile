@@ -58,7 +58,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(WL) stack up
 	$(WL) init
-	@set -e; for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

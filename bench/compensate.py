@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from figures import Figure, emit  # bench/figures.py: the script's own folder is on sys.path
 
 from wakeline.compensator.daemon import Compensator
 from wakeline.compensator.registry import CompensationRegistry, Done
@@ -212,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=5000, help="background events/s (0: none)")
     ap.add_argument("--only", choices=("idle", "load"), help="one of the two loads")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
+    ap.add_argument("--figures", help="write the figures for bench/run.py to this file")
     args = ap.parse_args(argv)
     logging.getLogger("wakeline").setLevel(logging.ERROR)  # a plan's start and end are warnings
 
@@ -279,7 +281,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before/after (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    out = []
+    for name, r in results.items():
+        load = "idle" if name == "idle" else f"{r['rate']:,.0f} ev/s"
+        out += [
+            Figure(f"quarantine -> SDK gate refuses, p99 ({load})", pct(r["gate"], 0.99) * 1000,
+                   "ms", TARGETS["gate"] * 1000),
+            Figure(f"quarantine -> first handler, p99 ({load})", pct(r["handler"], 0.99) * 1000,
+                   "ms", TARGETS["handler"] * 1000),
+            Figure(f"{args.actions}-action plan done, max ({load})", max(r["plan"]), "s",
+                   TARGETS["plan"]),
+        ]  # fmt: skip
+    return emit(out, args.figures)
 
 
 if __name__ == "__main__":

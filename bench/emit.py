@@ -25,6 +25,8 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+from figures import Figure, emit  # bench/figures.py: the script's own folder is on sys.path
+
 from wakeline.infra import topics
 from wakeline.infra.settings import KafkaSettings, Topics
 from wakeline.producers import Emitter, ToolRegistry
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--workflows", type=int, default=64)
     parser.add_argument("--profile", action="store_true", help="cProfile the 64-wf strict run")
+    parser.add_argument("--figures", help="write the figures for bench/run.py to this file")
     args = parser.parse_args(argv)
 
     load_before = os.getloadavg()
@@ -198,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         f"load average before/after (1, 5, 15 min): {load} on {os.cpu_count()} CPUs "
         "(the broker shares them)"
     )
-    return 0
+    return emit([
+        Figure(f"SDK {name}", value, unit, TARGETS.get(name), "lower" if unit == "µs" else "higher",
+               note)
+        for name, unit, value, note in rows
+    ], args.figures)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import uuid
 from dataclasses import replace
 
 from confluent_kafka import Consumer, Producer, TopicPartition
+from figures import Figure, emit  # bench/figures.py: the script's own folder is on sys.path
 
 from wakeline.infra import topics
 from wakeline.infra.settings import KafkaSettings, Topics
@@ -293,6 +294,7 @@ def main() -> int:
         default=[],
         help="extra `wakeline worker` option, e.g. --worker-arg=--no-audit",
     )
+    ap.add_argument("--figures", help="write the figures for bench/run.py to this file")
     args = ap.parse_args()
     global WORKER_ARGS
     WORKER_ARGS = (*WORKER_ARGS, *args.worker_arg)
@@ -362,7 +364,15 @@ def main() -> int:
     for label, value, target, ok in rows:
         mark = "" if ok is None else ("yes" if ok else "NO")
         print(f"{label:<56} {value:>10}  {target:>10}  {mark}")
-    return 0
+    figures = [
+        Figure(f"ledger builder sustained, {name}", results[name]["sustained"], "events/s",
+               20_000, "higher")
+        for name in ("split", "default", "single") if results.get(name)
+    ]  # fmt: skip
+    if lat:
+        figures.append(Figure(f"event -> ledgered, p99 at {lat['rate']:,.0f} ev/s", lat["p99"],
+                              "s", 2.0))  # fmt: skip
+    return emit(figures, args.figures)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
+from figures import Figure, emit  # bench/figures.py: the script's own folder is on sys.path
+
 from wakeline.infra import topics
 from wakeline.infra.detection import DetectionRules
 from wakeline.infra.settings import KafkaSettings, Topics
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--json", help="write the figures to this file")
+    ap.add_argument("--figures", help="write the figures for bench/run.py to this file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     kafka = replace(KafkaSettings.from_env(), topics=Topics(f"b{uuid.uuid4().hex[:8]}.wakeline."))
@@ -112,7 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(got, f, indent=2)
-    return 0
+    return emit([
+        Figure("resource keyer throughput", got["keyer"]["per_s"], "events/s", TARGET, "higher"),
+        Figure("race detector throughput", got["detector"]["per_s"], "records/s", TARGET,
+               "higher"),
+        Figure("race alerts on the benign backlog", got["alerts"], "alerts", 0, "equal"),
+    ], args.figures)  # fmt: skip
 
 
 if __name__ == "__main__":
