@@ -253,10 +253,10 @@ class Rule:
             return f"tool {request.spec.name} is not {' or '.join(self.tools)}"
         for label, spec_check in self.spec_checks:
             if not spec_check(request.spec):
-                return f"not {label}"
+                return f"needs {label}"
         for label, call_check in self.call_checks:
             if not call_check(request):
-                return f"not {label}"
+                return f"needs {label}"
         return None
 
 
@@ -550,7 +550,7 @@ class _Compiler:
             want = table["registered"]
             if not isinstance(want, bool):
                 raise _error("registered is true or false", at("registered"))
-            label = "registered" if want else "unregistered"
+            label = "a registered tool" if want else "a tool nobody registered"
             spec_checks.append((label, lambda s, w=want: s.registered is w))
         for key in ("agent", "principal", "tenant", "boundary"):
             if key not in table:
