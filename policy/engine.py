@@ -37,7 +37,7 @@ import blake3
 
 from wakeline.infra.settings import Variable, declare, text
 from wakeline.policy.approvals import ApprovalError, parse_public_key
-from wakeline.policy.predicates import PolicyError, compile_condition
+from wakeline.policy.predicates import Condition, PolicyError, compile_condition
 from wakeline.producers.gates import OUTCOMES, ApproverGroup, PolicyDecision, PolicyRequest
 from wakeline.producers.registry import IMPACTS, REVERSIBILITIES, ToolSpec
 
@@ -228,8 +228,9 @@ Check = Callable[[PolicyRequest], bool]
 
 @dataclass(frozen=True, eq=False)
 class Rule:
-    """One compiled `[[rule]]`: `tools` (globs, any of them), conditions on the spec (known
-    for a tool before any call) and on the call, both with the text they came from."""
+    """One compiled `[[rule]]`: `tools` (globs, any of them), then conditions, each with
+    the text it came from: on the spec (known for a tool before any call), on who asks
+    (fixed for a workflow context) and on the arguments (per call)."""
 
     index: int
     name: str
@@ -237,8 +238,13 @@ class Rule:
     shadow: bool
     tools: tuple[str, ...]
     spec_checks: tuple[tuple[str, Callable[[ToolSpec], bool]], ...]
-    call_checks: tuple[tuple[str, Check], ...]
+    who_checks: tuple[tuple[str, Check], ...]
+    arg_checks: tuple[tuple[str, Condition], ...]
     decision: PolicyDecision
+
+    @property
+    def arg_fns(self) -> tuple[Condition, ...]:
+        return tuple(fn for _, fn in self.arg_checks)
 
     @property
     def verdict(self) -> str:
@@ -254,8 +260,11 @@ class Rule:
         for label, spec_check in self.spec_checks:
             if not spec_check(request.spec):
                 return f"needs {label}"
-        for label, call_check in self.call_checks:
-            if not call_check(request):
+        for label, who_check in self.who_checks:
+            if not who_check(request):
+                return f"needs {label}"
+        for label, arg_check in self.arg_checks:
+            if not arg_check(request.args):
                 return f"needs {label}"
         return None
 
@@ -300,8 +309,11 @@ class Policy:
                 else:
                     self._other.append(rule.index)
         self._prefix_lengths = sorted({len(p) for p in self._prefix})
-        #: tool name -> (the spec object, its candidate rules in file order)
-        self._candidates: dict[str, tuple[ToolSpec, tuple[Rule, ...]]] = {}
+        #: (tool, agent, principal, tenant, boundary) -> (the spec object, its candidate
+        #: rules in file order with their argument conditions)
+        self._candidates: dict[tuple[Any, ...], tuple[ToolSpec, tuple[Any, ...]]] = {}
+        #: (deciding rule, shadow verdicts) -> the decision with them
+        self._shadowed: dict[tuple[str, tuple[str, ...]], PolicyDecision] = {}
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -352,16 +364,19 @@ class Policy:
     # -- deciding --------------------------------------------------------------------------
     def __call__(self, request: PolicyRequest) -> PolicyDecision:
         spec = request.spec
-        hit = self._candidates.get(spec.name)
+        r = request
+        key = (spec.name, r.agent_id, r.principal, r.tenant, r.boundary)
+        hit = self._candidates.get(key)
         if hit is None or hit[0] is not spec:
-            hit = (spec, self._candidates_for(spec))
-            if len(self._candidates) >= 4096:  # tools named per call: stay bounded
+            hit = (spec, self._candidates_for(request))
+            if len(self._candidates) >= 4096:  # tools or callers named per call: bounded
                 self._candidates.clear()
-            self._candidates[spec.name] = hit
+            self._candidates[key] = hit
         shadow: list[str] | None = None
-        for rule in hit[1]:
-            for _, check in rule.call_checks:
-                if not check(request):
+        args = request.args
+        for rule, conditions in hit[1]:
+            for condition in conditions:
+                if not condition(args):
                     break
             else:
                 if not rule.shadow:
@@ -372,9 +387,24 @@ class Policy:
                 shadow.append(rule.verdict)
         else:
             decision = self.default_decision
-        return decision if shadow is None else replace(decision, shadow=tuple(shadow))
+        if shadow is None:
+            return decision
+        key = (decision.rule, tuple(shadow))
+        shadowed = self._shadowed.get(key)
+        if shadowed is None:  # `replace` costs more than the rest of a decision: reuse it
+            shadowed = replace(decision, shadow=key[1])
+            if len(self._shadowed) >= 1024:
+                self._shadowed.clear()
+            self._shadowed[key] = shadowed
+        return shadowed
 
-    def _candidates_for(self, spec: ToolSpec) -> tuple[Rule, ...]:
+    def _candidates_for(
+        self, request: PolicyRequest
+    ) -> tuple[tuple[Rule, tuple[Condition, ...]], ...]:
+        """The rules that can match calls of this spec by this caller, in file order, with
+        their argument conditions (all that is left to check per call); cut after the first
+        enforced rule without any (nothing below it is ever reached)."""
+        spec = request.spec
         name = spec.name
         found = set(self._exact.get(name, ()))
         for n in self._prefix_lengths:
@@ -385,8 +415,12 @@ class Policy:
         out = []
         for i in sorted(found):
             rule = self.rules[i]
-            if all(check(spec) for _, check in rule.spec_checks):
-                out.append(rule)
+            if all(check(spec) for _, check in rule.spec_checks) and all(
+                check(request) for _, check in rule.who_checks
+            ):
+                out.append((rule, rule.arg_fns))
+                if not rule.arg_checks and not rule.shadow:
+                    break
         return tuple(out)
 
     def trace(self, request: PolicyRequest) -> tuple[PolicyDecision, list[RuleTrace]]:
@@ -531,7 +565,8 @@ class _Compiler:
         if name == DEFAULT_RULE:
             raise _error(f"{DEFAULT_RULE!r} names the policy's default; pick another", at("name"))
         spec_checks: list[tuple[str, Callable[[ToolSpec], bool]]] = []
-        call_checks: list[tuple[str, Check]] = []
+        who_checks: list[tuple[str, Check]] = []
+        arg_checks: list[tuple[str, Condition]] = []
         try:
             tools = tuple(_strings(table.get("tool", "*"), "tool"))
         except ValueError as e:
@@ -561,7 +596,7 @@ class _Compiler:
                 raise _error(str(e), at(key)) from None
             match = _any_glob(patterns)
             field_get: Callable[[PolicyRequest], str | None] = _REQUEST_FIELDS[key]
-            call_checks.append(
+            who_checks.append(
                 (f"{key} {' or '.join(patterns)}", lambda r, m=match, g=field_get: m(g(r)))
             )
         if "args" in table:
@@ -579,7 +614,7 @@ class _Compiler:
                     if found is None:  # written with escapes: point at the key
                         raise PolicyError(e.reason, *start) from None
                     raise e.at(*found) from None
-                call_checks.append((f"args {cond}", lambda r, f=fn: f(r.args)))
+                arg_checks.append((f"args {cond}", fn))
         decision = self.outcome(table, name, groups, at)
         mode = table.get("mode", "enforce")
         if mode not in ("enforce", "shadow"):
@@ -591,7 +626,8 @@ class _Compiler:
             mode == "shadow",
             tools,
             tuple(spec_checks),
-            tuple(call_checks),
+            tuple(who_checks),
+            tuple(arg_checks),
             decision,
         )
 
