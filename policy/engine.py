@@ -367,7 +367,8 @@ class Policy:
         r = request
         key = (spec.name, r.agent_id, r.principal, r.tenant, r.boundary)
         hit = self._candidates.get(key)
-        if hit is None or hit[0] is not spec:
+        # an unregistered tool gets a new (equal) default spec on every call: compare it
+        if hit is None or (hit[0] is not spec and hit[0] != spec):
             hit = (spec, self._candidates_for(request))
             if len(self._candidates) >= 4096:  # tools or callers named per call: bounded
                 self._candidates.clear()

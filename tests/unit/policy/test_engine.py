@@ -338,3 +338,14 @@ def test_shadow_rules_never_change_a_decision(text: str, requests: list[PolicyRe
         a, b = policy(req), enforced(req)
         assert (a.outcome, a.rule) == (b.outcome, b.rule)
         assert all(v.split("=")[0] not in {r.name for r in enforced.rules} for v in a.shadow)
+
+
+def test_the_candidate_cache_follows_a_changed_spec() -> None:
+    """A tool registered again with another spec is decided by its new spec; an equal spec
+    (an unregistered tool gets a new one per call) reuses the cached candidates."""
+    policy = Policy.parse('[[rule]]\nname = "reads"\nreversibility = "read"\noutcome = "deny"\n')
+    assert policy(request("kv.get", reversibility="read", impact="low")).rule == "reads"
+    assert policy(request("kv.get", reversibility="reversible", impact="low")).rule == "default"
+    for _ in range(3):
+        assert policy(request(default_spec("new.tool"))).rule == "default"
+    assert len(policy._candidates) == 2
