@@ -340,7 +340,10 @@ class Policy:
             return None
         if value.strip() == "default":
             return cls.default()
-        return cls.load(value.strip())
+        try:
+            return cls.load(value.strip())
+        except PolicyError as e:  # name the variable: the program did not name the file
+            raise PolicyError(f"{POLICY_VARIABLE.name}={value!r}: {e}") from None
 
     @classmethod
     def parse(cls, source: str | bytes, name: str = "policy") -> Policy:

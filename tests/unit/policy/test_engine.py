@@ -183,7 +183,7 @@ def test_from_env(tmp_path: Path) -> None:
     f.write_text('[[rule]]\nname = "all"\noutcome = "deny"\n')
     policy = Policy.from_env({"WAKELINE_POLICY": str(f)})
     assert policy is not None and policy.name == "mine"
-    with pytest.raises(PolicyError, match="cannot read"):
+    with pytest.raises(PolicyError, match="WAKELINE_POLICY=.*cannot read"):
         Policy.from_env({"WAKELINE_POLICY": str(tmp_path / "missing.toml")})
 
 
