@@ -212,6 +212,8 @@ def _levels(value: Any, order: tuple[str, ...], what: str) -> frozenset[str]:
             "<=": range(at + 1),
             "<": range(at),
         }[op]
+        if not picked:
+            raise ValueError(f"{what} {item!r} matches nothing")
         out.update(order[i] for i in picked)
     return frozenset(out)
 

@@ -235,6 +235,7 @@ def test_from_env(tmp_path: Path) -> None:
         ("[[rule]]\nname = 'a'\noutcome = 'allow'\nquorum = 2\n", 4, 1, "belongs to outcome"),
         ("[[rule]]\nname = 'a'\nimpact = '>=huge'\noutcome = 'deny'\n", 3, 1, "impact '>=huge'"),
         ("[[rule]]\nname = 'a'\noutcome = 'deny'\nmode = 'dry'\n", 4, 1, "mode is enforce"),
+        ("[[rule]]\nname = 'a'\nimpact = '>critical'\noutcome = 'deny'\n", 3, 1, "matches nothing"),
         (
             "[[rule]]\nname = 'a'\noutcome = 'deny'\n\n[[rule]]\nname = 'a'\noutcome = 'deny'\n",
             6,
