@@ -211,6 +211,7 @@ def _attach_component_commands() -> None:
     from wakeline.cli.incidents import incidents
     from wakeline.cli.ledger import ledger
     from wakeline.cli.operator import quarantine, release
+    from wakeline.cli.policy import policy
     from wakeline.cli.tail import tail
     from wakeline.cli.worker import worker
     from wakeline.cli.workflow import workflow
@@ -226,6 +227,7 @@ def _attach_component_commands() -> None:
         release,
         incidents,
         alerts,
+        policy,
     ):
         cli.add_command(command)
 
