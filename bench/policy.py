@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import Figure, emit  # bench/figures.py: the script's own folder is on sys.path
+
 from wakeline.infra.settings import KafkaSettings, Topics
 from wakeline.policy.engine import Policy
 from wakeline.producers import Emitter, ToolRegistry
@@ -142,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=50_000)
     parser.add_argument("--rules", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="few calls: check, not measure")
+    parser.add_argument("--figures", help="write the figures for bench/run.py to this file")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.calls = 2_000
 
     policy = Policy.parse(policy_text(args.rules - 2), "bench")
     assert len(policy.rules) == args.rules
@@ -180,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         tgt = f"<= {TARGET_P50_US:g}" if target else ""
         ok = ("yes" if p50 <= TARGET_P50_US else "NO") if target else ""
         print(f"{name:<26} {p50:>8.2f} {p99:>8.2f}  {tgt:>8}  {ok:<4} {note}")
-    return 0
+    figures = []
+    for name, p50, p99, _note in rows:
+        decide = name.startswith("decide")
+        figures.append(Figure(f"policy {name}, p50 ({len(policy.rules)} rules)", p50, "µs",
+                              TARGET_P50_US if decide else None))  # fmt: skip
+        figures.append(Figure(f"policy {name}, p99 ({len(policy.rules)} rules)", p99, "µs"))
+    return emit(figures, args.figures)
 
 
 if __name__ == "__main__":
