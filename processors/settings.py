@@ -37,6 +37,9 @@ class BuilderSettings:
     #: opt-in (`wakeline worker --detectors`): they write alerts and quarantines, and the
     #: test suite's sample traffic is not written to stay under their thresholds
     detectors: bool = False
+    #: run the approval queue's processor (processors/approvals.py) with the audit publisher:
+    #: what `wakeline approvals` reads
+    approvals: bool = True
     #: results whose intent is remembered for the summary ("called X for Y: ok")
     intent_cache_size: int = 200_000
     #: the most a derived record (audit, DLQ) may weigh: key + value + headers; under
