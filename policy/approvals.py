@@ -36,10 +36,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from wakeline.infra import settings as _settings
+
 BINDING_DOMAIN = b"wakeline/approval-binding/v1\n"
 STATEMENT_DOMAIN = b"wakeline/approval-statement/v1\n"
 KEY_PREFIX = "ed25519:"
 KEYS_DIR_VARIABLE = "WAKELINE_KEYS_DIR"
+_settings.declare(
+    "approvals",
+    "approvers' keys (`wakeline approvals keygen`, `approve`, `deny`)",
+    _settings.Variable(KEYS_DIR_VARIABLE, _settings.text, None,
+             "directory of the approvers' private keys (default: ~/.wakeline/keys)"),
+)  # fmt: skip
 
 Decision = Literal["approve", "deny"]
 

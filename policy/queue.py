@@ -12,25 +12,32 @@ re-reading the topic after a restart changes nothing. Readers (`wakeline approva
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg.types.json import Jsonb
 
+from wakeline.errors import WakelineError
 from wakeline.policy.approvals import (
     ApprovalError,
     Signed,
     Statement,
     Tally,
     binding_of_intent,
+    decision_event,
     members_of,
+    parse_public_key,
+    public_bytes,
+    public_key_text,
     statement_of_event,
     tally,
     why_not,
 )
+from wakeline.schemas import new_event_id
 
-#: what the processor stores of an ApprovalRequested (beyond the raw frame)
+#: the states a request is stored in
 STATES = ("pending", "approved", "denied", "closed")
 
 
@@ -357,3 +364,80 @@ def list_requests(cur: Any, *, every: bool = False, now_us: int) -> list[Request
         () if every else (now_us,),
     )
     return [_request(r) for r in cur.fetchall()]
+
+
+# -- deciding (the approvals CLI) ----------------------------------------------------------
+class QueueError(WakelineError):
+    """A request that cannot be decided on (unknown, closed, expired, forged) or a key that
+    cannot sign it; the message says which."""
+
+
+def check_decidable(
+    request: Request | None, request_id: str, decision: str, approver: str, now_us: int,
+    decode: Callable[[bytes], dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """The decoded ApprovalRequested to sign a decision about, once every check passed:
+    the request is known, open (no result), not expired, not denied (to approve), `approver`
+    is in its group, and its binding is the binding of its intent (the stored intent frame:
+    `binding_of_intent(intent, policy_version)`), so a forged request is never signed."""
+    if request is None:
+        raise QueueError(f"no approval request {request_id!r} (`wakeline approvals list --all`)")
+    rid = request.request_id
+    if request.state == "closed":
+        raise QueueError(f"request {rid} is closed: its call already has a result "
+                         f"({request.result_status}, event {request.result_id})")  # fmt: skip
+    if request.expires_at_us <= now_us:
+        raise QueueError(f"request {rid} expired at {_when(request.expires_at_us)}: the call "
+                         "was denied (fail closed); it can no longer be decided")  # fmt: skip
+    if request.state == "denied" and decision == "approve":
+        raise QueueError(f"request {rid} is denied already: an approval cannot undo a denial")
+    if approver not in request.approver_keys:
+        group = ", ".join(sorted(request.approver_keys)) or "empty"
+        raise QueueError(f"{approver} is not in the approver group of request {rid} (it is: "
+                         f"{group})")  # fmt: skip
+    if request.intent is None:
+        raise QueueError(f"request {rid} names intent {request.intent_id}, which is not on its "
+                         "workflow's partition before it: refusing to sign a request whose call "
+                         "cannot be checked")  # fmt: skip
+    try:
+        event = decode(request.value)
+        intent = decode(request.intent)
+        bound = binding_of_intent(intent, event.get("policy_version"))
+    except Exception as e:  # noqa: BLE001 - anything unreadable is refused, with why
+        raise QueueError(f"request {rid} or its intent does not decode: {e}") from e
+    if not (
+        bytes(event["intent_digest"]) == request.binding == bound
+        and event["event_id"] == rid
+        and intent["event_id"] == request.intent_id == event.get("intent_id")
+        and intent.get("approval_id") in (None, rid)
+    ):
+        raise QueueError(f"request {rid}'s binding is not the binding of its intent "
+                         f"{request.intent_id}: refusing to sign a forged request")  # fmt: skip
+    return event
+
+
+def sign_decision(
+    event: Mapping[str, Any], decision: str, approver: str, key: Ed25519PrivateKey, *,
+    now_us: int, comment: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The ApprovalGranted / ApprovalDenied of `approver` about the decoded request `event`,
+    signed with `key`, which must be the key the request's group lists for them. An approval
+    is valid until the request expires; a denial never lapses."""
+    listed = (event.get("approver_keys") or {}).get(approver)
+    try:
+        want = parse_public_key(listed) if listed is not None else None
+    except ApprovalError as e:
+        raise QueueError(f"the group lists an unreadable key for {approver}: {e}") from e
+    if want != public_bytes(key):
+        raise QueueError(f"this key ({public_key_text(key)}) is not the one the policy lists "
+                         f"for {approver} ({listed})")  # fmt: skip
+    expires = int(event["expires_at"]) if decision == "approve" else 0
+    st = Statement(decision, event["event_id"], bytes(event["intent_digest"]), approver, expires)  # type: ignore[arg-type]
+    return decision_event(event, st, st.sign(key), public_bytes(key), event_id=new_event_id(),
+                          time_us=now_us, comment=comment)  # fmt: skip
+
+
+def _when(us: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
