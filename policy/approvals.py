@@ -36,16 +36,17 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from wakeline.infra import settings as _settings
+from wakeline.infra.settings import Variable, declare
+from wakeline.infra.settings import text as as_text
 
 BINDING_DOMAIN = b"wakeline/approval-binding/v1\n"
 STATEMENT_DOMAIN = b"wakeline/approval-statement/v1\n"
 KEY_PREFIX = "ed25519:"
 KEYS_DIR_VARIABLE = "WAKELINE_KEYS_DIR"
-_settings.declare(
+declare(
     "approvals",
     "approvers' keys (`wakeline approvals keygen`, `approve`, `deny`)",
-    _settings.Variable(KEYS_DIR_VARIABLE, _settings.text, None,
+    Variable(KEYS_DIR_VARIABLE, as_text, None,
              "directory of the approvers' private keys (default: ~/.wakeline/keys)"),
 )  # fmt: skip
 
