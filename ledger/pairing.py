@@ -207,8 +207,9 @@ class ApprovalChecker:
     """The approval checks (docs/ledger-format.md §9), per partition in leaf order, over the
     decoded events pairing counts (redeliveries are skipped before they get here):
 
-    - a request names an earlier require_approval intent of its partition
-      (`approval.orphan`) and binds exactly that call (`approval.unbound`);
+    - a request has an event id no earlier request of its partition has
+      (`approval.duplicate_request`), names an earlier require_approval intent of its
+      partition (`approval.orphan`) and binds exactly that call (`approval.unbound`);
     - a signed decision answers an earlier request of its partition (`approval.orphan`),
       over that request's binding (`approval.unbound`), its signature verifies with the key
       it carries (`approval.bad_signature`), and that key is the one the request lists for
@@ -251,6 +252,13 @@ class ApprovalChecker:
 
     def _request(self, p: int, ev: dict, here: Position) -> PairingIssue | None:
         rid = ev.get("event_id")
+        if (p, rid) in self.requests:  # another run's event with this id: the first one holds
+            return PairingIssue(
+                "tampered", "approval.duplicate_request",
+                f"approval request {rid} repeats the event id of an earlier request of this "
+                "partition (of another workflow or run): it could replace that request's group",
+                here, expected="a new event id", found=str(rid),
+            )  # fmt: skip
         self.requests[(p, rid)] = _Request(ev)  # type: ignore[index]
         intent = self.intents.get((p, ev.get("intent_id")))  # type: ignore[arg-type]
         if intent is None:

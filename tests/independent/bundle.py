@@ -242,6 +242,9 @@ class _Verifier:
             if ev.get("policy_decision") == "require_approval":
                 self.waiting[(p, ev["event_id"])] = ev
         elif kind == "ApprovalRequested":
+            if (p, ev["event_id"]) in self.requests:
+                self.add("tampered", "approval.duplicate_request", "request id reused", **at)
+                return
             self.requests[(p, ev["event_id"])] = (ev, [])
             intent = self.waiting.get((p, ev.get("intent_id")))
             if intent is None:

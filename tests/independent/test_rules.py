@@ -317,7 +317,8 @@ def _approval_cases() -> dict[str, tuple[list[dict], str, str | None]]:
     timeout = dict(no, timed_out=True, signature=None, public_key=None, approver="sdk")
     _, other = waiting_call("wf-1", group, quorum=2, at=t0, amount=5)
     lying = dict(req, intent_digest=other["intent_digest"])
-    mallory = Approvers.of(a).keys[a]
+    mallory_group = Approvers.of(a)
+    mallory = mallory_group.keys[a]
     return {
         "approved": ([intent, req, yes(a), yes(b), ok], "sound", None),
         "denied_did_not_run": ([intent, req, no, result_of(intent, "denied")], "sound", None),
@@ -330,6 +331,14 @@ def _approval_cases() -> dict[str, tuple[list[dict], str, str | None]]:
                              "approval.unbound"),
         "unbound_request": ([intent, lying, ok], "tampered", "approval.unbound"),
         "orphan_request": ([req], "tampered", "approval.orphan"),
+        # the same request id in another run, listing another group: the first one holds
+        "duplicate_request": ([intent, req, dict(req, run_id="other", approver_keys=
+                               Approvers.of(a).texts()), yes(a), yes(b), ok], "tampered",
+                              "approval.duplicate_request"),
+        "duplicate_request_takeover": ([intent, req, dict(req, run_id="other", approver_keys=
+                                        mallory_group.texts()),
+                                        signed(req, mallory_group, a, at=t0 + 1), ok],
+                                       "tampered", "approval.duplicate_request"),
         "orphan_decision": ([yes(a)], "tampered", "approval.orphan"),
         "one_of_two": ([intent, req, yes(a), ok], "tampered", "approval.quorum_missing"),
         "same_twice": ([intent, req, yes(a), yes(a), ok], "tampered",

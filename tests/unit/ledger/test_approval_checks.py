@@ -142,3 +142,14 @@ def test_an_error_result_ran_too_and_a_redelivered_approval_counts_once() -> Non
     assert first([intent, request, a, a, yes(request, BOB), ok(intent, "error")]) == (
         "sound", None,
     )  # fmt: skip
+
+
+def test_a_request_id_reused_in_another_run_cannot_replace_the_group() -> None:
+    intent, request = call(quorum=1)
+    mallory = Approvers.of(ALICE)  # "alice", with a key of mallory's
+    takeover = dict(request, run_id="wf-1-other", approver_keys=mallory.texts())
+    approval = signed(request, mallory, ALICE, at=T0 + 1)
+    r = verify([intent, request, takeover, approval, ok(intent)])
+    assert r.checks() == [
+        "approval.duplicate_request", "approval.wrong_key", "approval.quorum_missing",
+    ]  # fmt: skip
