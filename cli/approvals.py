@@ -116,7 +116,11 @@ def show_cmd(request_id: str, dsn: str | None, as_json: bool) -> None:
         f"approve  {request.quorum} of: {', '.join(sorted(request.approver_keys)) or '-'}",
         f"expires  {_when(request.expires_at_us)}",
         f"binding  {request.binding.hex()} "
-        + ("(the binding of its intent)" if request.bound else "(NOT its intent's: forged)"),
+        + (
+            "(matches its intent)"
+            if request.bound
+            else "(does NOT match its intent: approve and deny refuse it)"
+        ),
     ]
     if request.result_id:
         lines.append(f"result   {request.result_status} (event {request.result_id})")

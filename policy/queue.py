@@ -230,9 +230,7 @@ def record_request(
             intent_value = bytes(row[0])
             try:
                 intent = decode(intent_value)
-                bound = binding_of_intent(intent, request.get("policy_version")) == bytes(
-                    request["intent_digest"]
-                ) and intent.get("approval_id") in (None, request["event_id"])
+                bound = mismatch(request, intent) is None
             except Exception:  # noqa: BLE001 - an intent we cannot read binds nothing
                 bound = False
     keys = {str(k): str(v) for k, v in (request.get("approver_keys") or {}).items()}
@@ -402,18 +400,47 @@ def check_decidable(
     try:
         event = decode(request.value)
         intent = decode(request.intent)
-        bound = binding_of_intent(intent, event.get("policy_version"))
     except Exception as e:  # noqa: BLE001 - anything unreadable is refused, with why
         raise QueueError(f"request {rid} or its intent does not decode: {e}") from e
-    if not (
-        bytes(event["intent_digest"]) == request.binding == bound
+    wrong = mismatch(event, intent)
+    if wrong is None and not (
+        bytes(event["intent_digest"]) == request.binding
         and event["event_id"] == rid
-        and intent["event_id"] == request.intent_id == event.get("intent_id")
-        and intent.get("approval_id") in (None, rid)
+        and intent["event_id"] == request.intent_id
     ):
-        raise QueueError(f"request {rid}'s binding is not the binding of its intent "
-                         f"{request.intent_id}: refusing to sign a forged request")  # fmt: skip
+        wrong = "the queue's copy differs from the request's frame"
+    if wrong is not None:
+        raise QueueError(f"request {rid} does not match its intent {request.intent_id}: "
+                         f"{wrong}; refusing to sign a forged request")  # fmt: skip
     return event
+
+
+#: what a request shows the approver, which must be what its intent says
+_SHOWN = ("tool", "workflow_id", "run_id", "agent_id", "principal")
+
+
+def mismatch(request: Mapping[str, Any], intent: Mapping[str, Any]) -> str | None:
+    """Why the decoded ApprovalRequested `request` is not about the decoded ToolIntent
+    `intent` (None: it is): it must name the intent, the intent must name it (or nothing),
+    its binding must be `binding_of_intent(intent, request's policy_version)`, and what it
+    shows a person (tool, arguments, workflow, run, agent, principal) must be the intent's,
+    so nobody approves one call while reading about another."""
+    if request.get("intent_id") != intent.get("event_id"):
+        return f"it names intent {request.get('intent_id')}"
+    if intent.get("approval_id") not in (None, request.get("event_id")):
+        return f"the intent names another request ({intent.get('approval_id')})"
+    try:
+        bound = binding_of_intent(intent, request.get("policy_version"))
+    except (KeyError, TypeError, ValueError) as e:
+        return f"the intent's binding cannot be computed: {e}"
+    if bytes(request.get("intent_digest") or b"") != bound:
+        return "its binding is not the binding of its intent"
+    for name in _SHOWN:
+        if request.get(name) != intent.get(name):
+            return f"it shows {name} {request.get(name)!r}, the intent has {intent.get(name)!r}"
+    if request.get("args") is not None and request.get("args") != intent.get("args"):
+        return "the arguments it shows are not the intent's"
+    return None
 
 
 def sign_decision(

@@ -121,7 +121,10 @@ def test_deny_expired_unknown_forged_and_key_problems_are_refused(world, tmp_pat
     forged_call, forged = waiting_call(wf, group, amount=50)
     forged = dict(forged, intent_id=call["event_id"])  # names another call's intent
     lost = waiting_call(wf, group)[1]  # its intent was never sent
-    queued(world, call, request, stale_call, stale, forged_call, forged, lost)
+    # bound to its intent, but showing the approver other arguments than the intent's
+    shown_call, shown = waiting_call(wf, group, amount=9_000)
+    shown = dict(shown, args='{"amount":9,"currency":"USD","to":"acct_9"}')
+    queued(world, call, request, stale_call, stale, forged_call, forged, lost, shown_call, shown)
     rid = request["event_id"]
 
     def refused(*args: str) -> str:
@@ -134,6 +137,8 @@ def test_deny_expired_unknown_forged_and_key_problems_are_refused(world, tmp_pat
     assert "expired" in refused("approve", stale["event_id"], "--as", ALICE)
     assert "forged request" in refused("approve", forged["event_id"], "--as", ALICE)
     assert "cannot be checked" in refused("approve", lost["event_id"], "--as", ALICE)
+    said = refused("approve", shown["event_id"], "--as", ALICE)
+    assert "arguments it shows are not the intent's" in said and "forged request" in said
     assert "not in the approver group" in refused("approve", rid, "--as", CAROL)
     # Carol has a key, but the group does not list her; Bob's file is not Alice's key
     save_private_key(CAROL, Approvers.of(CAROL).keys[CAROL], world["keys"])
@@ -157,5 +162,5 @@ def test_deny_expired_unknown_forged_and_key_problems_are_refused(world, tmp_pat
     assert "denied by bob@example.com" in text and "wrong account" in text
     (d,) = _decisions(world["dsn"], rid)
     assert d.decision == "deny" and d.counts and d.public_key == public_bytes(group.keys[BOB])
-    assert "NOT its intent's" in run(world, "approvals", "show", forged["event_id"]).output
+    assert "does NOT match its intent" in run(world, "approvals", "show", forged["event_id"]).output
     assert run(world, "approvals", "show", "nope").exit_code == 1
