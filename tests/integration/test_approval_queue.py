@@ -116,8 +116,15 @@ def test_a_request_whose_binding_is_not_its_intents_is_stored_unbound(
     _, lying = waiting_call(wf, group, amount=5)  # its binding is another call's
     lying = dict(lying, intent_id=call["event_id"])
     orphan = waiting_call(wf, group)[1]  # its intent was never sent
-    produce(fresh_kafka, [call, lying, orphan])
-    wait_until(lambda: _get(fresh_dsn, orphan["event_id"]) is not None, 60, "the requests")
+    late_call, late = waiting_call(wf, group, timeout_s=1)
+    # what the SDK writes when nobody answered in time: a denial nobody signed
+    timeout = dict(signed(late, group, ALICE, "deny"), approver="wakeline-sdk", timed_out=True,
+                   signature=None, public_key=None, reason="timed out")  # fmt: skip
+    produce(fresh_kafka, [call, lying, orphan, late_call, late, timeout])
+    wait_until(lambda: _get(fresh_dsn, late["event_id"]) is not None, 60, "the requests")
+    wait_until(lambda: _get(fresh_dsn, late["event_id"]).state == "denied", 60, "the timeout")  # type: ignore[union-attr]
+    (d,) = _decisions(fresh_dsn, late["event_id"])
+    assert d.timed_out and d.counts and d.signature is None
     got = _get(fresh_dsn, lying["event_id"])
     assert got is not None and not got.bound and got.intent is not None
     got = _get(fresh_dsn, orphan["event_id"])
