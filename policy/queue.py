@@ -263,8 +263,13 @@ def record_decision(
     st = statement_of_event(event)
     if request is None:
         why: str | None = "no such request before it"
-    elif timed_out:
-        why = None if event.get("intent_digest") == request.binding else "bound to another call"
+    elif timed_out:  # the SDK's own, unsigned: it can only deny, and only once expired
+        if event.get("intent_digest") != request.binding:
+            why = "bound to another call"
+        elif int(event["time"]) < request.expires_at_us:
+            why = "a timeout written before the request expired"
+        else:
+            why = None
     elif st is None:
         why = "its binding is not 32 bytes"
     else:

@@ -16,7 +16,7 @@ from wakeline.infra import db
 from wakeline.infra.settings import KafkaSettings
 from wakeline.policy import queue
 from wakeline.processors.approvals import approval_runner
-from wakeline.schemas import encode_event
+from wakeline.schemas import encode_event, new_event_id
 from wakeline.testkit.harness import wait_until
 from wakeline.testkit.samples import frames, intent, result
 
@@ -118,13 +118,16 @@ def test_a_request_whose_binding_is_not_its_intents_is_stored_unbound(
     orphan = waiting_call(wf, group)[1]  # its intent was never sent
     late_call, late = waiting_call(wf, group, timeout_s=1)
     # what the SDK writes when nobody answered in time: a denial nobody signed
-    timeout = dict(signed(late, group, ALICE, "deny"), approver="wakeline-sdk", timed_out=True,
-                   signature=None, public_key=None, reason="timed out")  # fmt: skip
-    produce(fresh_kafka, [call, lying, orphan, late_call, late, timeout])
+    timeout = dict(signed(late, group, ALICE, "deny", at=late["expires_at"]),
+                   approver="wakeline-sdk", timed_out=True, signature=None, public_key=None,
+                   reason="timed out")  # fmt: skip
+    early = dict(timeout, event_id=new_event_id(), time=late["time"])  # not a timeout yet
+    produce(fresh_kafka, [call, lying, orphan, late_call, late, early, timeout])
     wait_until(lambda: _get(fresh_dsn, late["event_id"]) is not None, 60, "the requests")
     wait_until(lambda: _get(fresh_dsn, late["event_id"]).state == "denied", 60, "the timeout")  # type: ignore[union-attr]
-    (d,) = _decisions(fresh_dsn, late["event_id"])
+    d_early, d = _decisions(fresh_dsn, late["event_id"])
     assert d.timed_out and d.counts and d.signature is None
+    assert (d_early.counts, d_early.why) == (False, "a timeout written before the request expired")
     got = _get(fresh_dsn, lying["event_id"])
     assert got is not None and not got.bound and got.intent is not None
     got = _get(fresh_dsn, orphan["event_id"])
