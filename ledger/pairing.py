@@ -233,6 +233,9 @@ class ApprovalChecker:
         self.requests: dict[tuple[int, str], _Request] = {}
         #: (partition, intent id) -> ids of the requests that name it
         self.asked: dict[tuple[int, str], list[str]] = {}
+        #: signed decisions checked, and calls that ran on a quorum (the report's stats)
+        self.decisions = 0
+        self.approved_calls = 0
 
     def add(self, p: int, ev: dict, here: Position) -> PairingIssue | None:
         kind = ev.get("type")
@@ -302,6 +305,7 @@ class ApprovalChecker:
             )  # fmt: skip
         signed = self.core.Signed(st, ev.get("signature"), ev.get("public_key"))
         req.decisions.append(signed)
+        self.decisions += 1
         if not st.verify(signed.signature, signed.public_key):
             return PairingIssue(
                 "tampered", "approval.bad_signature",
@@ -339,6 +343,7 @@ class ApprovalChecker:
                 quorum=int(req.event.get("quorum") or 1), now_us=started,
             )  # fmt: skip
             if t.approved:
+                self.approved_calls += 1
                 return None
             if best is None or len(t.approved_by) > len(best[1].approved_by):
                 best = (rid, t)

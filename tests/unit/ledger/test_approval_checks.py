@@ -41,9 +41,10 @@ def yes(request: dict, who: str, **kw) -> dict:
 
 def test_a_call_approved_by_its_quorum_is_sound() -> None:
     intent, request = call()
-    assert first([intent, request, yes(request, ALICE), yes(request, BOB), ok(intent)]) == (
-        "sound", None,
-    )  # fmt: skip
+    r = verify([intent, request, yes(request, ALICE), yes(request, BOB), ok(intent)])
+    assert (r.verdict, r.first) == ("sound", None)
+    assert (r.stats["approval_requests"], r.stats["approval_decisions"]) == (1, 2)
+    assert r.stats["approved_calls"] == 1
 
 
 def test_calls_that_did_not_run_need_no_approval() -> None:
