@@ -363,8 +363,13 @@ class ApprovalChecker:
         )  # fmt: skip
 
     def _binding(self, intent: dict, request: dict) -> bytes | None:
+        """The binding of `intent` for the request's policy version; None when the intent
+        records another version (a ToolIntent's `policy_version`, when it has one)."""
+        version = request.get("policy_version")
+        if intent.get("policy_version") not in (None, version):
+            return None
         try:
-            return self.core.binding_of_intent(intent, request.get("policy_version"))
+            return self.core.binding_of_intent(intent, version)
         except (KeyError, TypeError, ValueError):
             return None
 

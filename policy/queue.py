@@ -434,6 +434,8 @@ def mismatch(request: Mapping[str, Any], intent: Mapping[str, Any]) -> str | Non
         return f"it names intent {request.get('intent_id')}"
     if intent.get("approval_id") not in (None, request.get("event_id")):
         return f"the intent names another request ({intent.get('approval_id')})"
+    if intent.get("policy_version") not in (None, request.get("policy_version")):
+        return f"the intent was decided by policy {intent.get('policy_version')}"
     try:
         bound = binding_of_intent(intent, request.get("policy_version"))
     except (KeyError, TypeError, ValueError) as e:

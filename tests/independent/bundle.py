@@ -358,8 +358,11 @@ def _canonical(obj: dict) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def binding(intent: dict, policy_version: str | None) -> bytes:
-    """The binding of an intent for a policy version (§9)."""
+def binding(intent: dict, policy_version: str | None) -> bytes | None:
+    """The binding of an intent for a policy version (§9); None when the intent records
+    another version."""
+    if intent.get("policy_version") not in (None, policy_version):
+        return None
     body = {k: intent[k] for k in ("agent_id", "principal", "run_id", "tool", "workflow_id")}
     body.update(args_digest=intent["args_digest"].hex(), intent_id=intent["event_id"],
                 policy_version=policy_version or "")  # fmt: skip

@@ -154,3 +154,35 @@ def test_a_request_id_reused_in_another_run_cannot_replace_the_group() -> None:
     assert r.checks() == [
         "approval.duplicate_request", "approval.wrong_key", "approval.quorum_missing",
     ]  # fmt: skip
+
+
+def _checked(events: list[dict]) -> list[str]:
+    """The approval checks over decoded events directly: for ToolIntent fields the packaged
+    schema does not have yet (`grant_id`, `policy_version`, being added with the policy)."""
+    from wakeline.ledger.pairing import ApprovalChecker, Position
+
+    checker = ApprovalChecker()
+    found = []
+    for i, e in enumerate(events):
+        issue = checker.add(0, e, Position(0, i, i, e["event_id"]))
+        if issue is not None:
+            found.append(issue.check)
+    return found
+
+
+def test_a_standing_grant_stands_in_for_the_quorum() -> None:
+    intent, request = call()
+    assert _checked([intent, ok(intent)]) == ["approval.quorum_missing"]
+    assert _checked([dict(intent, grant_id="grant-1"), ok(intent)]) == []
+
+
+def test_an_intent_decided_by_another_policy_version_is_not_bound() -> None:
+    intent, request = call(quorum=1)
+    approval = yes(request, ALICE)
+    assert _checked([intent, request, approval, ok(intent)]) == []
+    other = dict(intent, policy_version="cd" * 32)
+    assert _checked([other, request, approval, ok(other)]) == [
+        "approval.unbound", "approval.quorum_missing",
+    ]  # fmt: skip
+    same = dict(intent, policy_version=request["policy_version"])
+    assert _checked([same, request, approval, ok(same)]) == []

@@ -70,6 +70,13 @@ def test_a_request_that_is_not_about_its_intent_is_refused(change: dict, why: st
         decidable(stored(intent, forged))
 
 
+def test_an_intent_decided_by_another_policy_version_is_not_the_requests() -> None:
+    intent, request = waiting_call("wf-1", GROUP)
+    assert mismatch(request, dict(intent, policy_version=POLICY_VERSION)) is None
+    why = mismatch(request, dict(intent, policy_version="cd" * 32))
+    assert why is not None and "decided by policy" in why
+
+
 def test_closed_expired_denied_unknown_and_outsiders_are_refused() -> None:
     intent, request = waiting_call("wf-1", GROUP)
     row = stored(intent, request)
