@@ -1,7 +1,8 @@
 """Approval traffic as the SDK writes it, for the queue, CLI and verifier tests: a ToolIntent
 whose decision is require_approval (its `approval_id` names the request), then its
 ApprovalRequested on the same workflow (binding = `binding_of_intent`), then signed
-decisions (`decision_event`) and the call's ToolResult."""
+decisions (`decision_event`) and the call's ToolResult. For the integration tests: `produce`
+them as the SDK does, and read the queue back (`queued_request`, `queued_decisions`)."""
 
 from __future__ import annotations
 
@@ -129,3 +130,36 @@ def result_of(
     e = _envelope(intent["workflow_id"], "ToolResult", now_us() if at is None else at)
     return {**e, "parent_event_ids": [intent["event_id"]], "intent_id": intent["event_id"],
             "status": status, "duration_us": 10}  # fmt: skip
+
+
+# -- against the real stack ----------------------------------------------------------------
+def produce(kafka: Any, events: list[dict[str, Any]], *, raw: list[tuple] = ()) -> None:
+    """Produce `events` onto the events topic keyed by workflow, with CloudEvents headers;
+    `raw` (key, value) records as they are."""
+    from confluent_kafka import Producer
+
+    from wakeline.testkit.samples import frames
+
+    p = Producer(kafka.client_config())
+    for e in events:
+        key, value, headers = frames(e)
+        p.produce(kafka.topics.events, value, key, headers=headers)
+    for key, value in raw:
+        p.produce(kafka.topics.events, value, key)
+    assert p.flush(15) == 0
+
+
+def queued_request(dsn: str, request_id: str) -> Any:
+    from wakeline.infra import db
+    from wakeline.policy import queue
+
+    with db.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        return queue.get_request(cur, request_id)
+
+
+def queued_decisions(dsn: str, request_id: str) -> list[Any]:
+    from wakeline.infra import db
+    from wakeline.policy import queue
+
+    with db.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
+        return queue.decisions_of(cur, request_id)

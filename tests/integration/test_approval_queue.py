@@ -9,30 +9,28 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
 
-from tests.approvalkit import Approvers, now_us, result_of, signed, waiting_call
+from tests.approvalkit import (
+    Approvers,
+    now_us,
+    produce,
+    queued_decisions,
+    queued_request,
+    result_of,
+    signed,
+    waiting_call,
+)
 from wakeline.infra import db
 from wakeline.infra.settings import KafkaSettings
 from wakeline.policy import queue
 from wakeline.processors.approvals import approval_runner
 from wakeline.schemas import encode_event, new_event_id
 from wakeline.testkit.harness import wait_until
-from wakeline.testkit.samples import frames, intent, result
+from wakeline.testkit.samples import intent, result
 
 pytestmark = pytest.mark.integration
 
 ALICE, BOB, CAROL = "alice@example.com", "bob@example.com", "carol@example.com"
-
-
-def produce(kafka: KafkaSettings, events: list[dict[str, Any]], *, raw: list[tuple] = ()) -> None:
-    p = Producer(kafka.client_config())
-    for e in events:
-        key, value, headers = frames(e)
-        p.produce(kafka.topics.events, value, key, headers=headers)
-    for key, value in raw:
-        p.produce(kafka.topics.events, value, key)
-    assert p.flush(15) == 0
 
 
 @pytest.fixture
@@ -41,16 +39,6 @@ def runner(fresh_kafka: KafkaSettings, fresh_dsn: str) -> Iterator[Any]:
     r.start()
     yield r
     r.stop()
-
-
-def _get(dsn: str, request_id: str) -> queue.Request | None:
-    with db.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
-        return queue.get_request(cur, request_id)
-
-
-def _decisions(dsn: str, request_id: str) -> list[queue.Decision]:
-    with db.connect(dsn, autocommit=True) as conn, conn.cursor() as cur:
-        return queue.decisions_of(cur, request_id)
 
 
 def test_the_queue_follows_a_request_to_its_result_and_survives_a_replay(
@@ -63,29 +51,39 @@ def test_the_queue_follows_a_request_to_its_result_and_survives_a_replay(
     noise = intent(wf, 1)
     produce(fresh_kafka, [noise, result(noise), call, request, other, other_request],
             raw=[(wf.encode(), b"not an event")])  # fmt: skip
-    wait_until(lambda: _get(fresh_dsn, other_request["event_id"]) is not None, 60, "the requests")
-    got = _get(fresh_dsn, request["event_id"])
+    wait_until(
+        lambda: queued_request(fresh_dsn, other_request["event_id"]) is not None, 60, "the requests"
+    )
+    got = queued_request(fresh_dsn, request["event_id"])
     assert got is not None and got.state == "pending" and got.bound and got.quorum == 2
     assert got.intent_id == call["event_id"] and got.tool == "payments.transfer"
     assert sorted(got.approver_keys) == [ALICE, BOB]
     # two requests of one workflow: each its own id and its own binding
-    assert got.binding != _get(fresh_dsn, other_request["event_id"]).binding  # type: ignore[union-attr]
+    assert got.binding != queued_request(fresh_dsn, other_request["event_id"]).binding  # type: ignore[union-attr]
 
     forged = signed(request, group, BOB, key=Approvers.of(BOB).keys[BOB])  # not Bob's key
     produce(fresh_kafka, [signed(request, group, ALICE), forged])
-    wait_until(lambda: len(_decisions(fresh_dsn, request["event_id"])) == 2, 60, "decisions")
-    counts = {d.event_id: (d.counts, d.why) for d in _decisions(fresh_dsn, request["event_id"])}
+    wait_until(lambda: len(queued_decisions(fresh_dsn, request["event_id"])) == 2, 60, "decisions")
+    counts = {
+        d.event_id: (d.counts, d.why) for d in queued_decisions(fresh_dsn, request["event_id"])
+    }
     why = f"not signed with the key the policy lists for {BOB}"
     assert counts[forged["event_id"]] == (False, why)
-    assert _get(fresh_dsn, request["event_id"]).state == "pending"  # type: ignore[union-attr]
+    assert queued_request(fresh_dsn, request["event_id"]).state == "pending"  # type: ignore[union-attr]
 
     produce(fresh_kafka, [signed(request, group, BOB)])
-    wait_until(lambda: _get(fresh_dsn, request["event_id"]).state == "approved", 60, "quorum")  # type: ignore[union-attr]
+    wait_until(
+        lambda: queued_request(fresh_dsn, request["event_id"]).state == "approved", 60, "quorum"
+    )  # type: ignore[union-attr]
 
     produce(fresh_kafka, [signed(other_request, group, ALICE, "deny"), result_of(call)])
-    wait_until(lambda: _get(fresh_dsn, request["event_id"]).state == "closed", 60, "closed")  # type: ignore[union-attr]
-    wait_until(lambda: _get(fresh_dsn, other_request["event_id"]).state == "denied", 60, "denied")  # type: ignore[union-attr]
-    closed = _get(fresh_dsn, request["event_id"])
+    wait_until(
+        lambda: queued_request(fresh_dsn, request["event_id"]).state == "closed", 60, "closed"
+    )  # type: ignore[union-attr]
+    wait_until(
+        lambda: queued_request(fresh_dsn, other_request["event_id"]).state == "denied", 60, "denied"
+    )  # type: ignore[union-attr]
+    closed = queued_request(fresh_dsn, request["event_id"])
     assert closed is not None and closed.result_status == "ok"
     assert runner.processor.skipped == 0  # the bytes that are no event were skipped cheaply
 
@@ -98,8 +96,8 @@ def test_the_queue_follows_a_request_to_its_result_and_survives_a_replay(
     finally:
         again.stop()
     assert again.processor.requests == 0 and again.processor.decisions == 0
-    assert _get(fresh_dsn, request["event_id"]) == closed
-    assert len(_decisions(fresh_dsn, request["event_id"])) == 3
+    assert queued_request(fresh_dsn, request["event_id"]) == closed
+    assert len(queued_decisions(fresh_dsn, request["event_id"])) == 3
     with db.connect(fresh_dsn, autocommit=True) as conn, conn.cursor() as cur:
         listed = [r.request_id for r in queue.list_requests(cur, now_us=now_us())]
         assert listed == []  # one closed, one denied
@@ -123,13 +121,15 @@ def test_a_request_whose_binding_is_not_its_intents_is_stored_unbound(
                    reason="timed out")  # fmt: skip
     early = dict(timeout, event_id=new_event_id(), time=late["time"])  # not a timeout yet
     produce(fresh_kafka, [call, lying, orphan, late_call, late, early, timeout])
-    wait_until(lambda: _get(fresh_dsn, late["event_id"]) is not None, 60, "the requests")
-    wait_until(lambda: _get(fresh_dsn, late["event_id"]).state == "denied", 60, "the timeout")  # type: ignore[union-attr]
-    d_early, d = _decisions(fresh_dsn, late["event_id"])
+    wait_until(lambda: queued_request(fresh_dsn, late["event_id"]) is not None, 60, "the requests")
+    wait_until(
+        lambda: queued_request(fresh_dsn, late["event_id"]).state == "denied", 60, "the timeout"
+    )  # type: ignore[union-attr]
+    d_early, d = queued_decisions(fresh_dsn, late["event_id"])
     assert d.timed_out and d.counts and d.signature is None
     assert (d_early.counts, d_early.why) == (False, "a timeout written before the request expired")
-    got = _get(fresh_dsn, lying["event_id"])
+    got = queued_request(fresh_dsn, lying["event_id"])
     assert got is not None and not got.bound and got.intent is not None
-    got = _get(fresh_dsn, orphan["event_id"])
+    got = queued_request(fresh_dsn, orphan["event_id"])
     assert got is not None and not got.bound and got.intent is None
-    assert encode_event(call) == _get(fresh_dsn, lying["event_id"]).intent  # type: ignore[union-attr]
+    assert encode_event(call) == queued_request(fresh_dsn, lying["event_id"]).intent  # type: ignore[union-attr]

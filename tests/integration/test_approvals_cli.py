@@ -13,8 +13,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tests.approvalkit import Approvers, result_of, waiting_call
-from tests.integration.test_approval_queue import _decisions, _get, produce
+from tests.approvalkit import (
+    Approvers,
+    produce,
+    queued_decisions,
+    queued_request,
+    result_of,
+    waiting_call,
+)
 from wakeline.cli.main import cli
 from wakeline.infra.settings import KafkaSettings
 from wakeline.policy.approvals import (
@@ -66,7 +72,9 @@ def keygen(world: dict[str, Any], *who: str) -> Approvers:
 def queued(world: dict[str, Any], *events: dict[str, Any]) -> None:
     produce(world["kafka"], list(events))
     last = [e for e in events if e["type"] == "ApprovalRequested"][-1]
-    wait_until(lambda: _get(world["dsn"], last["event_id"]) is not None, 60, "the request")
+    wait_until(
+        lambda: queued_request(world["dsn"], last["event_id"]) is not None, 60, "the request"
+    )
 
 
 def test_two_approvers_reach_a_quorum_of_two_and_the_sdk_sees_it(world) -> None:
@@ -82,13 +90,13 @@ def test_two_approvers_reach_a_quorum_of_two_and_the_sdk_sees_it(world) -> None:
 
     got = run(world, "approvals", "approve", rid, "--as", ALICE, "--comment", "ok by me")
     assert got.exit_code == 0, got.output
-    wait_until(lambda: len(_decisions(world["dsn"], rid)) == 1, 60, "alice's approval")
+    wait_until(lambda: len(queued_decisions(world["dsn"], rid)) == 1, 60, "alice's approval")
     shown = json.loads(run(world, "approvals", "show", rid, "--json").output)
     assert shown["state"] == "pending" and shown["approved_by"] == [ALICE]
 
     got = run(world, "approvals", "approve", rid, "--as", BOB)
     assert got.exit_code == 0, got.output
-    wait_until(lambda: _get(world["dsn"], rid).state == "approved", 60, "the quorum")  # type: ignore[union-attr]
+    wait_until(lambda: queued_request(world["dsn"], rid).state == "approved", 60, "the quorum")  # type: ignore[union-attr]
     text = run(world, "approvals", "show", rid).output
     assert "approved by 2 of 2" in text and "payments.transfer" in text and "ok by me" in text
 
@@ -104,7 +112,7 @@ def test_two_approvers_reach_a_quorum_of_two_and_the_sdk_sees_it(world) -> None:
 
     # the call ran: the request is closed, and nobody can decide it any more
     produce(world["kafka"], [result_of(call)])
-    wait_until(lambda: _get(world["dsn"], rid).state == "closed", 60, "the result")  # type: ignore[union-attr]
+    wait_until(lambda: queued_request(world["dsn"], rid).state == "closed", 60, "the result")  # type: ignore[union-attr]
     got = run(world, "approvals", "approve", rid, "--as", ALICE)
     assert got.exit_code == 1 and "is closed" in got.output
     got = run(world, "approvals", "deny", rid, "--as", ALICE, "--reason", "late")
@@ -152,15 +160,15 @@ def test_deny_expired_unknown_forged_and_key_problems_are_refused(world, tmp_pat
     )
     (world["keys"] / f"{ALICE}.pem").unlink()
     assert "cannot read the key" in refused("approve", rid, "--as", ALICE)
-    assert _decisions(world["dsn"], rid) == []  # nothing was signed
+    assert queued_decisions(world["dsn"], rid) == []  # nothing was signed
 
     got = run(world, "approvals", "deny", rid, "--as", BOB, "--reason", "wrong account")
     assert got.exit_code == 0, got.output
-    wait_until(lambda: _get(world["dsn"], rid).state == "denied", 60, "the denial")  # type: ignore[union-attr]
+    wait_until(lambda: queued_request(world["dsn"], rid).state == "denied", 60, "the denial")  # type: ignore[union-attr]
     assert "is denied already" in refused("approve", rid, "--as", BOB)
     text = run(world, "approvals", "show", rid).output
     assert "denied by bob@example.com" in text and "wrong account" in text
-    (d,) = _decisions(world["dsn"], rid)
+    (d,) = queued_decisions(world["dsn"], rid)
     assert d.decision == "deny" and d.counts and d.public_key == public_bytes(group.keys[BOB])
     assert "does NOT match its intent" in run(world, "approvals", "show", forged["event_id"]).output
     assert run(world, "approvals", "show", "nope").exit_code == 1

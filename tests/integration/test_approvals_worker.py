@@ -10,8 +10,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.approvalkit import Approvers, result_of, signed, waiting_call
-from tests.integration.test_approval_queue import _decisions, _get, produce
+from tests.approvalkit import (
+    Approvers,
+    produce,
+    queued_decisions,
+    queued_request,
+    result_of,
+    signed,
+    waiting_call,
+)
 from tests.integration.test_approvals_cli import ALICE, BOB
 from wakeline.cli.main import cli
 from wakeline.infra.settings import KafkaSettings
@@ -48,18 +55,22 @@ def test_worker_queue_cli_and_ledger_verify(
     store = postgres_store_factory(fresh_dsn)()
     try:
         produce(fresh_kafka, [good, good_req, bad, bad_req])
-        wait_until(lambda: _get(fresh_dsn, bad_req["event_id"]) is not None, 90, "the queue")
+        wait_until(
+            lambda: queued_request(fresh_dsn, bad_req["event_id"]) is not None, 90, "the queue"
+        )
         for who in (ALICE, BOB):
             got = CliRunner().invoke(
                 cli, ["approvals", "approve", good_req["event_id"], "--as", who], env=env
             )
             assert got.exit_code == 0, got.output
         rid = good_req["event_id"]
-        wait_until(lambda: _get(fresh_dsn, rid).state == "approved", 60, "the quorum")  # type: ignore[union-attr]
+        wait_until(lambda: queued_request(fresh_dsn, rid).state == "approved", 60, "the quorum")  # type: ignore[union-attr]
         ran = result_of(bad)
         produce(fresh_kafka, [result_of(good), forged, ran])
-        wait_until(lambda: _get(fresh_dsn, bad_req["event_id"]).state == "closed", 60, "closed")  # type: ignore[union-attr]
-        assert [d.counts for d in _decisions(fresh_dsn, bad_req["event_id"])] == [False]
+        wait_until(
+            lambda: queued_request(fresh_dsn, bad_req["event_id"]).state == "closed", 60, "closed"
+        )  # type: ignore[union-attr]
+        assert [d.counts for d in queued_decisions(fresh_dsn, bad_req["event_id"])] == [False]
         wait_for_ledger(store, 9)
     finally:
         assert stop_worker(proc) == 0, log.read_text()[-3000:]
