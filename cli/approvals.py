@@ -180,7 +180,15 @@ def _decide(
         )
 
     event = _with_cursor(dsn, check)
-    key = _guarded(lambda: core.load_private_key(approver, key_file))
+
+    def load() -> Any:
+        try:
+            return core.load_private_key(approver, key_file)
+        except core.ApprovalError as e:
+            hint = "" if key_file else f" (`wakeline approvals keygen --principal {approver}`)"
+            raise core.ApprovalError(f"{e}{hint}") from e
+
+    key = _guarded(load)
     signed = _guarded(
         lambda: queue.sign_decision(event, decision, approver, key, now_us=now, comment=comment)
     )
