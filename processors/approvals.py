@@ -16,7 +16,8 @@ detector does. One PostgreSQL transaction per sink round; every write is keyed b
 and ignores rows already there, so the re-reading after a restart (from the group's committed
 offset, committed only after the transaction) changes nothing. A record that decodes but
 cannot be stored is logged with its position and skipped (its savepoint rolled back), so one
-bad event never stalls the queue; undecodable records are the audit publisher's to
+bad event never stalls the queue (the ledger holds it regardless); a database that is away
+fails the round, which the runner redoes. Undecodable records are the audit publisher's to
 dead-letter.
 """
 
@@ -28,8 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
+
 from wakeline.infra.settings import KafkaSettings
 from wakeline.ledger.records import LedgerRecord
+from wakeline.policy import queue
 from wakeline.schemas import HEADER_SIZE, MAGIC, default_codec
 
 from .stream import COMMITTED, Applied, Assigned, KafkaRunner, Output, RunnerSettings
@@ -110,8 +114,6 @@ class ApprovalQueueProcessor:
 
     # -- runner protocol (sink thread) -------------------------------------------------------
     def apply(self, works: list[Any]) -> list[Applied]:
-        from wakeline.policy import queue
-
         items = [i for w in works for i in w.items]
         if items:
             if self._conn is None:
@@ -125,7 +127,9 @@ class ApprovalQueueProcessor:
                         continue
                     try:
                         with conn.transaction():  # a savepoint: one bad event is skipped
-                            self._store(cur, queue, r, kind, e)
+                            self._store(cur, r, kind, e)
+                    except (psycopg.OperationalError, psycopg.InterfaceError):
+                        raise  # the database, not the event: the runner redoes the round
                     except Exception as exc:  # noqa: BLE001 - logged with its position
                         self.skipped += 1
                         log.error("approval queue: event skipped partition=%d offset=%d "
@@ -134,7 +138,7 @@ class ApprovalQueueProcessor:
                 self.closed += queue.close(cur, results)
         return [Applied(w, [], w.commit) for w in works]
 
-    def _store(self, cur: Any, queue: Any, r: LedgerRecord, kind: str, e: dict) -> None:
+    def _store(self, cur: Any, r: LedgerRecord, kind: str, e: dict) -> None:
         if kind == "ToolIntent":
             queue.record_intent(cur, e, r.partition, r.offset, r.value)
         elif kind == "ApprovalRequested":
