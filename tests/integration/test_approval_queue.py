@@ -120,7 +120,8 @@ def test_a_request_whose_binding_is_not_its_intents_is_stored_unbound(
                    approver="wakeline-sdk", timed_out=True, signature=None, public_key=None,
                    reason="timed out")  # fmt: skip
     early = dict(timeout, event_id=new_event_id(), time=late["time"])  # not a timeout yet
-    produce(fresh_kafka, [call, lying, orphan, late_call, late, early, timeout])
+    poison = dict(signed(late, group, ALICE), request_id="a\x00b")  # no text column takes it
+    produce(fresh_kafka, [poison, call, lying, orphan, late_call, late, early, timeout])
     wait_until(lambda: queued_request(fresh_dsn, late["event_id"]) is not None, 60, "the requests")
     wait_until(
         lambda: queued_request(fresh_dsn, late["event_id"]).state == "denied", 60, "the timeout"
@@ -128,6 +129,7 @@ def test_a_request_whose_binding_is_not_its_intents_is_stored_unbound(
     d_early, d = queued_decisions(fresh_dsn, late["event_id"])
     assert d.timed_out and d.counts and d.signature is None
     assert (d_early.counts, d_early.why) == (False, "a timeout written before the request expired")
+    assert runner.processor.skipped == 1  # the poison is skipped (logged), the rest stored
     got = queued_request(fresh_dsn, lying["event_id"])
     assert got is not None and not got.bound and got.intent is not None
     got = queued_request(fresh_dsn, orphan["event_id"])
