@@ -15,9 +15,9 @@ Everything else is skipped on the writer schema's fingerprint (no decoding), as 
 detector does. One PostgreSQL transaction per sink round; every write is keyed by an event id
 and ignores rows already there, so the re-reading after a restart (from the group's committed
 offset, committed only after the transaction) changes nothing. A record that decodes but
-cannot be stored is logged with its position and skipped (its savepoint rolled back), so one
-bad event never stalls the queue (the ledger holds it regardless); a database that is away
-fails the round, which the runner redoes. Undecodable records are the audit publisher's to
+cannot be stored goes to the DLQ with the reason (its savepoint rolled back), so one bad
+event never stalls the queue (the ledger holds it regardless); a database that is away fails
+the round, which the runner redoes. Undecodable records are the audit publisher's to
 dead-letter.
 """
 
@@ -31,11 +31,13 @@ from typing import Any
 
 import psycopg
 
-from wakeline.infra.settings import KafkaSettings
+from wakeline.infra.settings import KafkaSettings, Topics
 from wakeline.ledger.records import LedgerRecord
 from wakeline.policy import queue
 from wakeline.schemas import HEADER_SIZE, MAGIC, default_codec
 
+from .audit import clip
+from .auditor import dlq_record
 from .stream import COMMITTED, Applied, Assigned, KafkaRunner, Output, RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -62,9 +64,13 @@ class ApprovalQueueProcessor:
         self,
         connect: Callable[[], Any],
         *,
+        topics: Topics | None = None,
         decode: Callable[[bytes], dict[str, Any]] | None = None,
+        max_record_bytes: int = 900_000,
     ) -> None:
         self._connect = connect
+        self.topics = topics or Topics()
+        self.max_record_bytes = max_record_bytes
         self._conn: Any = None
         self.decode = decode or default_codec().decode
         self._kinds: dict[bytes, str] = {}
@@ -115,6 +121,7 @@ class ApprovalQueueProcessor:
     # -- runner protocol (sink thread) -------------------------------------------------------
     def apply(self, works: list[Any]) -> list[Applied]:
         items = [i for w in works for i in w.items]
+        dead: list[Output] = []
         if items:
             if self._conn is None:
                 self._conn = self._connect()
@@ -130,13 +137,22 @@ class ApprovalQueueProcessor:
                             self._store(cur, r, kind, e)
                     except (psycopg.OperationalError, psycopg.InterfaceError):
                         raise  # the database, not the event: the runner redoes the round
-                    except Exception as exc:  # noqa: BLE001 - logged with its position
-                        self.skipped += 1
-                        log.error("approval queue: event skipped partition=%d offset=%d "
-                                  "type=%s: %s: %s", r.partition, r.offset, kind,
-                                  type(exc).__name__, exc)  # fmt: skip
+                    except Exception as exc:  # noqa: BLE001 - dead-lettered with the reason
+                        dead.append(self._dead_letter(r, kind, exc))
                 self.closed += queue.close(cur, results)
-        return [Applied(w, [], w.commit) for w in works]
+        out = [Applied(w, [], w.commit) for w in works]
+        if dead and out:
+            out[-1].outputs = dead
+        return out
+
+    def _dead_letter(self, r: LedgerRecord, kind: str, exc: Exception) -> Output:
+        self.skipped += 1
+        reason = f"the approval queue cannot store this {kind}: {type(exc).__name__}: {exc}"
+        log.error("approval queue: event sent to the DLQ partition=%d offset=%d reason=%s",
+                  r.partition, r.offset, clip(reason, 300))  # fmt: skip
+        value, key, headers = dlq_record(r, reason, self.topics.events, None,
+                                         self.max_record_bytes, component=self.name)  # fmt: skip
+        return Output(self.topics.dlq, value, key, headers)
 
     def _store(self, cur: Any, r: LedgerRecord, kind: str, e: dict) -> None:
         if kind == "ToolIntent":
@@ -149,6 +165,8 @@ class ApprovalQueueProcessor:
             self.decisions += 1
 
     def delivered(self, applied: list[Applied], refused: list[tuple[Output, str]]) -> list[Output]:
+        for _, why in refused:  # DLQ copies are bounded: only a misconfigured broker refuses
+            log.error("approval queue: the broker refused a DLQ record reason=%s", why)
         return []
 
     def reset(self) -> None:
@@ -180,7 +198,7 @@ def approval_runner(kafka: KafkaSettings, dsn: str, *, stall_after_s: float = 60
     from wakeline.infra import db
 
     return KafkaRunner(
-        ApprovalQueueProcessor(lambda: db.connect(dsn)),
+        ApprovalQueueProcessor(lambda: db.connect(dsn), topics=kafka.topics),
         kafka.topics.events,
         kafka.client_config,
         RunnerSettings(

@@ -25,7 +25,7 @@ from wakeline.infra.settings import KafkaSettings
 from wakeline.policy import queue
 from wakeline.processors.approvals import approval_runner
 from wakeline.schemas import encode_event, new_event_id
-from wakeline.testkit.harness import wait_until
+from wakeline.testkit.harness import read_topic, wait_until
 from wakeline.testkit.samples import intent, result
 
 pytestmark = pytest.mark.integration
@@ -129,7 +129,13 @@ def test_a_request_whose_binding_is_not_its_intents_is_stored_unbound(
     d_early, d = queued_decisions(fresh_dsn, late["event_id"])
     assert d.timed_out and d.counts and d.signature is None
     assert (d_early.counts, d_early.why) == (False, "a timeout written before the request expired")
-    assert runner.processor.skipped == 1  # the poison is skipped (logged), the rest stored
+    # the poison went to the DLQ with the reason; the events after it were stored
+    assert runner.processor.skipped == 1
+    (dlq,) = read_topic(fresh_kafka, fresh_kafka.topics.dlq)
+    headers = dict(dlq.headers())
+    assert headers["wakeline_dlq_component"] == b"approval-queue"
+    assert b"cannot store this ApprovalGranted" in headers["wakeline_dlq_reason"]
+    assert dlq.value() == encode_event(poison)
     got = queued_request(fresh_dsn, lying["event_id"])
     assert got is not None and not got.bound and got.intent is not None
     got = queued_request(fresh_dsn, orphan["event_id"])
