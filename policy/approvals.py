@@ -44,7 +44,7 @@ STATEMENT_DOMAIN = b"wakeline/approval-statement/v1\n"
 KEY_PREFIX = "ed25519:"
 KEYS_DIR_VARIABLE = "WAKELINE_KEYS_DIR"
 declare(
-    "approvals",
+    "approver-keys",
     "approvers' keys (`wakeline approvals keygen`, `approve`, `deny`)",
     Variable(KEYS_DIR_VARIABLE, as_text, None,
              "directory of the approvers' private keys (default: ~/.wakeline/keys)"),
