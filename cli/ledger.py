@@ -256,7 +256,8 @@ EPILOG = "Exit codes: 0 sound, 10 tampered, 11 incomplete, 12 unusable input, 2 
 @click.command("ledger-verify", epilog=EPILOG)
 @_verify_options
 def ledger_verify_main(**kw: Any) -> None:
-    """Verify a Wakeline ledger: every leaf, segment root, chain link, checkpoint and pairing."""
+    """Verify a Wakeline ledger: every leaf, segment root, chain link, checkpoint, pairing and
+    approval."""
     run_verify(**kw)
 
 
@@ -268,7 +269,8 @@ def ledger() -> None:
 @ledger.command("verify", epilog=EPILOG)
 @_verify_options
 def verify_cmd(**kw: Any) -> None:
-    """Verify a Wakeline ledger: every leaf, segment root, chain link, checkpoint and pairing."""
+    """Verify a Wakeline ledger: every leaf, segment root, chain link, checkpoint, pairing and
+    approval."""
     run_verify(**kw)
 
 

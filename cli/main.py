@@ -206,6 +206,7 @@ def demo(as_json: bool) -> None:
 def _attach_component_commands() -> None:
     """Commands owned by components, each in its own cli/ module."""
     from wakeline.cli.alerts import alerts
+    from wakeline.cli.approvals import approvals
     from wakeline.cli.compensator import compensator
     from wakeline.cli.config import config
     from wakeline.cli.incidents import incidents
@@ -228,6 +229,7 @@ def _attach_component_commands() -> None:
         incidents,
         alerts,
         policy,
+        approvals,
     ):
         cli.add_command(command)
 

@@ -51,6 +51,12 @@ import click
     "WAKELINE_DETECTORS=0; rules: WAKELINE_DETECTION_RULES, docs/detection.md).",
 )
 @click.option(
+    "--approvals/--no-approvals",
+    default=True,
+    help="Keep the approval queue `wakeline approvals` reads (with the audit publisher; on "
+    "by default).",
+)
+@click.option(
     "--single-process",
     is_flag=True,
     help="Run builder and audit publisher in this one process (default: the audit "
@@ -69,6 +75,7 @@ def worker(
     no_audit: bool,
     no_builder: bool,
     detectors: bool | None,
+    approvals: bool,
     single_process: bool,
     loglevel: str,
 ) -> None:
@@ -97,6 +104,7 @@ def worker(
         "audit": False if no_audit else None,
         "builder": False if no_builder else None,
         "detectors": detectors,
+        "approvals": False if not approvals else None,
         "metrics_port": metrics_port,
         "metrics_host": metrics_host,
     }
@@ -109,6 +117,8 @@ def worker(
             args = ["--checkpoint-interval-s", "0", "-l", loglevel, *_child_metrics(metrics_port)]
             if detectors is not None:
                 args.append("--detectors" if detectors else "--no-detectors")
+            if not approvals:
+                args.append("--no-approvals")
             if metrics_host is not None:
                 args += ["--metrics-host", metrics_host]
             child = AuditChild(args, nice=10)

@@ -164,6 +164,7 @@ COMPONENT_MODULES = (
     "wakeline.infra.detection",
     "wakeline.compensator.notify",
     "wakeline.policy.engine",
+    "wakeline.policy.approvals",
 )
 
 #: the entry-point group of packages outside Wakeline that declare components (a handler

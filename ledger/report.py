@@ -73,12 +73,12 @@ class VerifyReport:
     def first(self) -> Finding | None:
         """The first finding of the worst kind: what the auditor should look at first.
 
-        Integrity findings outrank pairing findings of the same kind: a deleted leaf also
-        orphans a result, but the broken commitment is the cause."""
+        Integrity findings outrank pairing and approval findings of the same kind: a deleted
+        leaf also orphans a result, but the broken commitment is the cause."""
         worst = [f for f in self.findings if f.verdict == self.verdict]
         if not worst:
             return None
-        return min(worst, key=lambda f: f.check.startswith("pairing."))
+        return min(worst, key=lambda f: f.check.startswith(("pairing.", "approval.")))
 
     @property
     def exit_code(self) -> int:

@@ -682,6 +682,11 @@ class LedgerVerifier:
                 self._fail_pairing(issue)
         if self._pairing is not None:
             self._stats["undecodable_events"] = self._pairing.undecodable
+            checked = self._pairing.approvals
+            if checked.requests:
+                self._stats["approval_requests"] = len(checked.requests)
+                self._stats["approval_decisions"] = checked.decisions
+                self._stats["approved_calls"] = checked.approved_calls
             if self._pairing.redelivered:
                 self._stats["redelivered_events"] = self._pairing.redelivered
                 w = self._pairing.first_redelivered

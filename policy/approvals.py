@@ -36,10 +36,19 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from wakeline.infra.settings import Variable, declare
+from wakeline.infra.settings import text as as_text
+
 BINDING_DOMAIN = b"wakeline/approval-binding/v1\n"
 STATEMENT_DOMAIN = b"wakeline/approval-statement/v1\n"
 KEY_PREFIX = "ed25519:"
 KEYS_DIR_VARIABLE = "WAKELINE_KEYS_DIR"
+declare(
+    "approver-keys",
+    "approvers' keys (`wakeline approvals keygen`, `approve`, `deny`)",
+    Variable(KEYS_DIR_VARIABLE, as_text, None,
+             "directory of the approvers' private keys (default: ~/.wakeline/keys)"),
+)  # fmt: skip
 
 Decision = Literal["approve", "deny"]
 

@@ -1,13 +1,14 @@
 """The faust-streaming app behind `wakeline worker`: the host of the stream processors.
 
-The ledger builder, the audit publisher and (beside it, unless `--no-detectors`) the loop and
-race detectors (processors/loops.py, processors/races.py) run on the Kafka runner
-(processors/stream.py), each on threads of its own inside the worker, hosted as a mode Service:
-batch consumption with confluent-kafka is ~20x faster than faust's per-event machinery
-(docs/decisions.md has the figures), and the runner gives both one way to restore, retry,
-commit after the sink and stop. faust stays the host: the worker's lifecycle and signals,
-checkpoint signing on a timer, and agents where volume is low and per-event logic is the point
-(`agent()` pins concurrency=1: faust-streaming can skip offsets with more, its issue #606).
+The ledger builder, the audit publisher with the approval queue (processors/approvals.py)
+and (beside them, unless `--no-detectors`) the loop and race detectors (processors/loops.py,
+processors/races.py) run on the Kafka runner (processors/stream.py), each on threads of its
+own inside the worker, hosted as a mode Service: batch consumption with confluent-kafka is ~20x
+faster than faust's per-event machinery (docs/decisions.md has the figures), and the runner
+gives both one way to restore, retry, commit after the sink and stop. faust stays the host: the
+worker's lifecycle and signals, checkpoint signing on a timer, and agents where volume is low
+and per-event logic is the point (`agent()` pins concurrency=1: faust-streaming can skip
+offsets with more, its issue #606).
 
 Several workers can run at once: each runner's consumer group shares its topic's partitions
 between them, and each partition resumes from PostgreSQL (builder) or the committed offset
@@ -37,6 +38,7 @@ from wakeline.ledger.checkpoints import Signer, parse_body, split_note
 from wakeline.ledger.store import LedgerStore
 from wakeline.schemas import default_codec
 
+from .approvals import approval_runner
 from .auditor import Auditor, AuditProcessor
 from .checkpointing import sign_checkpoint
 from .loops import loop_runner
@@ -164,6 +166,8 @@ def create_worker(
         runners.extend(race_runners(kafka, rules, stall_after_s=settings.stall_after_s))
     if settings.audit:
         runners.append(audit_runner(kafka, settings, store_factory))
+        if settings.approvals:
+            runners.append(approval_runner(kafka, dsn, stall_after_s=settings.stall_after_s))
         # frames written with schemas agents published on the schemas topic decode too
         default_codec().resolver = worker_resolver(kafka, dsn)
     lock = asyncio.Lock()

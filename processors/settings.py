@@ -44,6 +44,9 @@ class BuilderSettings:
     #: run the loop and race detectors (processors/loops.py, races.py) in this worker (with
     #: the audit publisher); `wakeline worker --no-detectors` or WAKELINE_DETECTORS=0 to not
     detectors: bool = True
+    #: run the approval queue's processor (processors/approvals.py) with the audit publisher:
+    #: what `wakeline approvals` reads
+    approvals: bool = True
     #: results whose intent is remembered for the summary ("called X for Y: ok")
     intent_cache_size: int = 200_000
     #: the most a derived record (audit, DLQ) may weigh: key + value + headers; under

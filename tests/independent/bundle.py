@@ -5,11 +5,15 @@ that document alone; the primitives (hashes, leaves, notes, Avro) are in verifie
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 from dataclasses import dataclass, field
 
+import blake3
 import fastavro
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .verifier import (
     CHECKPOINT,
@@ -100,6 +104,9 @@ class _Verifier:
         self.pending: dict[tuple[int, str], tuple[int, int]] = {}
         self.answered: dict[tuple[int, str], str] = {}
         self.runs: dict[tuple, list] = {}  # (partition, workflow, run) -> [count, last, ids]
+        # approvals (§9): waiting intents, and requests with the decisions recorded for them
+        self.waiting: dict[tuple[int, str], dict] = {}
+        self.requests: dict[tuple[int, str], tuple[dict, list]] = {}
 
     def add(self, verdict: str, check: str, message: str, **where) -> None:
         self.res.findings.append(Finding(verdict, check, message, **where))
@@ -226,6 +233,62 @@ class _Verifier:
         run[0] += 1
         run[1] = eid
         run[2].add(eid)
+        self.approval(p, kind, ev, at)
+
+    # -------------------------------------------------------------- approvals (§9)
+
+    def approval(self, p: int, kind: str | None, ev: dict, at: dict) -> None:
+        if kind == "ToolIntent":
+            if ev.get("policy_decision") == "require_approval":
+                self.waiting[(p, ev["event_id"])] = ev
+        elif kind == "ApprovalRequested":
+            if (p, ev["event_id"]) in self.requests:
+                self.add("tampered", "approval.duplicate_request", "request id reused", **at)
+                return
+            self.requests[(p, ev["event_id"])] = (ev, [])
+            intent = self.waiting.get((p, ev.get("intent_id")))
+            if intent is None:
+                self.add("tampered", "approval.orphan", "request of no waiting intent", **at)
+            elif binding(intent, ev.get("policy_version")) != ev["intent_digest"]:
+                self.add("tampered", "approval.unbound", "request binds another call", **at)
+        elif kind in ("ApprovalGranted", "ApprovalDenied"):
+            if ev.get("timed_out") and not ev.get("signature"):
+                return
+            got = self.requests.get((p, ev["request_id"]))
+            if got is None:
+                self.add("tampered", "approval.orphan", "decision of no request", **at)
+                return
+            req, decisions = got
+            if len(ev["intent_digest"]) != 32 or ev["intent_digest"] != req["intent_digest"]:
+                self.add("tampered", "approval.unbound", "decision over another binding", **at)
+                return
+            decisions.append(ev)
+            if not signature_holds(ev):
+                self.add("tampered", "approval.bad_signature", "signature", **at)
+            elif listed_key(req, ev["approver"]) != ev.get("public_key"):
+                self.add("tampered", "approval.wrong_key", "key not listed", **at)
+        elif kind == "ToolResult":
+            intent = self.waiting.pop((p, ev.get("intent_id")), None)
+            if intent is None or ev.get("status") not in ("ok", "error"):
+                return
+            if intent.get("grant_id"):
+                return
+            started = ev["time"] - (ev.get("duration_us") or 0)
+            for (q, rid), (req, decisions) in self.requests.items():
+                if q != p or req.get("intent_id") != intent["event_id"]:
+                    continue
+                if intent.get("approval_id") not in (None, rid):
+                    continue
+                if binding(intent, req.get("policy_version")) != req["intent_digest"]:
+                    continue
+                valid = [d for d in decisions if signature_holds(d)
+                         and listed_key(req, d["approver"]) == d.get("public_key")]  # fmt: skip
+                if any(d["type"] == "ApprovalDenied" for d in valid):
+                    continue
+                yes = {d["approver"] for d in valid if d["expires_at"] > started}
+                if len(yes) >= max(1, req.get("quorum") or 1):
+                    return
+            self.add("tampered", "approval.quorum_missing", "ran without a quorum", **at)
 
     # -------------------------------------------------------------- checkpoints
 
@@ -291,6 +354,51 @@ class _Verifier:
         self.res.checkpoints += 1
 
 
+def _canonical(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def binding(intent: dict, policy_version: str | None) -> bytes | None:
+    """The binding of an intent for a policy version (§9); None when the intent records
+    another version."""
+    if intent.get("policy_version") not in (None, policy_version):
+        return None
+    body = {k: intent[k] for k in ("agent_id", "principal", "run_id", "tool", "workflow_id")}
+    body.update(args_digest=intent["args_digest"].hex(), intent_id=intent["event_id"],
+                policy_version=policy_version or "")  # fmt: skip
+    return blake3.blake3(b"wakeline/approval-binding/v1\n" + _canonical(body)).digest()
+
+
+def signature_holds(d: dict) -> bool:
+    """The decision's signature verifies over its statement with the key it carries (§9)."""
+    deny = d["type"] == "ApprovalDenied"
+    statement = b"wakeline/approval-statement/v1\n" + _canonical({
+        "approver": d["approver"], "binding": d["intent_digest"].hex(),
+        "decision": "deny" if deny else "approve",
+        "expires_at": 0 if deny else d["expires_at"], "request_id": d["request_id"],
+    })  # fmt: skip
+    pub, sig = d.get("public_key"), d.get("signature")
+    if not pub or not sig or len(pub) != 32:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(pub).verify(sig, statement)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def listed_key(request: dict, approver: str) -> bytes | None:
+    """The raw key a request lists for `approver` (None: none, or one that does not read)."""
+    text = (request.get("approver_keys") or {}).get(approver)
+    if not isinstance(text, str) or not text.startswith("ed25519:"):
+        return None
+    try:
+        raw = base64.b64decode(text[len("ed25519:") :], validate=True)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
+
+
 def verify_bundle(data: bytes, trusted_keys: list[str] | None = None) -> Result:
     res = Result(ok=False)
     v = _Verifier(trusted_keys, res)
@@ -311,7 +419,7 @@ def verify_bundle(data: bytes, trusted_keys: list[str] | None = None) -> Result:
     if worst:
         res.verdict = next(k for k, r in RANK.items() if r == worst)
         top = [f for f in res.findings if f.verdict == res.verdict]
-        res.first = min(top, key=lambda f: f.check.startswith("pairing."))
+        res.first = min(top, key=lambda f: f.check.startswith(("pairing.", "approval.")))
         res.problem = f"{res.first.check}: {res.first.message}"
     res.ok = res.verdict == "sound"
     return res

@@ -296,6 +296,71 @@ def test_a_seal_counts_every_event_of_its_run_and_names_none_when_it_counts_none
           "pairing.seal_count")  # fmt: skip
 
 
+# ------------------------------------------------------------------ approvals (§9)
+
+
+def _approval_cases() -> dict[str, tuple[list[dict], str, str | None]]:
+    from tests.approvalkit import Approvers, result_of, signed, waiting_call
+
+    t0 = 1_780_000_000_000_000
+    group = Approvers.of("alice@example.com", "bob@example.com")
+    a, b = "alice@example.com", "bob@example.com"
+    intent, req = waiting_call("wf-1", group, quorum=2, at=t0)
+    ok = result_of(intent, at=t0 + 5_000_000)
+
+    def yes(who: str, **kw) -> dict:
+        return signed(req, group, who, at=t0 + 1_000_000, **kw)
+
+    bad_sig = yes(a)
+    bad_sig["signature"] = bytes(64)
+    no = signed(req, group, b, "deny", at=t0 + 2)
+    timeout = dict(no, timed_out=True, signature=None, public_key=None, approver="sdk")
+    _, other = waiting_call("wf-1", group, quorum=2, at=t0, amount=5)
+    lying = dict(req, intent_digest=other["intent_digest"])
+    mallory_group = Approvers.of(a)
+    mallory = mallory_group.keys[a]
+    return {
+        "approved": ([intent, req, yes(a), yes(b), ok], "sound", None),
+        "denied_did_not_run": ([intent, req, no, result_of(intent, "denied")], "sound", None),
+        "timed_out": ([intent, req, timeout, result_of(intent, "denied")], "sound", None),
+        "bad_signature": ([intent, req, bad_sig, yes(b), ok], "tampered",
+                          "approval.bad_signature"),
+        "wrong_key": ([intent, req, yes(a, key=mallory), yes(b), ok], "tampered",
+                      "approval.wrong_key"),
+        "unbound_decision": ([intent, req, yes(a, binding=bytes(32)), ok], "tampered",
+                             "approval.unbound"),
+        "unbound_request": ([intent, lying, ok], "tampered", "approval.unbound"),
+        "orphan_request": ([req], "tampered", "approval.orphan"),
+        # the same request id in another run, listing another group: the first one holds
+        "duplicate_request": ([intent, req, dict(req, run_id="other", approver_keys=
+                               Approvers.of(a).texts()), yes(a), yes(b), ok], "tampered",
+                              "approval.duplicate_request"),
+        "duplicate_request_takeover": ([intent, req, dict(req, run_id="other", approver_keys=
+                                        mallory_group.texts()),
+                                        signed(req, mallory_group, a, at=t0 + 1), ok],
+                                       "tampered", "approval.duplicate_request"),
+        "orphan_decision": ([yes(a)], "tampered", "approval.orphan"),
+        "one_of_two": ([intent, req, yes(a), ok], "tampered", "approval.quorum_missing"),
+        "same_twice": ([intent, req, yes(a), yes(a), ok], "tampered",
+                       "approval.quorum_missing"),
+        "expired": ([intent, req, yes(a), yes(b, expires_at=t0 + 2_000_000), ok], "tampered",
+                    "approval.quorum_missing"),
+        "denied_but_ran": ([intent, req, yes(a), yes(b), no, ok], "tampered",
+                           "approval.quorum_missing"),
+        "approved_after": ([intent, req, yes(a), ok, yes(b)], "tampered",
+                           "approval.quorum_missing"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(_approval_cases()))
+def test_approval_rules(case: str) -> None:
+    events, verdict, check = _approval_cases()[case]
+    ours, theirs = agree(_events_bundle({0: events}), None, verdict, check)
+    assert [f.check for f in ours.findings if f.check.startswith("approval.")] == [
+        f.check for f in theirs.findings if f.check.startswith("approval.")
+    ]
+
+
 # ------------------------------------------------------------------ header vs body (§9)
 
 
