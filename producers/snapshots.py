@@ -105,8 +105,8 @@ def checked_state(event: Mapping[str, Any]) -> dict[str, Any]:
         raise SnapshotError(
             f"checkpoint {event['name']!r} (event {event['event_id']}) of workflow "
             f"{event['workflow_id']}: its state does not match its ledgered digest "
-            f"(BLAKE3 {digest(raw).hex()}, recorded {bytes(event['state_digest']).hex()}); "
-            "refusing to resume from it"
+            f"(BLAKE3 {digest(raw).hex()}, recorded {bytes(event['state_digest']).hex()}): it "
+            "was altered after it was saved; refused"
         )
     state = json.loads(raw)
     if not isinstance(state, dict):
