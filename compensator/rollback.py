@@ -106,7 +106,7 @@ def rollback(
     workflow_id = _text("workflow id", workflow_id, limit=operator.MAX_ID_BYTES)
     snap = find_snapshot(ledgered_snapshots(store, workflow_id, decode), checkpoint, workflow_id)
     state = checked_state(snap.event)
-    in_force = operator.quarantine_in_force(kafka, workflow_id, dsn=dsn)
+    in_force = operator._open_plan(dsn, workflow_id.encode()) or {}  # the compensator's view
     if in_force.get("quarantine_id") is not None:
         raise OperatorError(
             f"workflow {workflow_id} has quarantine {in_force['quarantine_id']} in force: "
