@@ -150,6 +150,7 @@ class WakelineGraph:
         """LangChain tools (for a `ToolNode`) whose calls go through the current context."""
         from wakeline.producers.adapters.langchain import audit_tools
 
+        kw.setdefault("registry", self.emitter.registry)
         return audit_tools(list(tools), lambda: self.context, **kw)
 
     # -- what the checkpointer calls -------------------------------------------------------
