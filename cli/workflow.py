@@ -401,6 +401,8 @@ def format_timeline(report: dict[str, Any]) -> str:
         blocks.append((pos(i), out))
     for qq in report["quarantines"]:
         scope = qq["scope"] if qq["scope"] != "run" else f"run {qq['run_id']}"
+        if qq.get("after_event_id"):
+            scope += f" after checkpoint {qq['after_event_id']}: a rollback"
         blocks.append((pos(qq), [head(qq, f"QUARANTINE ({scope}) by {qq['by']}: {qq['reason']}")]))
     for rel in report["releases"]:
         what = f"RELEASE of {rel['quarantine_id'] or 'the quarantine in force'} by {rel['by']}"

@@ -401,6 +401,7 @@ _RESULT = ("intent_id", "status", "result_summary", "error_type", "error_message
 _COMPENSATION = ("original_event_id", "compensation", "idempotency_key", "attempt",
                  "quarantine_id", "status", "error_type", "error_message", "final",
                  "external_ids")  # fmt: skip
+_QUARANTINE = ("scope", "reason", "by", "alert_id", "tainted_event_ids", "after_event_id")
 _ESCALATION = ("summary", "undone", "not_undone", "recommended_actions", "related_event_ids",
                "quarantine_id", "task_id")  # fmt: skip
 
@@ -490,9 +491,7 @@ def timeline(
                 if related in calls:
                     calls[related]["escalations"].append(item["event_id"])
         elif kind == "Quarantine":
-            quarantines.append(
-                {**base, **_pick(event, "scope", "reason", "by", "alert_id", "tainted_event_ids")}
-            )
+            quarantines.append({**base, **_pick(event, *_QUARANTINE)})
         elif kind == "Release":
             releases.append({**base, **_pick(event, "reason", "by", "quarantine_id")})
         else:

@@ -25,7 +25,7 @@ from typing import Any
 
 from wakeline.compensator import operator
 from wakeline.compensator.operator import OperatorError, _connect, _envelope, _produce, _text
-from wakeline.errors import StackError
+from wakeline.errors import StackError, WakelineError
 from wakeline.infra.settings import KafkaSettings
 from wakeline.producers.snapshots import (
     Snapshot,
@@ -56,8 +56,12 @@ def checkpoints(store: Any, decode: Decode, workflow_id: str, dsn: str | None) -
     except psycopg.Error as e:
         raise StackError(f"cannot read compensator_events: {e}") from e
     for event_id, value in rows:
-        if event_id not in seen:
+        if event_id in seen:
+            continue
+        try:
             found.append(Snapshot(decode(bytes(value))))
+        except WakelineError as e:  # stored once decoded; a schema gone from PostgreSQL
+            raise StackError(f"checkpoint {event_id} in compensator_events: {e}") from e
     return found
 
 
