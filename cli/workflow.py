@@ -566,6 +566,12 @@ def rollback_cmd(
         f"{q['partition']} offset {q['offset']}",
         err=True,
     )
+    for item in report["resumed_runs"]:
+        click.echo(
+            f"run {item['run_id']}, resumed since from after the checkpoint, quarantined "
+            f"whole: event {item['quarantine']['event_id']}",
+            err=True,
+        )
     if report["release"] is None:
         click.echo(
             "the compensator undoes the calls after the checkpoint; release the run with "
@@ -573,11 +579,12 @@ def rollback_cmd(
             err=True,
         )
         return
-    plan = report["plan"]
-    for a in plan["actions"]:
-        click.echo(f"  {a['state']:<9} {a['tool']} -> {a['compensation']}", err=True)
-    escalated = [s for s in plan["steps"] if s["action"] == "escalate"]
-    for s in escalated:
-        click.echo(f"  escalated {s['tool']}: {s['why']}", err=True)
-    click.echo(f"released: event {report['release']['event_id']}", err=True)
+    for item in (*report["resumed_runs"], report):
+        run = item.get("run_id") or cp["run_id"]
+        click.echo(f"run {run}: released by event {item['release']['event_id']}", err=True)
+        for a in item["plan"]["actions"]:
+            click.echo(f"  {a['state']:<9} {a['tool']} -> {a['compensation']}", err=True)
+        for s in item["plan"]["steps"]:
+            if s["action"] == "escalate":
+                click.echo(f"  escalated {s['tool']}: {s['why']}", err=True)
     click.echo(json.dumps(report["state"], sort_keys=True))

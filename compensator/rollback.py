@@ -7,11 +7,13 @@
    with a quarantine in force is refused (release it first: the compensator would take the
    rollback for a duplicate of it);
 2. a `Quarantine` of the snapshot's run with `after_event_id` = the snapshot's event id: SDK
-   gates refuse the workflow's calls, and the compensator plans only the calls after the
+   gates refuse the run's calls, and the compensator plans only the calls after the
    checkpoint (`plan.after_checkpoint`), newest first, escalating what cannot be undone;
-3. with `wait_s`, once the compensator's plan is finished (`compensator_plans.state` done),
-   a `Release` naming that quarantine, and the snapshot's state handed back. Without it the
-   run stays quarantined until `wakeline release WF`.
+   and one of each run resumed since from a point after the checkpoint (`resumed_since`),
+   after that run's first snapshot: all of it;
+3. with `wait_s`, once the compensator's plans are finished (`compensator_plans.state`
+   done), a `Release` naming each quarantine, and the snapshot's state handed back. Without
+   it the runs stay quarantined until `wakeline release WF`.
 
 `checkpoints(...)` lists a workflow's snapshots: the ledgered ones with their ledger
 position, then those the compensator took in that the ledger does not show yet.
@@ -20,7 +22,7 @@ position, then those the compensator took in that the ledger does not show yet.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from wakeline.compensator import operator
@@ -92,6 +94,26 @@ def plan_state(dsn: str, quarantine_id: str) -> dict[str, Any] | None:
     }
 
 
+def resumed_since(snapshots: Sequence[Snapshot], target: Snapshot) -> list[Snapshot]:
+    """The runs resumed from a point a rollback to `target` undoes, as the first snapshot of
+    each (ledger order): a run whose first snapshot names as its parent `target`, or a
+    snapshot after it in its run, or one in such a resumed run (`Emitter.resume` writes that
+    parent link). A rollback to `target` undoes those runs from their start as well."""
+    where = {s.event_id: i for i, s in enumerate(snapshots)}
+    undone_from = {target.run_id: where[target.event_id]}  # run -> first index undone
+    found = []
+    for i, s in enumerate(snapshots):
+        if s.run_id in undone_from:
+            continue
+        for parent in s.event.get("parent_event_ids") or ():
+            at = where.get(parent)
+            if at is not None and undone_from.get(snapshots[at].run_id, len(snapshots)) <= at:
+                undone_from[s.run_id] = i
+                found.append(s)
+                break
+    return found
+
+
 def rollback(
     kafka: KafkaSettings,
     dsn: str,
@@ -105,10 +127,12 @@ def rollback(
     wait_s: float | None = None,
     poll_s: float = 0.2,
 ) -> dict[str, Any]:
-    """Quarantine the checkpoint's run after it; with `wait_s`, wait for the compensator's
-    plan to finish, release the run and hand back the state (module docstring)."""
+    """Quarantine the checkpoint's run after it, and every run resumed since from a point
+    after it (`resumed_since`) from its start; with `wait_s`, wait for the compensator's
+    plans to finish, release the runs and hand back the state (module docstring)."""
     workflow_id = _text("workflow id", workflow_id, limit=operator.MAX_ID_BYTES)
-    snap = find_snapshot(ledgered_snapshots(store, workflow_id, decode), checkpoint, workflow_id)
+    snaps = ledgered_snapshots(store, workflow_id, decode)
+    snap = find_snapshot(snaps, checkpoint, workflow_id)
     state = checked_state(snap.event)
     in_force = operator._open_plan(dsn, workflow_id.encode()) or {}  # the compensator's view
     if in_force.get("quarantine_id") is not None:
@@ -118,25 +142,52 @@ def rollback(
             "the rollback for a duplicate of it"
         )
     why = reason or f"rollback to checkpoint {snap.name} (event {snap.event_id})"
-    q = operator.quarantine(
-        kafka, workflow_id, reason=why, by=by, run_id=snap.run_id, after_event_id=snap.event_id
-    )
+    runs = []  # (snapshot the run is undone after, the Quarantine written), newest run first
+    for start in [*reversed(resumed_since(snaps, snap)), snap]:
+        q = operator.quarantine(kafka, workflow_id, reason=why, by=by, run_id=start.run_id,
+                                after_event_id=start.event_id)  # fmt: skip
+        runs.append((start, q))
     report: dict[str, Any] = {
         "workflow_id": workflow_id,
         "checkpoint": snap.to_json(),
         "state": state,
-        "quarantine": {k: q[k] for k in ("event_id", "topic", "partition", "offset")},
+        "quarantine": None,
         "plan": None,
         "release": None,
+        #: the runs resumed since, undone from their start (newest first)
+        "resumed_runs": [],
     }
+    for start, q in runs:
+        item = {"run_id": start.run_id, "after_event_id": start.event_id,
+                "quarantine": {k: q[k] for k in ("event_id", "topic", "partition", "offset")},
+                "plan": None, "release": None}  # fmt: skip
+        if start is snap:
+            report.update(quarantine=item["quarantine"])
+        else:
+            report["resumed_runs"].append(item)
     if wait_s is None:
         return report
-    qid = q["event_id"]
     deadline = time.monotonic() + wait_s
+    plans = {}
+    for _, q in runs:
+        plans[q["event_id"]] = _wait_done(dsn, q["event_id"], deadline, wait_s, poll_s)
+    for (start, q), item in zip(runs, [*report["resumed_runs"], report], strict=True):
+        release = _envelope("Release", workflow_id, start.run_id, q["event"]["by"])
+        release.update(
+            reason=f"rollback to checkpoint {snap.name} finished",
+            by=q["event"]["by"],
+            quarantine_id=q["event_id"],
+        )
+        item["plan"] = plans[q["event_id"]]
+        item["release"] = {"event": release, **_produce(kafka, release, 15.0)}
+    return report
+
+
+def _wait_done(dsn: str, qid: str, deadline: float, wait_s: float, poll_s: float) -> dict[str, Any]:
     while True:
         plan = plan_state(dsn, qid)
         if plan is not None and plan["state"] == "done":
-            break
+            return plan
         if time.monotonic() >= deadline:
             raise StackError(
                 f"the compensator's plan of rollback quarantine {qid} is "
@@ -145,12 +196,3 @@ def rollback(
                 "with `wakeline release` once the plan is done"
             )
         time.sleep(poll_s)
-    report["plan"] = plan
-    release = _envelope("Release", workflow_id, snap.run_id, q["event"]["by"])
-    release.update(
-        reason=f"rollback to checkpoint {snap.name} finished",
-        by=q["event"]["by"],
-        quarantine_id=qid,
-    )
-    report["release"] = {"event": release, **_produce(kafka, release, 15.0)}
-    return report

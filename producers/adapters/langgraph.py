@@ -35,8 +35,11 @@ Going back with a plain `app.invoke` cannot be caught before the first step runs
 (LangGraph saves the replay's first checkpoint while that step runs): the checkpointer
 refuses that checkpoint (`TimeTravelRefused`), which stops the replay there.
 
-A checkpoint older than the current run (saved before an earlier rollback) is rolled back
-within its own run only: the calls of the runs resumed since are not undone by it.
+Going back further than an earlier rollback (to a checkpoint of an older run) also undoes
+the runs resumed since from a point after that checkpoint (compensator/rollback.py
+`resumed_since`). A checkpoint on a branch left by an earlier time travel names state whose
+side effects were undone then: going back to it replays from that state, but what was undone
+is not redone.
 Requires the `langgraph` extra.
 """
 

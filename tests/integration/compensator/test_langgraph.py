@@ -117,12 +117,28 @@ def test_going_back_to_a_langgraph_checkpoint_undoes_what_came_after_it(
 
     (report,) = wl.rollbacks
     assert report["checkpoint"]["name"] == snapshot_name(cp_id)
-    assert report["release"] is not None
+    assert report["release"] is not None and report["resumed_runs"] == []
     events = topic_events(fresh_kafka, wf)
     (q,) = [e for e in events if e["type"] == "Quarantine"]
     assert (q["run_id"], q["after_event_id"]) == (first_run, report["checkpoint"]["event_id"])
     snaps = [e for e in events if e["type"] == "WorkflowSnapshot"]
-    assert {e["run_id"] for e in snaps} == {first_run, wl.context.run_id}
+    second_run = wl.context.run_id
+    assert {e["run_id"] for e in snaps} == {first_run, second_run}
+
+    # further back, to before the charge (a checkpoint of the first run): the charge is
+    # undone, and so is the second run, which went on from after that point
+    before_charge = next(s for s in history if s.next == ("charge",))
+    third = wl.invoke(app, None, before_charge.config)
+    assert world.performed("payments.refund") == {first["charge_id"]: 1}
+    assert world.performed("inventory.release") == {
+        first["reservation_id"]: 1, second["reservation_id"]: 1
+    }  # fmt: skip
+    assert world.performed("cloud.delete_vm") == {first["vm_id"]: 1, second["vm_id"]: 1}
+    assert third["charge_id"] != first["charge_id"]
+    assert world.payments.get(third["charge_id"])["refunded_cents"] == 0
+    back = wl.rollbacks[-1]
+    assert [r["run_id"] for r in back["resumed_runs"]] == [second_run]
+    assert back["checkpoint"]["run_id"] == first_run
 
 
 def test_refuse_stops_a_time_travel_before_any_step_runs_again(

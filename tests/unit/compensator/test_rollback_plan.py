@@ -75,3 +75,32 @@ def test_a_rollback_in_force_does_not_swallow_a_quarantine_of_the_whole_run() ->
     assert _covers(whole, back)  # the whole run is being undone already
     assert _covers(back, Scope("run", "run-1", after_event_id="snap-1"))  # the same again
     assert not _covers(back, Scope("run", "run-1", after_event_id="snap-0"))
+
+
+def test_the_runs_resumed_after_the_checkpoint_are_undone_too() -> None:
+    """run-1: cp1, cp2; run-2 resumed from cp2, then cp3; run-3 resumed from cp3; run-4
+    resumed from cp0 (before cp1). Going back to cp1 undoes run-2 and run-3 whole (they
+    went on from after cp1), not run-4."""
+    from wakeline.compensator.rollback import resumed_since
+    from wakeline.producers.snapshots import Snapshot
+
+    ev = Events()
+    cp0, cp1, cp2 = (snapshot(ev, n) for n in ("cp0", "cp1", "cp2"))
+    ev.run = "run-2"
+    r2 = snapshot(ev, "cp2")
+    r2["parent_event_ids"] = [cp2["event_id"]]
+    cp3 = snapshot(ev, "cp3")
+    ev.run = "run-3"
+    r3 = snapshot(ev, "cp3")
+    r3["parent_event_ids"] = [cp3["event_id"]]
+    ev.run = "run-4"
+    r4 = snapshot(ev, "cp0")
+    r4["parent_event_ids"] = [cp0["event_id"]]
+    snaps = [Snapshot(e) for e in ev.events if e["type"] == "WorkflowSnapshot"]
+    by_id = {s.event_id: s for s in snaps}
+    got = resumed_since(snaps, by_id[cp1["event_id"]])
+    assert [s.event_id for s in got] == [r2["event_id"], r3["event_id"]]
+    assert resumed_since(snaps, by_id[r3["event_id"]]) == []
+    assert [s.run_id for s in resumed_since(snaps, by_id[cp0["event_id"]])] == [
+        "run-2", "run-3", "run-4"
+    ]  # fmt: skip
