@@ -253,6 +253,10 @@ class Resumed:
     snapshot_id: str
     resumed_id: str
 
+    def __iter__(self) -> Iterator[Any]:
+        """`state, ctx = emitter.resume(...)`."""
+        return iter((self.state, self.context))
+
 
 @contextmanager
 def _ledger(dsn: str | None, injected: Any) -> Iterator[tuple[Any, Any]]:

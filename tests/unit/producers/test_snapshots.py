@@ -87,8 +87,8 @@ def test_resume_returns_the_ledgered_state_and_a_new_run_that_starts_from_it(
     assert resumed["event_id"] == back.resumed_id and resumed["run_id"] == back.context.run_id
     assert resumed["parent_event_ids"] == [second["event_id"]]
     assert resumed["state_digest"] == second["state_digest"]
-    by_id = emitter.resume("wf-s", first["event_id"], ledger_store=store)
-    assert by_id.state == {"step": 1}
+    state, go_on = emitter.resume("wf-s", first["event_id"], ledger_store=store)
+    assert state == {"step": 1} and go_on.workflow_id == "wf-s"
 
 
 def test_resume_refuses_a_state_that_does_not_match_its_digest(
