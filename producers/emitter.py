@@ -187,8 +187,10 @@ class Emitter:
         and then the `state_digest` in that ledgered event: the state is returned only if
         its BLAKE3 is that digest (else `SnapshotError`, and nothing is written). It does
         not check the leaf's Merkle inclusion against a signed checkpoint: `wakeline ledger
-        proof EVENT_ID` does. `checkpoint`: a snapshot's event id, or the newest snapshot
-        of that name. Redacted values come back as they were saved (`[REDACTED]`).
+        proof EVENT_ID` does, nor who wrote the snapshot: anyone who can write the events
+        topic can write one, so resume by the event id `checkpoint()` returned when a later
+        snapshot of the same name must not win. `checkpoint`: a snapshot's event id, or the
+        newest snapshot of that name. Redacted values come back as they were saved (`[REDACTED]`).
         `agent_id`, `principal`, `tenant`, `boundary` default to the snapshot's; the other
         `fields` are those of `workflow()`."""
         import time
