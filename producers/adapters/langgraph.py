@@ -45,6 +45,7 @@ Requires the `langgraph` extra.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -129,7 +130,7 @@ class WakelineGraph:
 
     async def ainvoke(self, app: Any, inputs: Any, config: RunnableConfig, **kw: Any) -> Any:
         kw.setdefault("durability", "sync")
-        self._travel(config)
+        await asyncio.to_thread(self._travel, config)  # a rollback waits for the compensator
         return await app.ainvoke(inputs, config, **kw)
 
     def _travel(self, config: RunnableConfig) -> None:

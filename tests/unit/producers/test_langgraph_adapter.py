@@ -124,3 +124,18 @@ def test_tools_go_through_the_current_context_with_the_emitters_specs(
     (intent, _) = rec.events()
     assert intent["tool"] == "kv.get" and intent["reversibility"] == "read"
     assert intent["run_id"] == wl.context.run_id
+
+
+def test_ainvoke_saves_through_aput_the_same_way(recorded: tuple[Emitter, Recorder]) -> None:
+    import asyncio
+
+    emitter, rec = recorded
+    wl = WakelineGraph(emitter, "wf-lg", agent_id="a", principal="p", on_time_travel="refuse")
+    app = graph(wl)
+    cfg = wl.config("t1")
+    assert asyncio.run(wl.ainvoke(app, {"n": 0}, cfg)) == {"n": 2}
+    kinds = [e["type"] for e in rec.events()]
+    assert kinds.count("WorkflowSnapshot") == 4 and kinds.count("ToolIntent") == 2
+    past = next(s for s in app.get_state_history(cfg) if s.next == ("b",))
+    with pytest.raises(TimeTravelRefused):
+        asyncio.run(wl.ainvoke(app, None, past.config))
