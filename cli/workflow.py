@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -123,26 +122,13 @@ def _plan(
     }
 
 
-@contextmanager
-def _ledger(
-    dsn: str | None, injected: Any
-) -> Iterator[tuple[Any, Callable[[bytes], dict[str, Any]], str | None]]:
+def _ledger(dsn: str | None, injected: Any) -> Any:
     """(ledger store, decoder, DSN): the injected store with the packaged schemas, or the
-    PostgreSQL ledger with the schemas PostgreSQL holds."""
-    if injected is not None:
-        from wakeline.schemas import decode_event
-
-        yield injected, decode_event, dsn
-        return
+    PostgreSQL ledger with the schemas PostgreSQL holds (producers/snapshots.py)."""
     from wakeline.cli.ledger import _dsn
-    from wakeline.infra.schema_registry import PostgresSchemaResolver
-    from wakeline.ledger.store_postgres import PostgresLedgerStore
-    from wakeline.schemas import Codec, packaged_schemas
+    from wakeline.producers.snapshots import open_ledger
 
-    url = _dsn(dsn)
-    decode = Codec(packaged_schemas(), resolver=PostgresSchemaResolver(url)).decode
-    with PostgresLedgerStore(url) as pg:
-        yield pg, decode, url
+    return open_ledger(dsn if injected is not None else _dsn(dsn), injected)
 
 
 def _quarantine(q: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -195,10 +194,15 @@ class Emitter:
         `fields` are those of `workflow()`."""
         import time
 
-        from wakeline.producers.snapshots import checked_state, find_snapshot, ledgered_snapshots
+        from wakeline.producers.snapshots import (
+            checked_state,
+            find_snapshot,
+            ledgered_snapshots,
+            open_ledger,
+        )
 
         deadline = time.monotonic() + wait_s
-        with _ledger(dsn, ledger_store) as (store, decode):
+        with open_ledger(dsn, ledger_store) as (store, decode, _url):
             while True:
                 try:
                     snap = find_snapshot(
@@ -258,26 +262,6 @@ class Resumed:
     def __iter__(self) -> Iterator[Any]:
         """`state, ctx = emitter.resume(...)`."""
         return iter((self.state, self.context))
-
-
-@contextmanager
-def _ledger(dsn: str | None, injected: Any) -> Iterator[tuple[Any, Any]]:
-    """(ledger store, decoder): the injected store with the packaged schemas, or the
-    PostgreSQL ledger with the schemas PostgreSQL holds."""
-    if injected is not None:
-        from wakeline.schemas import decode_event
-
-        yield injected, decode_event
-        return
-    from wakeline.infra.schema_registry import PostgresSchemaResolver
-    from wakeline.infra.settings import DatabaseSettings
-    from wakeline.ledger.store_postgres import PostgresLedgerStore
-    from wakeline.schemas import Codec, packaged_schemas
-
-    url = dsn or DatabaseSettings.from_env().dsn
-    decode = Codec(packaged_schemas(), resolver=PostgresSchemaResolver(url)).decode
-    with PostgresLedgerStore(url) as pg:
-        yield pg, decode
 
 
 def _publish_schemas(kafka: KafkaSettings) -> None:

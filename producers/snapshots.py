@@ -13,7 +13,8 @@ workflow checkpoints` and `wakeline workflow rollback`.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,3 +155,27 @@ def find_snapshot(snapshots: Sequence[Snapshot], ref: str, workflow_id: str) -> 
         f"workflow {workflow_id} has no ledgered checkpoint {ref!r} (checkpoints: {have}); "
         "a checkpoint just saved may not be ledgered yet"
     )
+
+
+@contextmanager
+def open_ledger(
+    dsn: str | None = None, injected: Any = None
+) -> Iterator[tuple[Any, Callable[[bytes], dict[str, Any]], str | None]]:
+    """(ledger store, decoder, DSN): `injected` (a store of one's own, tests) with the
+    packaged schemas and `dsn` as given, else the PostgreSQL ledger at `dsn` (default
+    `WAKELINE_DSN` or the local stack) with the schemas PostgreSQL holds. Imports psycopg
+    only then: an agent that never reads the ledger needs Kafka only."""
+    if injected is not None:
+        from wakeline.schemas import decode_event
+
+        yield injected, decode_event, dsn
+        return
+    from wakeline.infra.schema_registry import PostgresSchemaResolver
+    from wakeline.infra.settings import DatabaseSettings
+    from wakeline.ledger.store_postgres import PostgresLedgerStore
+    from wakeline.schemas import Codec, packaged_schemas
+
+    url = dsn or DatabaseSettings.from_env().dsn
+    decode = Codec(packaged_schemas(), resolver=PostgresSchemaResolver(url)).decode
+    with PostgresLedgerStore(url) as pg:
+        yield pg, decode, url

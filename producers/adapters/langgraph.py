@@ -205,17 +205,12 @@ class WakelineGraph:
 
     def _rollback(self, snapshot: str) -> dict[str, Any]:
         from wakeline.compensator.rollback import rollback
-        from wakeline.infra.schema_registry import PostgresSchemaResolver
-        from wakeline.infra.settings import DatabaseSettings
-        from wakeline.ledger.store_postgres import PostgresLedgerStore
-        from wakeline.producers.snapshots import SnapshotError
-        from wakeline.schemas import Codec, packaged_schemas
+        from wakeline.producers.snapshots import SnapshotError, open_ledger
 
         self.emitter.flush(self.wait_s)
-        url = self.dsn or DatabaseSettings.from_env().dsn
-        decode = Codec(packaged_schemas(), resolver=PostgresSchemaResolver(url)).decode
         deadline = time.monotonic() + self.wait_s
-        with PostgresLedgerStore(url) as store:
+        with open_ledger(self.dsn) as (store, decode, url):
+            assert url is not None
             while True:
                 try:
                     return rollback(
