@@ -1,4 +1,5 @@
-"""`wakeline workflow plan | list | show`: a workflow's calls and what the compensator does.
+"""`wakeline workflow plan | list | show | checkpoints | rollback`: a workflow's calls, what
+the compensator does, its checkpoints and a rollback to one (compensator/rollback.py).
 
 Thin: read the workflow's ledgered events (and the compensator's tables), call
 `wakeline.compensator.plan.build_plan` (the dry run) or `wakeline.compensator.operator`
@@ -11,8 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
@@ -68,6 +68,7 @@ def _plan(
     modules: tuple[str, ...],
     dsn: str | None,
     store: Any,
+    after_event_id: str | None = None,
 ) -> dict[str, Any]:
     from wakeline.compensator.plan import Scope, active_quarantine, build_plan
     from wakeline.compensator.registry import (
@@ -95,7 +96,9 @@ def _plan(
         events.append(event)
         positions[event["event_id"]] = where
     quarantine = active_quarantine(events)
-    if run_id is not None:
+    if after_event_id is not None:  # a rollback's dry run: the run after its checkpoint
+        scope = Scope("run", run_id, after_event_id=after_event_id)
+    elif run_id is not None:
         scope = Scope("run", run_id, quarantine_id=quarantine and quarantine["event_id"])
     elif quarantine is not None:
         scope = Scope.of(quarantine)
@@ -119,26 +122,13 @@ def _plan(
     }
 
 
-@contextmanager
-def _ledger(
-    dsn: str | None, injected: Any
-) -> Iterator[tuple[Any, Callable[[bytes], dict[str, Any]], str | None]]:
+def _ledger(dsn: str | None, injected: Any) -> Any:
     """(ledger store, decoder, DSN): the injected store with the packaged schemas, or the
-    PostgreSQL ledger with the schemas PostgreSQL holds."""
-    if injected is not None:
-        from wakeline.schemas import decode_event
-
-        yield injected, decode_event, dsn
-        return
+    PostgreSQL ledger with the schemas PostgreSQL holds (producers/snapshots.py)."""
     from wakeline.cli.ledger import _dsn
-    from wakeline.infra.schema_registry import PostgresSchemaResolver
-    from wakeline.ledger.store_postgres import PostgresLedgerStore
-    from wakeline.schemas import Codec, packaged_schemas
+    from wakeline.producers.snapshots import open_ledger
 
-    url = _dsn(dsn)
-    decode = Codec(packaged_schemas(), resolver=PostgresSchemaResolver(url)).decode
-    with PostgresLedgerStore(url) as pg:
-        yield pg, decode, url
+    return open_ledger(dsn if injected is not None else _dsn(dsn), injected)
 
 
 def _quarantine(q: Mapping[str, Any]) -> dict[str, Any]:
@@ -397,6 +387,8 @@ def format_timeline(report: dict[str, Any]) -> str:
         blocks.append((pos(i), out))
     for qq in report["quarantines"]:
         scope = qq["scope"] if qq["scope"] != "run" else f"run {qq['run_id']}"
+        if qq.get("after_event_id"):
+            scope += f" after checkpoint {qq['after_event_id']}: a rollback"
         blocks.append((pos(qq), [head(qq, f"QUARANTINE ({scope}) by {qq['by']}: {qq['reason']}")]))
     for rel in report["releases"]:
         what = f"RELEASE of {rel['quarantine_id'] or 'the quarantine in force'} by {rel['by']}"
@@ -420,3 +412,165 @@ def format_timeline(report: dict[str, Any]) -> str:
 def _error(item: Mapping[str, Any]) -> str:
     kind, message = item.get("error_type"), item.get("error_message")
     return ": ".join(x for x in (kind, message) if x) or "no reason recorded"
+
+
+# ------------------------------------------------------------------- checkpoints, rollback
+
+
+@workflow.command("checkpoints")
+@click.argument("workflow_id")
+@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def checkpoints_cmd(ctx: click.Context, workflow_id: str, dsn: str | None, as_json: bool) -> None:
+    """The checkpoints (WorkflowSnapshot events) of WORKFLOW_ID: name, event id, time,
+    state digest, and ledger position once ledgered (those the compensator took in but the
+    ledger does not show yet are listed last, as not ledgered)."""
+    from wakeline.cli.main import emit_json, run_guarded
+    from wakeline.compensator.rollback import checkpoints
+    from wakeline.schemas import rfc3339_micros
+
+    injected, injected_dsn = _context(ctx)
+
+    def go() -> list[dict[str, Any]]:
+        with _ledger(dsn or injected_dsn, injected) as (store, decode, url):
+            return [s.to_json() for s in checkpoints(store, decode, workflow_id, url)]
+
+    rows = run_guarded(go)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"workflow {workflow_id} has no checkpoint")
+        return
+    for r in rows:
+        at = r["ledger"]
+        pos = _at(at) if at else "[not ledgered yet]"
+        click.echo(
+            f"{r['name']}  event {r['event_id']}  {rfc3339_micros(r['time'])}  run {r['run_id']}"
+            f"  blake3:{r['state_digest']}  {pos}"
+        )
+
+
+@workflow.command("rollback")
+@click.argument("workflow_id")
+@click.option(
+    "--to",
+    "checkpoint",
+    required=True,
+    help="Checkpoint name (the newest of that name) or a WorkflowSnapshot event id.",
+)
+@click.option("--dry-run", is_flag=True, help="Only print what would be undone.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the compensator to finish, then release the run and print the state.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=120,
+    show_default=True,
+    help="Seconds --wait waits for the compensator.",
+)
+@click.option(
+    "--handlers",
+    "handler_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="For --dry-run: module declaring compensating actions (repeatable).",
+)
+@click.option("--reason", help="Why (default: rollback to checkpoint NAME).")
+@click.option("--by", help="Who does it (default: $USER@hostname).")
+@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def rollback_cmd(
+    ctx: click.Context,
+    workflow_id: str,
+    checkpoint: str,
+    dry_run: bool,
+    wait: bool,
+    timeout: float,
+    handler_modules: tuple[str, ...],
+    reason: str | None,
+    by: str | None,
+    dsn: str | None,
+    as_json: bool,
+) -> None:
+    """Undo what WORKFLOW_ID's run did after checkpoint --to: a Quarantine of that run after
+    the checkpoint (the compensator undoes those calls newest first, escalating what it
+    cannot), then, with --wait, a Release once its plan is done, and the checkpoint's state
+    on stdout (resume from it with `Emitter.resume`). --dry-run writes nothing."""
+    from wakeline.cli.main import emit_json, run_guarded
+    from wakeline.compensator.rollback import rollback
+    from wakeline.infra.settings import KafkaSettings
+    from wakeline.producers.snapshots import checked_state, find_snapshot, ledgered_snapshots
+
+    injected, injected_dsn = _context(ctx)
+    if dry_run:
+
+        def dry() -> dict[str, Any]:
+            with _ledger(dsn or injected_dsn, injected) as (store, decode, _url):
+                snaps = ledgered_snapshots(store, workflow_id, decode)
+                snap = find_snapshot(snaps, checkpoint, workflow_id)
+                checked_state(snap.event)
+            report = _plan(workflow_id, snap.run_id, handler_modules, dsn, injected, snap.event_id)
+            return {**report, "checkpoint": snap.to_json()}
+
+        report = run_guarded(dry)
+        if as_json:
+            emit_json(report)
+            return
+        cp = report["checkpoint"]
+        click.echo(f"rollback of {workflow_id} to checkpoint {cp['name']} ({cp['event_id']})")
+        _print(report)
+        return
+    kafka = run_guarded(KafkaSettings.from_env)
+
+    def go() -> dict[str, Any]:
+        with _ledger(dsn or injected_dsn, injected) as (store, decode, url):
+            if url is None:
+                from wakeline.cli.ledger import _dsn
+
+                url = _dsn(None)
+            return rollback(
+                kafka, url, store, decode, workflow_id, checkpoint,
+                by=by, reason=reason, wait_s=timeout if wait else None,
+            )  # fmt: skip
+
+    report = run_guarded(go)
+    if as_json:
+        emit_json(report)
+        return
+    import json
+
+    cp, q = report["checkpoint"], report["quarantine"]
+    click.echo(
+        f"rollback of {workflow_id} to checkpoint {cp['name']} ({cp['event_id']}): run "
+        f"{cp['run_id']} quarantined after it, event {q['event_id']} at partition "
+        f"{q['partition']} offset {q['offset']}",
+        err=True,
+    )
+    for item in report["resumed_runs"]:
+        click.echo(
+            f"run {item['run_id']}, resumed since from after the checkpoint, quarantined "
+            f"whole: event {item['quarantine']['event_id']}",
+            err=True,
+        )
+    if report["release"] is None:
+        click.echo(
+            "the compensator undoes the calls after the checkpoint; release the run with "
+            "`wakeline release` once `wakeline workflow show` says compensated (or use --wait)",
+            err=True,
+        )
+        return
+    for item in (*report["resumed_runs"], report):
+        run = item.get("run_id") or cp["run_id"]
+        click.echo(f"run {run}: released by event {item['release']['event_id']}", err=True)
+        for a in item["plan"]["actions"]:
+            click.echo(f"  {a['state']:<9} {a['tool']} -> {a['compensation']}", err=True)
+        for s in item["plan"]["steps"]:
+            if s["action"] == "escalate":
+                click.echo(f"  escalated {s['tool']}: {s['why']}", err=True)
+    click.echo(json.dumps(report["state"], sort_keys=True))

@@ -103,22 +103,29 @@ def quarantine(
     run_id: str | None = None,
     tainted: Sequence[str] = (),
     alert_id: str | None = None,
+    after_event_id: str | None = None,
     timeout_s: float = 15.0,
 ) -> dict[str, Any]:
     """Write a `Quarantine` of the workflow (scope `run` with `run_id`, `tainted` with
-    `tainted`, else `workflow`); returns the event, its id, partition and offset."""
+    `tainted`, else `workflow`; `after_event_id` with `run_id`: a rollback, only the run's
+    calls after that WorkflowSnapshot are undone, compensator/rollback.py); returns the
+    event, its id, partition and offset."""
     workflow_id = _text("workflow id", workflow_id, limit=MAX_ID_BYTES)
     reason = _text("reason", reason)
     by = _text("by", by if by is not None else operator_identity())
     tainted = [_text("tainted event id", t) for t in tainted]
     if run_id is not None and tainted:
         raise OperatorError("give --run or --tainted, not both: a quarantine has one scope")
+    if after_event_id is not None and run_id is None:
+        raise OperatorError("a rollback (after_event_id) quarantines one run: give its run id")
     if run_id is not None:
         scope, run = "run", _text("run id", run_id)
     else:
         scope, run = ("tainted" if tainted else "workflow"), str(uuid.uuid4())
     event = _envelope("Quarantine", workflow_id, run, by)
     event.update(scope=scope, reason=reason, by=by, alert_id=alert_id, tainted_event_ids=tainted)
+    if after_event_id is not None:
+        event["after_event_id"] = _text("checkpoint event id", after_event_id)
     return {"event": event, **_produce(kafka, event, timeout_s)}
 
 
@@ -394,6 +401,7 @@ _RESULT = ("intent_id", "status", "result_summary", "error_type", "error_message
 _COMPENSATION = ("original_event_id", "compensation", "idempotency_key", "attempt",
                  "quarantine_id", "status", "error_type", "error_message", "final",
                  "external_ids")  # fmt: skip
+_QUARANTINE = ("scope", "reason", "by", "alert_id", "tainted_event_ids", "after_event_id")
 _ESCALATION = ("summary", "undone", "not_undone", "recommended_actions", "related_event_ids",
                "quarantine_id", "task_id")  # fmt: skip
 
@@ -483,9 +491,7 @@ def timeline(
                 if related in calls:
                     calls[related]["escalations"].append(item["event_id"])
         elif kind == "Quarantine":
-            quarantines.append(
-                {**base, **_pick(event, "scope", "reason", "by", "alert_id", "tainted_event_ids")}
-            )
+            quarantines.append({**base, **_pick(event, *_QUARANTINE)})
         elif kind == "Release":
             releases.append({**base, **_pick(event, "reason", "by", "quarantine_id")})
         else:

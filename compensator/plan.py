@@ -55,6 +55,8 @@ class Scope:
     run_id: str | None = None
     tainted: frozenset[str] = frozenset()
     quarantine_id: str | None = None
+    #: a rollback: only calls after this event (a WorkflowSnapshot) count (`after_checkpoint`)
+    after_event_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "run" and not self.run_id:
@@ -69,9 +71,12 @@ class Scope:
             run_id=quarantine.get("run_id") if kind == "run" else None,
             tainted=frozenset(quarantine.get("tainted_event_ids") or ()),
             quarantine_id=quarantine.get("event_id"),
+            after_event_id=quarantine.get("after_event_id"),
         )
 
     def describe(self) -> str:
+        if self.after_event_id is not None:
+            return f"run {self.run_id} after checkpoint {self.after_event_id} (a rollback)"
         if self.kind == "run":
             return f"run {self.run_id}"
         if self.kind == "tainted":
@@ -160,6 +165,8 @@ def build_plan(
     calls: dict[str, _Call] = {}
     tainted = set(scope.tainted)
     compensator: list[Mapping[str, Any]] = []
+    if scope.after_event_id is not None:
+        events = after_checkpoint(events, scope.after_event_id)
     for index, event in enumerate(events):
         kind = event.get("type")
         if kind == "ToolIntent":
@@ -185,6 +192,22 @@ def build_plan(
         for call in sorted(calls.values(), key=lambda c: c.index, reverse=True)
     ]
     return steps
+
+
+def after_checkpoint(
+    events: Iterable[Mapping[str, Any]], snapshot_id: str
+) -> Iterable[Mapping[str, Any]]:
+    """The events after the WorkflowSnapshot `snapshot_id`, in partition order: what a
+    rollback to it undoes. Calls before it (and their late results) stay as they are; the
+    compensator's events come after the calls they are about, so none is lost. When the
+    snapshot is not among the events, nothing is: a rollback to a checkpoint the compensator
+    never saw undoes nothing rather than the whole run."""
+    seen = False
+    for event in events:
+        if seen:
+            yield event
+        elif event.get("event_id") == snapshot_id and event.get("type") == "WorkflowSnapshot":
+            seen = True
 
 
 def supersedes(result: Mapping[str, Any], prior: Mapping[str, Any] | None) -> bool:

@@ -54,6 +54,7 @@ KEPT = frozenset(
         "CompensationStarted",
         "CompensationResult",
         "Escalation",
+        "WorkflowSnapshot",  # where a rollback starts (plan.after_checkpoint)
     }
 )
 _MISPLACED = (
@@ -468,6 +469,8 @@ def _covers(active: Scope, new: Scope) -> bool:
     """A quarantine in force already covers everything `new` would."""
     if active.kind == "workflow":
         return True
+    if active.after_event_id is not None and active.after_event_id != new.after_event_id:
+        return False  # a rollback covers only what comes after its checkpoint
     if active.kind == "run":
         return new.kind == "run" and new.run_id == active.run_id
     return new.kind == "tainted" and new.tainted <= active.tainted

@@ -176,6 +176,9 @@ _RENDERERS: dict[str, Callable[[Mapping[str, Any], Callable[[str], IntentMemo | 
     "WorkflowCompleted": _simple(
         "workflow {workflow_id} run {run_id} sealed after {event_count} events"
     ),
+    "WorkflowSnapshot": _simple(
+        "agent {agent_id} saved checkpoint {name} of workflow {workflow_id} run {run_id}"
+    ),
 }
 
 

@@ -13,7 +13,7 @@ from wakeline.producers.canonical import (
     canonicalise,
     digest,
 )
-from wakeline.producers.emitter import Emitter, ToolCall, WorkflowContext
+from wakeline.producers.emitter import Emitter, Resumed, ToolCall, WorkflowContext
 from wakeline.producers.errors import (
     ApprovalRequired,
     EmitterClosed,
@@ -50,6 +50,7 @@ from wakeline.producers.registry import (
     default_spec,
     from_mcp_annotations,
 )
+from wakeline.producers.snapshots import SnapshotError
 from wakeline.producers.spool import Spool, SpoolRecord
 from wakeline.producers.transport import (
     KafkaTransport,
@@ -83,6 +84,8 @@ __all__ = [
     "PolicyRequest",
     "QuarantineGate",
     "SdkError",
+    "Resumed",
+    "SnapshotError",
     "Spool",
     "SpoolError",
     "SpoolRecord",

@@ -32,7 +32,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ from wakeline.producers.gates import (
     allow_all,
 )
 from wakeline.producers.registry import ToolRegistry
+from wakeline.producers.snapshots import SnapshotError
 from wakeline.producers.spool import Spool
 from wakeline.producers.transport import (
     KafkaTransport,
@@ -61,7 +63,7 @@ from wakeline.schemas import cloudevents_headers, encode_event
 if TYPE_CHECKING:
     from wakeline.infra.metrics import Metrics
 
-__all__ = ["Emitter", "ToolCall", "WorkflowContext"]
+__all__ = ["Emitter", "Resumed", "ToolCall", "WorkflowContext"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,69 @@ class Emitter:
     ) -> WorkflowContext:
         return WorkflowContext(self, workflow_id, agent_id=agent_id, principal=principal, **fields)
 
+    def resume(
+        self,
+        workflow_id: str,
+        checkpoint: str,
+        *,
+        agent_id: str | None = None,
+        principal: str | None = None,
+        dsn: str | None = None,
+        ledger_store: Any = None,
+        wait_s: float = 0.0,
+        **fields: Any,
+    ) -> Resumed:
+        """Go on with a workflow from one of its checkpoints (`WorkflowContext.checkpoint`):
+        the saved state and a new run's context, whose first event is a `WorkflowSnapshot`
+        of the same name and state naming the one resumed from as its parent.
+
+        Where it reads from: the PostgreSQL ledger (`dsn`, default `WAKELINE_DSN` or the
+        local stack; tests may pass a `ledger_store`), never the events topic, so only a
+        ledgered checkpoint can be resumed (`wait_s`: how long to wait for it to be). What
+        it trusts: the ledger's stored leaf bytes once they hash to its stored leaf hash,
+        and then the `state_digest` in that ledgered event: the state is returned only if
+        its BLAKE3 is that digest (else `SnapshotError`, and nothing is written). It does
+        not check the leaf's Merkle inclusion against a signed checkpoint: `wakeline ledger
+        proof EVENT_ID` does, nor who wrote the snapshot: anyone who can write the events
+        topic can write one, so resume by the event id `checkpoint()` returned when a later
+        snapshot of the same name must not win. `checkpoint`: a snapshot's event id, or the
+        newest snapshot of that name. Redacted values come back as they were saved (`[REDACTED]`).
+        `agent_id`, `principal`, `tenant`, `boundary` default to the snapshot's; the other
+        `fields` are those of `workflow()`."""
+        import time
+
+        from wakeline.producers.snapshots import (
+            checked_state,
+            find_snapshot,
+            ledgered_snapshots,
+            open_ledger,
+        )
+
+        deadline = time.monotonic() + wait_s
+        with open_ledger(dsn, ledger_store) as (store, decode, _url):
+            while True:
+                try:
+                    snap = find_snapshot(
+                        ledgered_snapshots(store, workflow_id, decode), checkpoint, workflow_id
+                    )
+                    break
+                except SnapshotError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.2)
+        state = checked_state(snap.event)
+        e = snap.event
+        fields.setdefault("tenant", e.get("tenant"))
+        fields.setdefault("boundary", e.get("boundary"))
+        ctx = self.workflow(
+            workflow_id,
+            agent_id=agent_id or e["agent_id"],
+            principal=principal or e["principal"],
+            **fields,
+        )
+        resumed_id = ctx.checkpoint(snap.name, state, parents=[snap.event_id])
+        return Resumed(state, ctx, snap.event_id, resumed_id)
+
     def flush(self, timeout: float = 30.0) -> int:
         """Wait until every event is on the broker; returns how many are not (0 = all)."""
         return self.transport.flush(timeout)
@@ -200,6 +265,21 @@ def _policy_from_env() -> PolicyHook:
 
     policy = Policy.from_env()
     return allow_all if policy is None else policy
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What `Emitter.resume` hands back: the checked state, the context to go on with."""
+
+    state: dict[str, Any]
+    context: WorkflowContext
+    #: the WorkflowSnapshot resumed from, and the one the new run starts with
+    snapshot_id: str
+    resumed_id: str
+
+    def __iter__(self) -> Iterator[Any]:
+        """`state, ctx = emitter.resume(...)`."""
+        return iter((self.state, self.context))
 
 
 def _publish_schemas(kafka: KafkaSettings) -> None:

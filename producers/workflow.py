@@ -267,6 +267,37 @@ class WorkflowContext:
         call.ok(result, (time.perf_counter_ns() - started) // 1000)
         return result  # type: ignore[return-value]
 
+    def checkpoint(
+        self,
+        name: str,
+        state: Mapping[str, Any],
+        *,
+        redact: Iterable[str] = (),
+        digest_only: Iterable[str] = (),
+        step_id: str | None = None,
+        parents: Iterable[str] = (),
+        wait: bool = True,
+    ) -> str:
+        """Save the run's `state` at the named point: a `WorkflowSnapshot` of its canonical
+        JSON (redaction as for tool arguments: `redact` and `digest_only` are dotted paths)
+        and its BLAKE3 digest; returns the snapshot's event id. `wakeline workflow rollback`
+        undoes the calls after it, `Emitter.resume` goes on from it. Acknowledged by the
+        broker before it returns (`wait`). Raises before anything is written for a bad name,
+        a state that does not serialise, or one over the emitter's `max_payload_bytes`."""
+        from wakeline.producers.snapshots import snapshot_event
+
+        if self.sealed:
+            raise SdkError(f"workflow {self.workflow_id} run {self.run_id} is sealed")
+        event = snapshot_event(
+            self.envelope("WorkflowSnapshot", step_id=step_id, parents=parents),
+            name,
+            state,
+            redact=redact,
+            digest_only=digest_only,
+            max_bytes=self.emitter.max_payload_bytes,
+        )
+        return self.emit(event, wait=wait)
+
     def complete_workflow(self, outcome: str | None = None, *, wait: bool = True) -> str:
         """Seal this run: `WorkflowCompleted` counting the run's events before it.
 

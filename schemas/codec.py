@@ -66,6 +66,7 @@ EVENT_TYPES = (
     "Escalation",
     "Checkpoint",
     "WorkflowCompleted",
+    "WorkflowSnapshot",
 )
 
 #: the envelope every record starts with, in this order (docs/contracts.md)

@@ -167,6 +167,12 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "last_event_id": "01939b6e-0000-7000-8000-000000000009",
         "outcome": "succeeded",
     },
+    "WorkflowSnapshot": {
+        "name": "after-lookup",
+        "state": '{"customer":"cus_123","step":2,"token":"[REDACTED]"}',
+        "state_digest": b"\x5b" * 32,
+        "redacted_fields": ["token"],
+    },
 }
 
 assert set(PAYLOADS) == set(EVENT_TYPES)

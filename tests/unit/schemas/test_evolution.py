@@ -8,6 +8,7 @@ data/Alert.v2.avsc is a future Alert with one more enum symbol and one more defa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -145,3 +146,35 @@ def test_every_added_field_has_a_default() -> None:
     for field in packaged_schemas()["ToolIntent"].parsed["fields"]:
         if field["name"] not in v0_names:
             assert "default" in field, field["name"]
+
+
+def test_a_process_that_predates_workflow_snapshot_reads_it_once_taught(
+    make_event: Callable[..., dict],
+) -> None:
+    """WorkflowSnapshot is a new type: a reader built before it refuses the frame by its
+    unknown fingerprint (never guesses), and decodes it as written once it learns the schema
+    (from the schemas topic or PostgreSQL, as every consumer does)."""
+    current = packaged_schemas()
+    older = Codec({k: v for k, v in current.items() if k != "WorkflowSnapshot"})
+    event = make_event("WorkflowSnapshot")
+    frame = encode_event(event)
+    with pytest.raises(UnknownFingerprint):
+        older.decode(frame)
+    older.register(current["WorkflowSnapshot"])
+    assert older.decode(frame) == event
+
+
+def test_a_workflow_snapshot_without_redacted_fields_reads_with_the_default(
+    make_event: Callable[..., dict],
+) -> None:
+    """A writer of WorkflowSnapshot without `redacted_fields` (as a trimmed client in another
+    language may write it) reads as having redacted nothing."""
+    raw = json.loads(packaged_schemas()["WorkflowSnapshot"].schema_json)
+    raw["fields"] = [f for f in raw["fields"] if f["name"] != "redacted_fields"]
+    trimmed = SchemaInfo.from_json(raw)
+    event = make_event("WorkflowSnapshot")
+    del event["redacted_fields"]
+    frame = Codec({**packaged_schemas(), "WorkflowSnapshot": trimmed}).encode(event)
+    today = Codec(packaged_schemas())
+    today.register(trimmed)
+    assert today.decode(frame) == {**event, "redacted_fields": []}
