@@ -7,10 +7,12 @@ key is the workflow id), in leaf order:
   (`pairing.orphan_result`), and no intent has two results (`pairing.duplicate_result`);
 - every ToolIntent has a result by the end of the input; an `aborted` result is the explicit
   abort (`pairing.unanswered_intent`);
-- every WorkflowCompleted seal counts exactly the events of its (workflow_id, run_id) that
-  precede it in the partition, of every type, earlier seals included (`pairing.seal_count`),
-  and names the last of them as `last_event_id`, null when it counts none
-  (`pairing.seal_last_event`).
+- every WorkflowCompleted seal counts exactly the events of its (workflow_id, run_id) written
+  by its own writer (the same `source`) that precede it in the partition, of every type,
+  earlier seals included (`pairing.seal_count`), and names the last of them as
+  `last_event_id`, null when it counts none (`pairing.seal_last_event`). Events others write
+  into the run (a detector's alert, an operator's quarantine, an approver's decision) are
+  not the agent's to count.
 
 An event whose `event_id` repeats an earlier event of the same run in the same partition is a
 redelivery: it is counted once, paired once, and reported as a warning.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from wakeline.errors import SchemaError
 
@@ -61,11 +64,13 @@ class PairingIssue:
 
 
 class _Run:
-    __slots__ = ("count", "last", "ids")
+    """One (partition, workflow, run): the event ids seen, and per writer (`source`) how
+    many events it wrote and its last one: what that writer's seal must say."""
+
+    __slots__ = ("by_source", "ids")
 
     def __init__(self) -> None:
-        self.count = 0
-        self.last: str | None = None
+        self.by_source: dict[str | None, list[Any]] = {}
         self.ids: set[str | None] = set()
 
 
@@ -112,6 +117,10 @@ class PairingChecker:
                 self.first_redelivered = here
             return None
         issue = None
+        source = ev.get("source")
+        counted = run.by_source.get(source)
+        if counted is None:
+            counted = run.by_source[source] = [0, None]
         if kind == "ToolIntent":
             if event_id is not None:
                 self.pending[(partition, event_id)] = (partition, leaf_index, offset)
@@ -142,27 +151,27 @@ class PairingChecker:
                 )
         elif kind == "WorkflowCompleted":
             want_count, want_last = ev.get("event_count"), ev.get("last_event_id")
-            if want_count != run.count:
+            if want_count != counted[0]:
                 issue = PairingIssue(
                     "tampered",
                     "pairing.seal_count",
                     f"seal {event_id} of workflow {key[1]} run {key[2]} counts {want_count} "
-                    f"events, the ledger holds {run.count} before it",
+                    f"events, the ledger holds {counted[0]} of {source} before it",
                     here,
                     expected=str(want_count),
-                    found=str(run.count),
+                    found=str(counted[0]),
                 )
-            elif want_last != run.last:
+            elif want_last != counted[1]:
                 issue = PairingIssue(
                     "tampered",
                     "pairing.seal_last_event",
-                    f"seal {event_id} names last event {want_last}, the ledger has {run.last}",
+                    f"seal {event_id} names last event {want_last}, the ledger has {counted[1]}",
                     here,
                     expected=str(want_last),
-                    found=str(run.last),
+                    found=str(counted[1]),
                 )
-        run.count += 1
-        run.last = event_id
+        counted[0] += 1
+        counted[1] = event_id
         run.ids.add(event_id)
         if kind in _APPROVAL_KINDS:
             found = self.approvals.add(partition, ev, here)

@@ -209,11 +209,12 @@ class _Verifier:
             if not (len(got) == 1 and want is not None and got[0] == want.encode()):
                 self.add("warning", "event.header_mismatch", name, field=name, **at)
         eid = ev.get("event_id")
-        run = self.runs.setdefault((p, ev.get("workflow_id"), ev.get("run_id")), [0, None, set()])
-        if eid in run[2]:
+        run = self.runs.setdefault((p, ev.get("workflow_id"), ev.get("run_id")), [{}, set()])
+        if eid in run[1]:
             self.res.redelivered += 1
             return
         kind = ev.get("type")
+        mine = run[0].setdefault(ev.get("source"), [0, None])  # what this writer wrote
         if kind == "ToolIntent":
             self.pending[(p, eid)] = (index, offset)
         elif kind == "ToolResult":
@@ -226,13 +227,13 @@ class _Verifier:
             else:
                 self.add("tampered", "pairing.orphan_result", "no intent before it", **at)
         elif kind == "WorkflowCompleted":
-            if ev.get("event_count") != run[0]:
+            if ev.get("event_count") != mine[0]:
                 self.add("tampered", "pairing.seal_count", "seal count", **at)
-            elif ev.get("last_event_id") != run[1]:
+            elif ev.get("last_event_id") != mine[1]:
                 self.add("tampered", "pairing.seal_last_event", "seal last event", **at)
-        run[0] += 1
-        run[1] = eid
-        run[2].add(eid)
+        mine[0] += 1
+        mine[1] = eid
+        run[1].add(eid)
         self.approval(p, kind, ev, at)
 
     # -------------------------------------------------------------- approvals (§9)

@@ -296,6 +296,19 @@ def test_a_seal_counts_every_event_of_its_run_and_names_none_when_it_counts_none
           "pairing.seal_count")  # fmt: skip
 
 
+def test_a_seal_counts_only_its_own_writers_events_of_the_run() -> None:
+    """A detector's alert (or an operator's quarantine, an approver's decision) in the run,
+    written by another source, is not the agent's to count; the agent's own events are."""
+    intent, result, seal = workflow_events(1, calls=1)
+    foreign = dict(seal, event_id="0190a0b0-0000-7000-8000-999999999996",
+                   source="wakeline-operator", event_count=0, last_event_id=None)  # fmt: skip
+    agree(_events_bundle({0: [intent, foreign, result, seal]}), None, "sound", None)
+    # the same event by the agent's own writer (counting its intent): the final seal's 2 is short
+    mine = dict(foreign, source=seal["source"], event_count=1, last_event_id=intent["event_id"])
+    agree(_events_bundle({0: [intent, mine, result, seal]}), None, "tampered",
+          "pairing.seal_count")  # fmt: skip
+
+
 # ------------------------------------------------------------------ approvals (§9)
 
 
