@@ -158,6 +158,8 @@ _RENDERERS: dict[str, Callable[[Mapping[str, Any], Callable[[str], IntentMemo | 
     "WorkflowCompleted": _simple(
         "workflow {workflow_id} run {run_id} sealed after {event_count} events"
     ),
+    "Grant": _simple("{grantor} granted {agent} calls of {tool} (grant {grant_id})"),
+    "GrantRevoked": _simple("{revoked_by} revoked grant {grant_id}"),
 }
 
 

@@ -66,6 +66,8 @@ EVENT_TYPES = (
     "Escalation",
     "Checkpoint",
     "WorkflowCompleted",
+    "Grant",
+    "GrantRevoked",
 )
 
 #: the envelope every record starts with, in this order (docs/contracts.md)

@@ -134,3 +134,26 @@ def test_every_added_field_has_a_default() -> None:
     for field in packaged_schemas()["ToolIntent"].parsed["fields"]:
         if field["name"] not in v0_names:
             assert "default" in field, field["name"]
+
+
+GRANT_V0 = SchemaInfo.from_json((DATA / "Grant.v0.avsc").read_text())
+
+
+def test_grants_of_an_older_writer_read_with_defaults(make_event: Callable[..., dict]) -> None:
+    # data/Grant.v0.avsc is Grant without limits, reason, signature and public_key
+    event = make_event("Grant")
+    for added in ("limits", "reason", "signature", "public_key"):
+        del event[added]
+    frame = Codec({**packaged_schemas(), "Grant": GRANT_V0}).encode(event)
+    new = Codec(packaged_schemas())
+    new.register(GRANT_V0)
+    decoded = new.decode(frame)
+    assert decoded == {**event, "limits": [], "reason": None, "signature": None, "public_key": None}
+
+
+def test_revocations_read_by_a_reader_that_predates_them(make_event: Callable[..., dict]) -> None:
+    current = packaged_schemas()
+    older = Codec({k: v for k, v in current.items() if k not in ("Grant", "GrantRevoked")})
+    event = make_event("GrantRevoked", reason=None)
+    older.register(current["GrantRevoked"])  # learned from the schemas topic
+    assert older.decode(encode_event(event)) == event
