@@ -208,6 +208,7 @@ def _attach_component_commands() -> None:
     from wakeline.cli.alerts import alerts
     from wakeline.cli.compensator import compensator
     from wakeline.cli.config import config
+    from wakeline.cli.grants import grants
     from wakeline.cli.incidents import incidents
     from wakeline.cli.ledger import ledger
     from wakeline.cli.operator import quarantine, release
@@ -226,6 +227,7 @@ def _attach_component_commands() -> None:
         release,
         incidents,
         alerts,
+        grants,
     ):
         cli.add_command(command)
 
