@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-_AS = "The principal who signs (their key is under WAKELINE_KEYS_DIR unless --key names it)."
+_AS = "The principal who signs (with the key `wakeline approvals keygen` made, unless --key)."
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -55,7 +55,7 @@ def grants() -> None:
     "--key",
     "key_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The signer's private key file (PEM), instead of the one under WAKELINE_KEYS_DIR.",
+    help="The signer's private key file (PEM), instead of the one keygen made.",
 )
 @click.option("--agent", required=True, help="Agent ids covered, a glob ('billing-*').")
 @click.option("--tool", required=True, help="Tool names covered, a glob ('stripe.refund').")
@@ -120,7 +120,7 @@ def create(
     "--key",
     "key_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The signer's private key file (PEM), instead of the one under WAKELINE_KEYS_DIR.",
+    help="The signer's private key file (PEM), instead of the one keygen made.",
 )
 @click.option("--reason", help="Why (recorded, not signed).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
