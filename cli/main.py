@@ -212,6 +212,7 @@ def _attach_component_commands() -> None:
     from wakeline.cli.incidents import incidents
     from wakeline.cli.ledger import ledger
     from wakeline.cli.operator import quarantine, release
+    from wakeline.cli.policy import policy
     from wakeline.cli.tail import tail
     from wakeline.cli.worker import worker
     from wakeline.cli.workflow import workflow
@@ -228,6 +229,7 @@ def _attach_component_commands() -> None:
         incidents,
         alerts,
         grants,
+        policy,
     ):
         cli.add_command(command)
 

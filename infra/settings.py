@@ -163,6 +163,7 @@ COMPONENT_MODULES = (
     "wakeline.compensator.settings",
     "wakeline.infra.detection",
     "wakeline.compensator.notify",
+    "wakeline.policy.engine",
 )
 
 #: the entry-point group of packages outside Wakeline that declare components (a handler

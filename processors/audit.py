@@ -75,7 +75,7 @@ DEFAULT_MAX_RECORD_BYTES: int = BuilderSettings.max_record_bytes
 MAX_FIELD_CHARS = 1024
 _TEXT_FIELDS = (
     "summary", "event_id", "event_type", "workflow_id", "run_id", "agent_id", "principal",
-    "tenant", "tool", "status", "decode_error",
+    "tenant", "tool", "status", "decode_error", "authorized_by",
 )  # fmt: skip
 
 

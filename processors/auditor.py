@@ -302,6 +302,7 @@ class Auditor:
                 "tenant": None,
                 "tool": None,
                 "status": None,
+                "authorized_by": None,
                 "event": r.value,
                 "decode_error": clip(error, 4000),
                 "offset": r.offset,
@@ -309,16 +310,17 @@ class Auditor:
                 "leaf_hash": leaf_hash,
                 **fixed,
             }
-        tool = status = None
+        tool = status = authorized = None
         etype = e["type"]
         if etype == "ToolIntent":
             memo = intent_memo(e)
             self.intents.put(e["event_id"], memo)
-            tool = memo.tool
+            tool, authorized = memo.tool, memo.authorized_by
             summary = intent_summary(e, memo)
         elif etype == "ToolResult":
             found = self._lookup(e["intent_id"])
             tool = found.tool if found else None
+            authorized = found.authorized_by if found and e["status"] != "denied" else None
             status = e["status"]
             summary = result_summary(e, found)
         else:
@@ -340,6 +342,7 @@ class Auditor:
             "tenant": e["tenant"],
             "tool": tool,
             "status": status,
+            "authorized_by": authorized,
             "event": r.value,
             "decode_error": None,
             "offset": r.offset,

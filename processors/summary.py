@@ -25,6 +25,8 @@ class IntentMemo:
 
     tool: str
     phrase: str  # "stripe.charge for customer 123, USD 12.99"
+    #: what allowed the call (`authorized_by`), for the audit record of its result
+    authorized_by: str | None = None
 
 
 class IntentCache:
@@ -90,7 +92,23 @@ def describe_args(args_json: str) -> str:
 def intent_memo(event: Mapping[str, Any]) -> IntentMemo:
     tool = str(event.get("tool", "?"))
     detail = describe_args(event.get("args") or "")
-    return IntentMemo(tool, f"{tool} {detail}" if detail else tool)
+    return IntentMemo(tool, f"{tool} {detail}" if detail else tool, authorized_by(event))
+
+
+def authorized_by(intent: Mapping[str, Any]) -> str | None:
+    """What allowed an intent's call, as the audit record names it: `grant <id>`,
+    `approval <id>` or `rule <name> of policy <version[:12]>`; None for a denied call and
+    for one no policy engine decided (the SDK's allow-all default, older intents)."""
+    if intent.get("policy_decision") == "deny":
+        return None
+    if intent.get("grant_id"):
+        return f"grant {intent['grant_id']}"
+    if intent.get("approval_id"):
+        return f"approval {intent['approval_id']}"
+    rule, version = intent.get("policy_rule"), intent.get("policy_version")
+    if rule:
+        return f"rule {rule} of policy {str(version or '?')[:12]}"
+    return None
 
 
 def _agent(event: Mapping[str, Any]) -> str:

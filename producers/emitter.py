@@ -17,6 +17,10 @@ only enqueues it. Results are enqueued in both modes: the tool has already run, 
 producer keeps per-partition order, the next strict intent of the workflow is acknowledged only
 after the results before it. `flush()`/`close()` wait for everything.
 
+Policy: `Emitter(policy=Policy.load("policy.toml"))` (wakeline.policy.engine) or the
+environment variable WAKELINE_POLICY (a file, or `default`: the built-in policy) puts the
+policy engine in the `PolicyGate`; otherwise every call is allowed, and recorded as such.
+
 Metrics are opt-in: `Emitter(..., metrics=PrometheusMetrics())` (wakeline.infra.metrics)
 counts calls by tool and status and refusals by gate; serve them with `metrics.serve(port)`
 or hand `metrics.registry` to an exporter of your own. Without it prometheus-client is never
@@ -26,6 +30,7 @@ imported and a call pays one attribute check.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,7 +76,7 @@ class Emitter:
         spool_dir: Path,
         registry: ToolRegistry | None = None,
         source: str = "wakeline-sdk",
-        policy: PolicyHook = allow_all,
+        policy: PolicyHook | None = None,
         authorizer: Authorizer | None = None,
         loop_guard: LoopGuard | bool = True,
         quarantine_gate: QuarantineGate | bool = True,
@@ -86,6 +91,8 @@ class Emitter:
         self.kafka = kafka
         self.registry = registry if registry is not None else ToolRegistry()
         self.source = source
+        if policy is None:
+            policy = _policy_from_env()
         #: `authorizer` turns require_approval into a wait for a signed approval (or an
         #: allow by a standing grant); without one such calls are refused
         self._policy_gate = PolicyGate(policy, authorizer)
@@ -190,6 +197,17 @@ class Emitter:
     # -- internals shared by every context ------------------------------------------------
     def _frame(self, event: dict[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
         return encode_event(event), cloudevents_headers(event)
+
+
+def _policy_from_env() -> PolicyHook:
+    """The policy engine when WAKELINE_POLICY names a file (or `default`), else allow-all:
+    calls do not change under an application that never asked for a policy."""
+    if not os.environ.get("WAKELINE_POLICY", "").strip():
+        return allow_all
+    from wakeline.policy.engine import Policy  # only then: tomllib and the engine
+
+    policy = Policy.from_env()
+    return allow_all if policy is None else policy
 
 
 def _publish_schemas(kafka: KafkaSettings) -> None:

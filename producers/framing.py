@@ -136,7 +136,7 @@ _RESULT_CE_TYPE = ("ce_type", ce_type("ToolResult").encode())
 
 def spec_tail(spec: ToolSpec, decision: PolicyDecision, reason: str, mode: str) -> bytes:
     """The intent fields after the resource keys, up to `volatile_fields`: fixed for a spec,
-    decision and mode (`expected_version`, per call, follows it)."""
+    decision and mode (`expected_version`, per call, follows it, then `decision_tail`)."""
     return b"".join(
         (
             _REVERSIBILITY[spec.reversibility],
@@ -146,11 +146,28 @@ def spec_tail(spec: ToolSpec, decision: PolicyDecision, reason: str, mode: str) 
             _optional(reason),
             _DURABILITY[mode],
             _strings(spec.redacted_fields),
-            _NULL,  # approval_id
+            _optional(decision.approval_id),
             _optional_long(spec.undo_window_us),
             _strings(spec.volatile_list),
         )
     )
+
+
+def decision_tail(decision: PolicyDecision) -> bytes:
+    """The intent fields after `expected_version`: the decision's rule, policy version,
+    shadow verdicts and grant (an empty rule or version is recorded as null)."""
+    return b"".join(
+        (
+            _optional(decision.rule or None),
+            _optional(decision.version or None),
+            _strings(decision.shadow),
+            _optional(decision.grant_id),
+        )
+    )
+
+
+#: `decision_tail` of a decision without rule, version, shadow or grant (allow-all)
+NO_POLICY_TAIL = _NULL * 4
 
 
 class RunFramer:
@@ -208,6 +225,7 @@ class RunFramer:
         writes: Sequence[str],
         tail: bytes,
         expected_version: str | None = None,
+        after: bytes = NO_POLICY_TAIL,
     ) -> tuple[bytes, Headers]:
         eid = event_id.encode()
         digest = canonical.digest
@@ -225,6 +243,7 @@ class RunFramer:
                 _strings(writes),
                 tail,
                 _optional(expected_version),
+                after,
             )
         )
         return frame, self.headers(eid, _INTENT_CE_TYPE, time_us)
@@ -282,19 +301,36 @@ def checked_framer(template: Mapping[str, Any]) -> RunFramer | None:
     return framer
 
 
-#: (tool name, durability, decision) -> (spec, tail bytes); bounded, see `intent_tail`
-_TAILS: dict[tuple[str, str, PolicyDecision], tuple[ToolSpec, bytes]] = {}
+#: (tool name, durability, the decision's recorded fields) -> (spec, tail, decision tail);
+#: bounded, see `intent_tail`
+_TAILS: dict[tuple[Any, ...], tuple[ToolSpec, bytes, bytes]] = {}
 _MAX_TAILS = 512
 
 
-def intent_tail(spec: ToolSpec, decision: PolicyDecision, reason: str, mode: str) -> bytes:
-    """`spec_tail`, cached: the same spec object (specs are frozen) gives the same bytes."""
-    key = (spec.name, mode, decision)
+def intent_tail(
+    spec: ToolSpec, decision: PolicyDecision, reason: str, mode: str
+) -> tuple[bytes, bytes]:
+    """(`spec_tail`, `decision_tail`), cached: the same spec object (specs are frozen) and
+    the same recorded decision fields give the same bytes. The key holds only what the
+    bytes depend on: a decision's approver group (a mapping of keys) is not hashable."""
+    d = decision
+    key = (
+        spec.name,
+        mode,
+        d.outcome,
+        reason,
+        d.rule,
+        d.version,
+        d.shadow,
+        d.approval_id,
+        d.grant_id,
+    )
     hit = _TAILS.get(key)
     if hit is not None and hit[0] is spec:
-        return hit[1]
+        return hit[1], hit[2]
     tail = spec_tail(spec, decision, reason, mode)
+    after = decision_tail(decision)
     if len(_TAILS) >= _MAX_TAILS:  # e.g. policies with a reason per call: never grow unbounded
         _TAILS.clear()
-    _TAILS[key] = (spec, tail)
-    return tail
+    _TAILS[key] = (spec, tail, after)
+    return tail, after

@@ -287,6 +287,9 @@ class PolicyGate:
     def __init__(self, policy: PolicyHook, authorizer: Authorizer | None = None) -> None:
         self.policy = policy
         self.authorizer = authorizer
+        #: id(decision) -> its allow verdict: a policy engine returns the same decision
+        #: object for every call its rule allows, and a frozen Verdict costs ~1 µs to build
+        self._allowed: dict[int, Verdict] = {}
 
     def decide(self, call: GateCall) -> Verdict | None:
         if self.policy is allow_all:  # the default: no request object to build
@@ -304,10 +307,11 @@ class PolicyGate:
                 call.boundary,
             )
         )
-        # a policy sees the raw arguments; what it says is recorded, so it is scrubbed
-        decision = replace(
-            decision, reason=call.scrub(decision.reason), policy=call.scrub(decision.policy)
-        )
+        # a policy sees the raw arguments; what it says is recorded, so it is scrubbed (a
+        # copy only when that changed something: `replace` costs ~6 µs, a whole decision less)
+        reason, policy = call.scrub(decision.reason), call.scrub(decision.policy)
+        if reason != decision.reason or policy != decision.policy:
+            decision = replace(decision, reason=reason, policy=policy)
         name = call.spec.name
         if decision.outcome == "deny":
             why = f"policy {decision.policy} denied {name}: {decision.reason}"
@@ -324,7 +328,13 @@ class PolicyGate:
                 "no approvals are configured, so the call is refused"
             )
             return Verdict.refuse(ApprovalRequired(why), decision)
-        return Verdict.allow(decision)
+        verdict = self._allowed.get(id(decision))
+        if verdict is None or verdict.decision is not decision:
+            verdict = Verdict.allow(decision)
+            if len(self._allowed) >= 256:
+                self._allowed.clear()
+            self._allowed[id(decision)] = verdict
+        return verdict
 
 
 # -- loop guard --------------------------------------------------------------------------

@@ -76,6 +76,9 @@ class ToolSpec:
     #: recorded in every intent (`expected_version`) for the race detector; it may not be a
     #: redacted or digest-only field (the intent records it in clear).
     version_arg: str | None = None
+    #: False only for the spec `default_spec` assumes for a tool nobody registered: a policy
+    #: rule can match on it (`registered = false`; the built-in policy denies such tools)
+    registered: bool = True
     #: redact + digest_only, sorted (derived; recorded in every intent)
     redacted_fields: list[str] = field(init=False, compare=False, repr=False)
     #: volatile_fields, sorted (derived; recorded in every intent)
@@ -222,7 +225,7 @@ def _resource_keys(tool: str, which: str, keys: ResourceKeys, args: Mapping[str,
 
 def default_spec(name: str) -> ToolSpec:
     """The spec of a tool nobody registered: assume the worst (MCP's defaults agree)."""
-    return ToolSpec(name=name, reversibility="irreversible", impact="high")
+    return ToolSpec(name=name, reversibility="irreversible", impact="high", registered=False)
 
 
 def _hint(annotations: Any, key: str, default: bool) -> bool:

@@ -363,6 +363,7 @@ class WorkflowContext:
         frame = None
         if self._framer is not None:
             try:
+                tail, after = intent_tail(spec, decision, reason, mode)
                 frame = self._framer.intent(
                     event_id,
                     now,
@@ -371,8 +372,9 @@ class WorkflowContext:
                     canonical,
                     reads,
                     writes,
-                    intent_tail(spec, decision, reason, mode),
+                    tail,
                     version,
+                    after,
                 )
             except Exception:  # noqa: BLE001 - the codec below frames it, or says why not
                 frame = None
@@ -394,6 +396,11 @@ class WorkflowContext:
                 undo_window_us=spec.undo_window_us,
                 volatile_fields=spec.volatile_list,
                 expected_version=version,
+                approval_id=decision.approval_id,
+                policy_rule=decision.rule or None,
+                policy_version=decision.version or None,
+                policy_shadow=list(decision.shadow),
+                grant_id=decision.grant_id,
             )
             frame = self._frame(intent)
         # a call that will wait has its intent acknowledged first: the ApprovalRequested and

@@ -75,7 +75,16 @@ def test_the_window_must_be_a_positive_number_of_seconds() -> None:
 
 
 #: `undo_window_us` and the ToolIntent fields added after it (each defaults to "nothing")
-_SINCE = {"undo_window_us": None, "volatile_fields": [], "expected_version": None}
+#: the fields added to ToolIntent since (and with) `undo_window_us`, and their defaults
+_SINCE = {
+    "undo_window_us": None,
+    "volatile_fields": [],
+    "expected_version": None,
+    "policy_rule": None,
+    "policy_version": None,
+    "policy_shadow": [],
+    "grant_id": None,
+}
 
 
 def _previous_intent_schema() -> SchemaInfo:

@@ -16,7 +16,7 @@ from wakeline.ledger.store_memory import MemoryLedgerStore
 from wakeline.processors.audit import AUDIT_SCHEMA, decode_audit, encode_audit
 from wakeline.processors.auditor import Auditor
 from wakeline.processors.builder import LedgerBuilder
-from wakeline.processors.summary import describe_args, intent_memo, summarize
+from wakeline.processors.summary import authorized_by, describe_args, intent_memo, summarize
 from wakeline.testkit.samples import frames, intent, result
 
 AVSC = Path(__file__).resolve().parents[3] / "schemas" / "AuditRecord.avsc"
@@ -65,12 +65,13 @@ def test_arguments_without_known_fields_show_a_few_pairs() -> None:
     assert describe_args('{"amount_cents":1299,"currency":"eur"}') == "for EUR 12.99"
 
 
-def _audit_for(value: bytes | None, error_value: bool = False) -> dict:
-    """Ledger an intent and its result (or junk) in a memory store, then audit the segment."""
+def _audit_for(value: bytes | None, error_value: bool = False, **fields: object) -> dict:
+    """Ledger an intent (with `fields`) and its result (or junk) in a memory store, then
+    audit the segment."""
     store = MemoryLedgerStore()
     b = LedgerBuilder(store, BLAKE3, max_leaves=10, max_age_s=1)
     b.assign([0])
-    i = charge()
+    i = charge() | fields
     key, v, headers = frames(i)
     recs = [LedgerRecord(0, 0, 1, key, v, tuple(headers))]
     rk, rv, rh = frames(result(i))
@@ -147,3 +148,23 @@ def test_fast_audit_encoder_writes_exactly_what_fastavro_writes() -> None:
         buf = BytesIO()
         fastavro.schemaless_writer(buf, audit._PARSED, rec)
         assert value == audit._HEADER + buf.getvalue()
+
+
+def test_authorized_by_names_the_grant_approval_or_rule() -> None:
+    base = charge()
+    assert authorized_by(base) is None  # allow-all: no policy engine decided
+    ruled = base | {"policy_rule": "small", "policy_version": "ab" * 32}
+    assert authorized_by(ruled) == "rule small of policy " + "ab" * 6
+    assert authorized_by(ruled | {"approval_id": "ap-1"}) == "approval ap-1"
+    assert authorized_by(ruled | {"approval_id": "ap-1", "grant_id": "g-1"}) == "grant g-1"
+    assert authorized_by(ruled | {"policy_decision": "deny"}) is None
+
+
+def test_audit_records_of_intent_and_result_name_what_allowed_the_call() -> None:
+    sent = _audit_for(None, policy_rule="small", policy_version="cd" * 32)["sent"]
+    intent_rec, result_rec = (decode_audit(s[2]) for s in sent)
+    assert (
+        intent_rec["authorized_by"]
+        == result_rec["authorized_by"]
+        == ("rule small of policy " + "cd" * 6)
+    )

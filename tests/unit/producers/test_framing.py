@@ -199,3 +199,37 @@ def _interrupt(**_: object) -> None:
 
 async def _async_ok(**_: object) -> int:
     return 1
+
+
+def test_policy_engine_fields_frame_like_the_codec(recorded) -> None:  # noqa: ANN001
+    """Rule, version, shadow verdicts, approval and grant ids (a decision with an approver
+    group, which is not hashable, included) are framed, and read back as recorded."""
+    from wakeline.producers.gates import ApproverGroup
+
+    emitter, rec = recorded
+    group = ApproverGroup("finance", {"alice": b"\x01" * 32})
+    decisions = iter(
+        [
+            PolicyDecision("allow", "r", "billing", "small", "ab" * 32, ("gbp=deny", "x=allow")),
+            PolicyDecision("allow", "r", "billing", "big", "cd" * 32, approvers=group,
+                           approval_id="ap-1"),
+            PolicyDecision("allow", "r", "billing", "big", "cd" * 32, grant_id="g-7"),
+            PolicyDecision("allow", "r", "billing"),
+        ]
+    )  # fmt: skip
+    emitter.policy = lambda req: next(decisions)
+    ctx = ctx_of(emitter)
+    for i in range(4):
+        ctx.call("kv.put", lambda **_: None, {"key": str(i), "value": i})
+    assert_codec_equal(rec)
+    got = [
+        (e["policy_rule"], e["policy_version"], e["policy_shadow"], e["approval_id"], e["grant_id"])
+        for e in rec.events()
+        if e["type"] == "ToolIntent"
+    ]
+    assert got == [
+        ("small", "ab" * 32, ["gbp=deny", "x=allow"], None, None),
+        ("big", "cd" * 32, [], "ap-1", None),
+        ("big", "cd" * 32, [], None, "g-7"),
+        (None, None, [], None, None),
+    ]

@@ -52,6 +52,10 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "undo_window_us": None,
         "volatile_fields": ["request_id"],
         "expected_version": "7",
+        "policy_rule": "small-charges",
+        "policy_version": "9f" * 32,
+        "policy_shadow": ["gbp-block=deny"],
+        "grant_id": None,
     },
     "ToolResult": {
         "intent_id": "01939b6e-0000-7000-8000-000000000001",

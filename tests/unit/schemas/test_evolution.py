@@ -1,7 +1,8 @@
 """Schema evolution: old readers read new writers and new readers read old writers (Avro rules).
 
 data/ToolIntent.v0.avsc is ToolIntent before `redacted_fields`, `approval_id`,
-`undo_window_us`, `volatile_fields` and `expected_version` were added;
+`undo_window_us`, `volatile_fields`, `expected_version` and the policy engine's
+`policy_rule`, `policy_version`, `policy_shadow` and `grant_id` were added;
 data/Alert.v2.avsc is a future Alert with one more enum symbol and one more defaulted field.
 """
 
@@ -31,6 +32,10 @@ ADDED_IN_V1 = {
     "undo_window_us",
     "volatile_fields",
     "expected_version",
+    "policy_rule",
+    "policy_version",
+    "policy_shadow",
+    "grant_id",
 }
 
 
@@ -45,7 +50,9 @@ def test_versions_differ_on_the_wire() -> None:
 
 
 def test_old_reader_reads_new_writer(make_event: Callable[..., dict]) -> None:
-    event = make_event("ToolIntent", redacted_fields=["card.number"], approval_id="a-1")
+    event = make_event(
+        "ToolIntent", redacted_fields=["card.number"], approval_id="a-1", grant_id="g-1"
+    )
     frame = encode_event(event)  # written with the current (newer) schema
     old = _v0_codec()
     with pytest.raises(UnknownFingerprint):
@@ -71,6 +78,10 @@ def test_new_reader_reads_old_writer(make_event: Callable[..., dict]) -> None:
         "undo_window_us": None,
         "volatile_fields": [],
         "expected_version": None,
+        "policy_rule": None,
+        "policy_version": None,
+        "policy_shadow": [],
+        "grant_id": None,
     }
 
 
