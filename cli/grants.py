@@ -9,7 +9,6 @@ grantor with the key that signed it. Grants and revocations go onto `<prefix>eve
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,15 +17,16 @@ from typing import Any
 import click
 
 _AS = "The principal who signs (with the key `wakeline approvals keygen` made, unless --key)."
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> float:
-    """`90s`, `15m`, `24h`, `7d` (or a bare number of seconds) in seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if m is None or float(m.group(1)) <= 0:
-        raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 24h or 7d")
-    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    """`90s`, `15m`, `24h`, `7d`, `1h30m` (the policy file's durations) in seconds."""
+    from wakeline.policy.engine import parse_duration as policy_duration
+
+    try:
+        return policy_duration(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e).replace("a timeout", "a duration")) from e
 
 
 def _guard(fn: Callable[[], Any]) -> Any:
