@@ -84,15 +84,18 @@ def create(
     from wakeline.cli.main import emit_json, run_guarded
     from wakeline.infra.settings import KafkaSettings
     from wakeline.policy import approvals as ap
-    from wakeline.policy.predicates import compile_condition
+    from wakeline.policy.predicates import PolicyError, compile_condition
     from wakeline.schemas import new_event_id
 
     seconds = parse_duration(expires)
     kafka = run_guarded(KafkaSettings.from_env)
 
     def go() -> dict[str, Any]:
-        for limit in limits:
-            compile_condition(limit)  # a limit that cannot be read is refused here
+        for limit in limits:  # a limit that cannot be read is refused here
+            try:
+                compile_condition(limit)
+            except PolicyError as e:
+                raise click.BadParameter(f"{limit!r}: {e}", param_hint="--limit") from e
         key = ap.load_private_key(principal, key_file)
         now = time.time_ns() // 1000
         st = ap.GrantStatement(

@@ -416,13 +416,17 @@ class Approvals:
     def _on_decision(self, key: bytes, received: Received | None) -> None:
         request_id, _, approver = key.decode("utf-8", "replace").partition("/")
         with self._lock:
-            held = self._by_request.setdefault(request_id, {})
-            if received is None:
-                held.pop(approver, None)
-            else:
+            held = self._by_request.get(request_id)
+            if received is not None:
+                if held is None:
+                    held = self._by_request[request_id] = {}
                 held[approver] = received
+            elif held is not None:
+                held.pop(approver, None)
+                if not held:
+                    del self._by_request[request_id]
             wait = self._waiting.get(request_id)
-            got = list(held.values())
+            got = list(held.values()) if held else []
         if wait is not None:
             wait.count(got, self.clock_us(), self.decisions.live)
 
