@@ -29,8 +29,9 @@ import binascii
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -489,6 +490,67 @@ def revocation_of_event(event: Mapping[str, Any]) -> RevocationStatement | None:
     if event.get("type") != "GrantRevoked":
         return None
     return RevocationStatement(str(event["grant_id"]), str(event["revoked_by"]))
+
+
+def revocation_why_not(event: Mapping[str, Any], members: Mapping[str, bytes]) -> str | None:
+    """Why a decoded GrantRevoked does not revoke for this approver group (None: it does):
+    signed by a member with the key the group lists for them."""
+    st = revocation_of_event(event)
+    if st is None:
+        return "not a revocation"
+    key = members.get(st.revoked_by)
+    if key is None:
+        return f"{st.revoked_by} is not in the approver group"
+    if bytes(event.get("public_key") or b"") != bytes(key):
+        return f"not signed with the key the policy lists for {st.revoked_by}"
+    if not st.verify(event.get("signature"), key):
+        return "the signature does not verify"
+    return None
+
+
+def grant_why_not(
+    event: Mapping[str, Any],
+    *,
+    agent_id: str,
+    tool: str,
+    args: Mapping[str, Any],
+    members: Mapping[str, bytes],
+    quorum: int,
+    revoked: Collection[str],
+    now_us: int,
+    condition: Callable[[str], Callable[[Mapping[str, Any]], bool] | str],
+) -> str | None:
+    """Why a decoded Grant does not cover a call (None: it does). `members` is the approver
+    group of the call's decision, `revoked` the grant ids a valid revocation names
+    (`revocation_why_not`), `condition(text)` a compiled limit or why it does not compile
+    (`wakeline.policy.predicates.compile_condition`, cached by the caller)."""
+    st = grant_of_event(event)
+    if st is None:
+        return "not a grant"
+    if not fnmatchcase(agent_id, st.agent):
+        return f"agent {agent_id} does not match {st.agent!r}"
+    if not fnmatchcase(tool, st.tool):
+        return f"tool {tool} does not match {st.tool!r}"
+    key = members.get(st.grantor)
+    if key is None:
+        return f"{st.grantor} is not in the approver group"
+    if bytes(event.get("public_key") or b"") != bytes(key):
+        return f"not signed with the key the policy lists for {st.grantor}"
+    if not st.verify(event.get("signature"), key):
+        return "the signature does not verify"
+    if quorum > 1:
+        return f"the rule needs {quorum} approvers; a grant is one grantor's"
+    if st.expires_at_us <= now_us:
+        return "expired"
+    if st.grant_id in revoked:
+        return "revoked"
+    for limit in st.limits:
+        compiled = condition(limit)
+        if isinstance(compiled, str):
+            return f"its limit {limit!r} cannot be read ({compiled})"
+        if not compiled(args):
+            return f"its limit {limit!r} does not hold"
+    return None
 
 
 def grants_key(grant_id: str) -> bytes:

@@ -43,8 +43,9 @@ from wakeline.infra.settings import KafkaSettings
 from wakeline.policy.approvals import (
     Signed,
     grant_of_event,
+    grant_why_not,
     public_key_text,
-    revocation_of_event,
+    revocation_why_not,
     statement_of_event,
     tally,
 )
@@ -325,15 +326,11 @@ class Approvals:
         if not state:
             return None
         members = group.members
-        revoked: set[str] = set()
+        revocations: dict[str, list[dict[str, Any]]] = {}
         grants = []
         for event in state.values():
             if event.get("type") == "GrantRevoked":
-                why = _why_revocation_does_not_count(event, members)
-                if why is None:
-                    revoked.add(str(event["grant_id"]))
-                else:
-                    self._log_grant(str(event["grant_id"]), f"a revocation does not count: {why}")
+                revocations.setdefault(str(event["grant_id"]), []).append(event)
             else:
                 grants.append(event)
         now = self.clock_us()
@@ -343,7 +340,24 @@ class Approvals:
                 continue
             if not fnmatchcase(call.agent_id, st.agent) or not fnmatchcase(call.spec.name, st.tool):
                 continue  # not about this call: nothing to say
-            why = self._why_grant_does_not_cover(event, st, call, decision, revoked, now)
+            revoked: set[str] = set()
+            for rev in revocations.get(st.grant_id, ()):
+                bad = revocation_why_not(rev, members)
+                if bad is None:
+                    revoked.add(st.grant_id)
+                else:
+                    self._log_grant(st.grant_id, f"has a revocation that does not count: {bad}")
+            why = grant_why_not(
+                event,
+                agent_id=call.agent_id,
+                tool=call.spec.name,
+                args=call.args,
+                members=members,
+                quorum=decision.quorum,
+                revoked=revoked,
+                now_us=now,
+                condition=self._condition,
+            )
             if why is None:
                 log.info("grant %s by %s covers %s", st.grant_id, st.grantor, call.spec.name)
                 return st.grant_id
@@ -351,37 +365,6 @@ class Approvals:
         return None
 
     # -- grants ---------------------------------------------------------------------------
-    def _why_grant_does_not_cover(
-        self,
-        event: Mapping[str, Any],
-        st: Any,
-        call: GateCall,
-        decision: PolicyDecision,
-        revoked: set[str],
-        now_us: int,
-    ) -> str | None:
-        members = decision.approvers.members if decision.approvers is not None else {}
-        key = members.get(st.grantor)
-        if key is None:
-            return f"{st.grantor} is not in the approver group"
-        if bytes(event.get("public_key") or b"") != bytes(key):
-            return f"not signed with the key the policy lists for {st.grantor}"
-        if not st.verify(event.get("signature"), key):
-            return "the signature does not verify"
-        if decision.quorum > 1:
-            return f"the rule needs {decision.quorum} approvers; a grant is one grantor's"
-        if st.expires_at_us <= now_us:
-            return "expired"
-        if st.grant_id in revoked:
-            return "revoked"
-        for limit in st.limits:
-            condition = self._condition(limit)
-            if isinstance(condition, str):
-                return f"its limit {limit!r} cannot be read ({condition})"
-            if not condition(call.args):
-                return f"its limit {limit!r} does not hold"
-        return None
-
     def _condition(self, text: str) -> Callable[[Mapping[str, Any]], bool] | str:
         """The compiled limit, or why it does not compile (cached either way)."""
         hit = self._conditions.get(text)
@@ -437,19 +420,3 @@ class Approvals:
             ]
         for wait, got in pending:
             wait.count(got, self.clock_us(), True)
-
-
-def _why_revocation_does_not_count(
-    event: Mapping[str, Any], members: Mapping[str, bytes]
-) -> str | None:
-    st = revocation_of_event(event)
-    if st is None:
-        return "not a revocation"
-    key = members.get(st.revoked_by)
-    if key is None:
-        return f"{st.revoked_by} is not in the approver group"
-    if bytes(event.get("public_key") or b"") != bytes(key):
-        return f"not signed with the key the policy lists for {st.revoked_by}"
-    if not st.verify(event.get("signature"), key):
-        return "the signature does not verify"
-    return None

@@ -30,8 +30,8 @@ def test_a_valid_approval_lets_exactly_that_call_run(world, emitter, follow):
     intent = events.of_type("ToolIntent")[0]
     assert request["parent_event_ids"] == [intent["event_id"]]
     assert request["intent_id"] == intent["event_id"]
-    if "policy_rule" in intent:  # the decision's fields are framed into the intent (POLICY)
-        assert intent["approval_id"] == request["event_id"]
+    assert intent["approval_id"] == request["event_id"]
+    assert intent["policy_rule"] == "charges" and intent["policy_version"] == "ab" * 32
     assert request["approver_keys"].keys() == {"alice@example.com", "bob@example.com"}
     assert request["quorum"] == 1 and request["policy_version"] == "ab" * 32
     assert request["approvers"] == ["finance"] and '"amount":900' in request["args"]
