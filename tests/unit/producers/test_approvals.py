@@ -238,3 +238,45 @@ def test_the_journal_hands_out_a_dead_process_entries_once(tmp_path):
     assert later.leftovers("wf", "r-1") == []
     later.clear("i-1")
     assert not (tmp_path / "i-1.json").exists() and (tmp_path / "junk.json").exists()
+
+
+def _signed_event(request: dict, who: str, key, decision: str = "approve") -> dict:
+    expires = 0 if decision == "deny" else time.time_ns() // 1000 + 60_000_000
+    st = ap.Statement(decision, request["event_id"], request["intent_digest"], who, expires)  # type: ignore[arg-type]
+    return ap.decision_event(request, st, st.sign(key), ap.public_bytes(key),
+                             event_id=new_event_id(), time_us=1)  # fmt: skip
+
+
+@pytest.mark.parametrize("tamper", ["deny re-typed as approval", "expiry extended",
+                                    "no public key", "garbage record", "tombstone"])  # fmt: skip
+def test_a_tampered_decision_never_runs_the_call(tmp_path, caplog, tamper):
+    em, approvals = make(tmp_path, timeout_s=10.0)
+    ctx = em.workflow("wf", agent_id="bot", principal="carol")
+    t, out = run(lambda: ctx.call("pay", lambda **a: "paid", {"amount": 5}))
+    request = request_of(em)
+    key = ap.approvals_key(request["event_id"], "alice")
+    if tamper == "deny re-typed as approval":
+        denial = _signed_event(request, "alice", ALICE, "deny")
+        kept = {k: v for k, v in denial.items() if k not in ("reason", "timed_out")}
+        retyped = {**kept, "type": "ApprovalGranted", "expires_at": 2**62, "comment": None}
+        value = encode_event(retyped)
+    elif tamper == "expiry extended":
+        granted = _signed_event(request, "alice", ALICE)
+        value = encode_event({**granted, "expires_at": granted["expires_at"] + 1})
+    elif tamper == "no public key":
+        value = encode_event({**_signed_event(request, "alice", ALICE), "public_key": None})
+    elif tamper == "garbage record":
+        value = b"\xc3\x01" + b"\x00" * 20
+    else:
+        value = None
+    approvals.apply_decision(key, value)
+    assert t.is_alive()
+    # the call is still waiting; a valid denial ends it (the tampered record did not run it)
+    decide(approvals, request, "bob", BOB, "deny")
+    t.join(5)
+    assert isinstance(out.get("error"), ApprovalDenied)
+    if tamper in ("deny re-typed as approval", "expiry extended"):
+        assert "the signature does not verify" in caplog.text
+    if tamper == "no public key":
+        assert "not signed with the key the policy lists" in caplog.text
+    em.close(0)
