@@ -280,3 +280,24 @@ def test_a_tampered_decision_never_runs_the_call(tmp_path, caplog, tamper):
     if tamper == "no public key":
         assert "not signed with the key the policy lists" in caplog.text
     em.close(0)
+
+
+def test_an_approval_waits_for_the_reader_to_be_live_a_denial_does_not(tmp_path):
+    em, approvals = make(tmp_path)
+    ctx = em.workflow("wf", agent_id="bot", principal="carol")
+    t, out = run(lambda: ctx.call("pay", lambda **a: "paid", {"amount": 5}))
+    request = request_of(em)
+    approvals.decisions.health = "catching_up"  # re-reading the topic after a restart
+    decide(approvals, request, "alice", ALICE)
+    assert t.is_alive()  # a denial could still be unread behind it
+    approvals.decisions.health = "live"
+    approvals._recount()  # what the reader's on_live does
+    t.join(5)
+    assert out == {"value": "paid"}
+    t2, out2 = run(lambda: ctx.call("pay", lambda **a: "paid", {"amount": 6}))
+    request = request_of(em)
+    approvals.decisions.health = "catching_up"
+    decide(approvals, request, "bob", BOB, "deny")
+    t2.join(5)
+    assert isinstance(out2.get("error"), ApprovalDenied)
+    em.close(0)
