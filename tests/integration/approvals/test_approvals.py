@@ -14,7 +14,7 @@ from wakeline.policy.approvals import Statement, decision_event, generate_key, p
 from wakeline.producers.errors import ApprovalDenied, WaitTimedOut
 from wakeline.schemas import new_event_id
 
-from .conftest import InThread, new_wf, seen
+from .kit import InThread, new_wf, seen
 
 pytestmark = pytest.mark.integration
 

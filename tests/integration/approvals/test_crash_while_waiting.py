@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_emitter, new_wf
+from .kit import make_emitter, new_wf
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from wakeline.policy import approvals as ap
 from wakeline.producers.errors import WaitTimedOut
 from wakeline.schemas import new_event_id
 
-from .conftest import new_wf
+from .kit import new_wf
 
 pytestmark = pytest.mark.integration
 

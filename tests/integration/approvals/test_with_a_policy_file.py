@@ -8,7 +8,7 @@ import pytest
 from wakeline.policy.approvals import binding_of_intent, public_key_text
 from wakeline.policy.engine import Policy
 
-from .conftest import InThread, make_emitter, new_wf
+from .kit import InThread, make_emitter, new_wf
 
 pytestmark = pytest.mark.integration
 
