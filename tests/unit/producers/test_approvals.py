@@ -301,3 +301,27 @@ def test_an_approval_waits_for_the_reader_to_be_live_a_denial_does_not(tmp_path)
     t2.join(5)
     assert isinstance(out2.get("error"), ApprovalDenied)
     em.close(0)
+
+
+def test_async_calls_wait_each_on_its_own_request(tmp_path):
+    import asyncio
+
+    em, approvals = make(tmp_path, timeout_s=0.3)
+    ctx = em.workflow("wf", agent_id="bot", principal="carol")
+
+    async def main():
+        a = asyncio.ensure_future(ctx.acall("pay", lambda **k: "a", {"amount": 1}))
+        b = asyncio.ensure_future(ctx.acall("pay", lambda **k: "b", {"amount": 2}))
+        while len(approvals._waiting) < 2:
+            await asyncio.sleep(0.005)
+        requests = [e for e in spooled(em) if e["type"] == "ApprovalRequested"]
+        assert len({r["event_id"] for r in requests}) == 2
+        first = next(r for r in requests if '"amount":1' in r["args"])
+        decide(approvals, first, "alice", ALICE)
+        return await asyncio.gather(a, b, return_exceptions=True)
+
+    got_a, got_b = asyncio.run(main())
+    assert got_a == "a" and isinstance(got_b, WaitTimedOut)
+    denials = [e for e in spooled(em) if e["type"] == "ApprovalDenied"]
+    assert len(denials) == 1 and denials[0]["timed_out"]
+    em.close(0)
