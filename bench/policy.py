@@ -1,9 +1,10 @@
 """What a policy decision costs per tool call in the SDK, for a 100-rule policy, offline.
 
 1. `PolicyGate.decide` on a `GateCall` (what the Emitter runs before every call): p50/p99
-   of single calls, in µs, for a call decided by a rule near the end of the file, one
-   decided by an argument predicate, and one no rule matches (the default); the plain
-   top-to-bottom scan (`Policy.trace`) of the first for comparison.
+   of single calls, in µs, for a call allowed by the last rule of the file, one denied by
+   an argument predicate, and one no rule matches (the default, deny); a denial builds its
+   exception, hence the difference. The plain top-to-bottom scan (`Policy.trace`, what
+   `wakeline policy explain` uses) of the first for comparison.
 2. Whole `ctx.call` of a relaxed tool through a transport that drops the frames: the
    engine's 100 rules against allow-all (no policy), p50 per call and the difference.
 
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                             "alice@example.com", "acme", "prod")  # fmt: skip
 
     rows: list[tuple[str, float, float, str]] = []
-    for name, call in (("decide: last rule", late), ("decide: predicate", large),
-                       ("decide: default", nothing)):  # fmt: skip
+    for name, call in (("decide: allow, last rule", late), ("decide: deny, predicate", large),
+                       ("decide: default (deny)", nothing)):  # fmt: skip
         p50, p99 = time_calls(lambda c=call: gate.decide(c), args.calls)
         rows.append((name, p50, p99, "PolicyGate.decide on a GateCall"))
     p50, p99 = time_calls(lambda: policy(request), args.calls)

@@ -212,6 +212,8 @@ def _levels(value: Any, order: tuple[str, ...], what: str) -> frozenset[str]:
             "<=": range(at + 1),
             "<": range(at),
         }[op]
+        if not picked:
+            raise ValueError(f"{what} {item!r} matches nothing")
         out.update(order[i] for i in picked)
     return frozenset(out)
 
@@ -340,7 +342,10 @@ class Policy:
             return None
         if value.strip() == "default":
             return cls.default()
-        return cls.load(value.strip())
+        try:
+            return cls.load(value.strip())
+        except PolicyError as e:  # name the variable: the program did not name the file
+            raise PolicyError(f"{POLICY_VARIABLE.name}={value!r}: {e}") from None
 
     @classmethod
     def parse(cls, source: str | bytes, name: str = "policy") -> Policy:

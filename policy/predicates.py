@@ -32,6 +32,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from wakeline.errors import WakelineError
+
 __all__ = ["OPERATORS", "Condition", "PolicyError", "compile_condition", "resolve_path"]
 
 Condition = Callable[[Mapping[str, Any]], bool]
@@ -51,7 +53,7 @@ OPERATORS: tuple[str, ...] = (
 )
 
 
-class PolicyError(ValueError):
+class PolicyError(WakelineError, ValueError):
     """A policy (or one of its conditions) that cannot be used: the reason, and where.
 
     `line` and `column` are 1-based; either may be None when unknown. `str()` gives

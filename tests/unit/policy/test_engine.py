@@ -183,7 +183,7 @@ def test_from_env(tmp_path: Path) -> None:
     f.write_text('[[rule]]\nname = "all"\noutcome = "deny"\n')
     policy = Policy.from_env({"WAKELINE_POLICY": str(f)})
     assert policy is not None and policy.name == "mine"
-    with pytest.raises(PolicyError, match="cannot read"):
+    with pytest.raises(PolicyError, match="WAKELINE_POLICY=.*cannot read"):
         Policy.from_env({"WAKELINE_POLICY": str(tmp_path / "missing.toml")})
 
 
@@ -235,6 +235,7 @@ def test_from_env(tmp_path: Path) -> None:
         ("[[rule]]\nname = 'a'\noutcome = 'allow'\nquorum = 2\n", 4, 1, "belongs to outcome"),
         ("[[rule]]\nname = 'a'\nimpact = '>=huge'\noutcome = 'deny'\n", 3, 1, "impact '>=huge'"),
         ("[[rule]]\nname = 'a'\noutcome = 'deny'\nmode = 'dry'\n", 4, 1, "mode is enforce"),
+        ("[[rule]]\nname = 'a'\nimpact = '>critical'\noutcome = 'deny'\n", 3, 1, "matches nothing"),
         (
             "[[rule]]\nname = 'a'\noutcome = 'deny'\n\n[[rule]]\nname = 'a'\noutcome = 'deny'\n",
             6,
