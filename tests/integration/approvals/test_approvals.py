@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import pytest
 
@@ -228,7 +227,6 @@ def test_a_denial_while_waiting_refuses_the_call(world, emitter, follow):
     wf = new_wf()
     events = follow(wf)
     ctx = emitter.workflow(wf, agent_id="billing-bot", principal="carol@example.com")
-    started = time.monotonic()
     call = InThread(
         lambda: ctx.call("stripe.charge", world.charge, {"customer": "c9", "amount": 7})
     )
@@ -236,7 +234,7 @@ def test_a_denial_while_waiting_refuses_the_call(world, emitter, follow):
     world.bob.decide(world.kafka, request, "deny", comment="not this customer")
     with pytest.raises(ApprovalDenied, match="denied by bob@example.com.*not this customer"):
         call.join()
-    assert time.monotonic() - started < world.timeout_s  # it did not wait for the timeout
+    # ApprovalDenied, not WaitTimedOut: the denial ended the wait, not the timeout
     assert world.ran == []
     (intent,) = events.of_type("ToolIntent")
     assert events.result_of(intent["event_id"])["status"] == "denied"
