@@ -209,6 +209,7 @@ def _attach_component_commands() -> None:
     from wakeline.cli.approvals import approvals
     from wakeline.cli.compensator import compensator
     from wakeline.cli.config import config
+    from wakeline.cli.grants import grants
     from wakeline.cli.incidents import incidents
     from wakeline.cli.ledger import ledger
     from wakeline.cli.operator import quarantine, release
@@ -228,6 +229,7 @@ def _attach_component_commands() -> None:
         release,
         incidents,
         alerts,
+        grants,
         policy,
         approvals,
     ):

@@ -405,7 +405,8 @@ class Topics:
 
     @property
     def grants(self) -> str:
-        """Standing grants and their revocations, compacted, keyed by grant id."""
+        """Standing grants and their revocations, compacted: a Grant keyed by its grant id,
+        a GrantRevoked by `<grant id>/revoked/<revoker>` (each also on `<prefix>events`)."""
         return self.prefix + "grants"
 
     @property

@@ -11,12 +11,15 @@ approvals CLI when a person signs, `ledger-verify` offline):
   until when; its bytes are a domain tag and canonical JSON (sorted keys, no spaces, UTF-8);
 - the **tally**: which signed decisions count for a request (signed by the key the group lists
   for that approver, over this binding and request, not expired), and whether they reach the
-  quorum of distinct approvers or one of them denied.
+  quorum of distinct approvers or one of them denied;
+- **grant statements**: a standing grant (`GrantStatement`: grant id, grantor, agent and tool
+  patterns, argument limits, expiry) and its revocation (`RevocationStatement`), each signed
+  like a statement under a domain tag of its own, and the events that carry them.
 
 Keys: `generate_key()`; public keys travel as text, `ed25519:` + base64 of the 32 raw bytes
 (what a policy file lists and `wakeline approvals keygen` prints); private keys are PEM
 (PKCS#8) files, kept mode 0600 under `WAKELINE_KEYS_DIR` (default `~/.wakeline/keys`).
-docs/policy.md describes the byte layouts for other languages.
+docs/approvals.md describes the byte layouts for other languages.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import binascii
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -219,15 +223,19 @@ class Statement:
         return key.sign(self.to_bytes())
 
     def verify(self, signature: bytes | None, public_key: bytes | None) -> bool:
-        if not signature or not public_key or len(public_key) != 32:
-            return False
-        try:
-            Ed25519PublicKey.from_public_bytes(bytes(public_key)).verify(
-                bytes(signature), self.to_bytes()
-            )
-        except (InvalidSignature, ValueError):
-            return False
-        return True
+        return verify_signature(self.to_bytes(), signature, public_key)
+
+
+def verify_signature(message: bytes, signature: bytes | None, public_key: bytes | None) -> bool:
+    """Whether `signature` is `public_key`'s Ed25519 signature of `message` (False for any
+    missing, malformed or wrong piece; never raises)."""
+    if not signature or not public_key or len(public_key) != 32:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(bytes(public_key)).verify(bytes(signature), message)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 def statement_of_event(event: Mapping[str, Any]) -> Statement | None:
@@ -382,13 +390,25 @@ def publish_decision(kafka: Any, event: Mapping[str, Any], *, timeout: float = 1
     partition of `<prefix>events` first (so the ledger holds it), then onto the compacted
     approvals topic the waiting SDK follows. `kafka` is a `KafkaSettings`. Raises
     ApprovalError when the broker did not take both within `timeout`."""
+    key = approvals_key(event["request_id"], event["approver"])
+    _publish(kafka, event, kafka.topics.approvals, key, "decision", timeout)
+
+
+def _publish(
+    kafka: Any, event: Mapping[str, Any], state_topic: str, key: bytes, what: str, timeout: float
+) -> None:
+    """The event on `<prefix>events` (its workflow's partition), then, once the broker took
+    that, on the compacted `state_topic` under `key`."""
     from confluent_kafka import Producer
 
     from wakeline.schemas import cloudevents_headers, encode_event
 
     value = encode_event(dict(event))
     headers = cloudevents_headers(dict(event))
-    producer = Producer(kafka.client_config(**{"enable.idempotence": True, "acks": "all"}))
+    # not idempotent: a fresh idempotent producer's first delivery waits ~500 ms for its
+    # producer id (docs/decisions.md), which would be most of an approval's round trip; a
+    # retry's duplicate repeats the event id, which the ledger counts once (a redelivery)
+    producer = Producer(kafka.client_config(**{"enable.idempotence": False, "acks": "all"}))
     failures: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:
@@ -401,10 +421,219 @@ def publish_decision(kafka: Any, event: Mapping[str, Any], *, timeout: float = 1
     )  # fmt: skip
     left = producer.flush(timeout)
     if not failures and not left:
-        producer.produce(
-            kafka.topics.approvals, value, approvals_key(event["request_id"], event["approver"]),
-            headers=headers, on_delivery=delivered,
-        )  # fmt: skip
+        producer.produce(state_topic, value, key, headers=headers, on_delivery=delivered)
     left = producer.flush(timeout)
     if failures or left:
-        raise ApprovalError(f"the decision was not published: {failures or 'timed out'}")
+        raise ApprovalError(f"the {what} was not published: {failures or 'timed out'}")
+
+
+# -- standing grants ---------------------------------------------------------------------
+GRANT_DOMAIN = b"wakeline/grant-statement/v1\n"
+REVOCATION_DOMAIN = b"wakeline/grant-revocation/v1\n"
+#: the workflow id of every Grant and GrantRevoked on `<prefix>events` (run id = grant id)
+GRANTS_WORKFLOW = "wakeline.grants"
+
+
+@dataclass(frozen=True, slots=True)
+class GrantStatement:
+    """What a grantor signs: `agent` and `tool` are glob patterns (fnmatch, case-sensitive),
+    `limits` argument predicates (policy/predicates.py) every covered call must satisfy."""
+
+    grant_id: str
+    grantor: str
+    agent: str
+    tool: str
+    limits: tuple[str, ...]
+    expires_at_us: int
+
+    def to_bytes(self) -> bytes:
+        return GRANT_DOMAIN + _canonical(
+            {
+                "agent": self.agent,
+                "expires_at": self.expires_at_us,
+                "grant_id": self.grant_id,
+                "grantor": self.grantor,
+                "limits": list(self.limits),
+                "tool": self.tool,
+            }
+        )
+
+    def sign(self, key: Ed25519PrivateKey) -> bytes:
+        return key.sign(self.to_bytes())
+
+    def verify(self, signature: bytes | None, public_key: bytes | None) -> bool:
+        return verify_signature(self.to_bytes(), signature, public_key)
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationStatement:
+    """What a revoker (the grantor or another member of the group) signs to withdraw a grant."""
+
+    grant_id: str
+    revoked_by: str
+
+    def to_bytes(self) -> bytes:
+        return REVOCATION_DOMAIN + _canonical(
+            {"grant_id": self.grant_id, "revoked_by": self.revoked_by}
+        )
+
+    def sign(self, key: Ed25519PrivateKey) -> bytes:
+        return key.sign(self.to_bytes())
+
+    def verify(self, signature: bytes | None, public_key: bytes | None) -> bool:
+        return verify_signature(self.to_bytes(), signature, public_key)
+
+
+def grant_of_event(event: Mapping[str, Any]) -> GrantStatement | None:
+    """The statement a decoded Grant event claims (None when it is not a Grant)."""
+    if event.get("type") != "Grant":
+        return None
+    return GrantStatement(
+        str(event["grant_id"]),
+        str(event["grantor"]),
+        str(event["agent"]),
+        str(event["tool"]),
+        tuple(str(x) for x in event.get("limits") or ()),
+        int(event["expires_at"]),
+    )
+
+
+def revocation_of_event(event: Mapping[str, Any]) -> RevocationStatement | None:
+    if event.get("type") != "GrantRevoked":
+        return None
+    return RevocationStatement(str(event["grant_id"]), str(event["revoked_by"]))
+
+
+def revocation_why_not(event: Mapping[str, Any], members: Mapping[str, bytes]) -> str | None:
+    """Why a decoded GrantRevoked does not revoke for this approver group (None: it does):
+    signed by a member with the key the group lists for them."""
+    st = revocation_of_event(event)
+    if st is None:
+        return "not a revocation"
+    key = members.get(st.revoked_by)
+    if key is None:
+        return f"{st.revoked_by} is not in the approver group"
+    if bytes(event.get("public_key") or b"") != bytes(key):
+        return f"not signed with the key the policy lists for {st.revoked_by}"
+    if not st.verify(event.get("signature"), key):
+        return "the signature does not verify"
+    return None
+
+
+def grant_why_not(
+    event: Mapping[str, Any],
+    *,
+    agent_id: str,
+    tool: str,
+    args: Mapping[str, Any],
+    members: Mapping[str, bytes],
+    quorum: int,
+    revoked: Collection[str],
+    now_us: int,
+    condition: Callable[[str], Callable[[Mapping[str, Any]], bool] | str],
+) -> str | None:
+    """Why a decoded Grant does not cover a call (None: it does). `members` is the approver
+    group of the call's decision, `revoked` the grant ids a valid revocation names
+    (`revocation_why_not`), `condition(text)` a compiled limit or why it does not compile
+    (`wakeline.policy.predicates.compile_condition`, cached by the caller)."""
+    st = grant_of_event(event)
+    if st is None:
+        return "not a grant"
+    if not fnmatchcase(agent_id, st.agent):
+        return f"agent {agent_id} does not match {st.agent!r}"
+    if not fnmatchcase(tool, st.tool):
+        return f"tool {tool} does not match {st.tool!r}"
+    key = members.get(st.grantor)
+    if key is None:
+        return f"{st.grantor} is not in the approver group"
+    if bytes(event.get("public_key") or b"") != bytes(key):
+        return f"not signed with the key the policy lists for {st.grantor}"
+    if not st.verify(event.get("signature"), key):
+        return "the signature does not verify"
+    if quorum > 1:
+        return f"the rule needs {quorum} approvers; a grant is one grantor's"
+    if st.expires_at_us <= now_us:
+        return "expired"
+    if st.grant_id in revoked:
+        return "revoked"
+    for limit in st.limits:
+        compiled = condition(limit)
+        if isinstance(compiled, str):
+            return f"its limit {limit!r} cannot be read ({compiled})"
+        if not compiled(args):
+            return f"its limit {limit!r} does not hold"
+    return None
+
+
+def grants_key(grant_id: str) -> bytes:
+    """The record key of a Grant on the compacted grants topic."""
+    return grant_id.encode()
+
+
+def revocation_key(grant_id: str, revoked_by: str) -> bytes:
+    """The record key of a GrantRevoked: its own key, so neither a replayed Grant nor a
+    forged revocation by someone else overwrites a valid revocation."""
+    return f"{grant_id}/revoked/{revoked_by}".encode()
+
+
+def _grants_envelope(
+    principal: str, run_id: str, event_id: str, time_us: int, source: str
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id, "time": time_us, "source": source,
+        "workflow_id": GRANTS_WORKFLOW, "run_id": run_id, "step_id": None,
+        "agent_id": "wakeline-grants", "tenant": None, "boundary": None,
+        "parent_event_ids": [], "correlation_id": None, "principal": principal,
+        "trace_id": None, "span_id": None,
+    }  # fmt: skip
+
+
+def grant_event(
+    statement: GrantStatement,
+    signature: bytes,
+    public_key: bytes,
+    *,
+    time_us: int,
+    reason: str | None = None,
+    source: str = "wakeline-grants",
+) -> dict[str, Any]:
+    """The Grant event of a signed grant statement (workflow `GRANTS_WORKFLOW`, run = grant
+    id, event id = grant id)."""
+    st = statement
+    event = _grants_envelope(st.grantor, st.grant_id, st.grant_id, time_us, source)
+    event.update(
+        type="Grant", grant_id=st.grant_id, grantor=st.grantor, agent=st.agent, tool=st.tool,
+        limits=list(st.limits), expires_at=st.expires_at_us, reason=reason,
+        signature=signature, public_key=public_key,
+    )  # fmt: skip
+    return event
+
+
+def revocation_event(
+    statement: RevocationStatement,
+    signature: bytes,
+    public_key: bytes,
+    *,
+    event_id: str,
+    time_us: int,
+    reason: str | None = None,
+    source: str = "wakeline-grants",
+) -> dict[str, Any]:
+    st = statement
+    event = _grants_envelope(st.revoked_by, st.grant_id, event_id, time_us, source)
+    event["parent_event_ids"] = [st.grant_id]
+    event.update(
+        type="GrantRevoked", grant_id=st.grant_id, revoked_by=st.revoked_by, reason=reason,
+        signature=signature, public_key=public_key,
+    )  # fmt: skip
+    return event
+
+
+def publish_grant(kafka: Any, event: Mapping[str, Any], *, timeout: float = 15.0) -> None:
+    """A Grant or GrantRevoked (from `grant_event` / `revocation_event`) onto `<prefix>events`
+    (the ledger holds it), then onto the compacted grants topic the SDK follows."""
+    if event.get("type") == "Grant":
+        key = grants_key(event["grant_id"])
+    else:
+        key = revocation_key(event["grant_id"], event["revoked_by"])
+    _publish(kafka, event, kafka.topics.grants, key, str(event.get("type")), timeout)

@@ -179,6 +179,8 @@ _RENDERERS: dict[str, Callable[[Mapping[str, Any], Callable[[str], IntentMemo | 
     "WorkflowSnapshot": _simple(
         "agent {agent_id} saved checkpoint {name} of workflow {workflow_id} run {run_id}"
     ),
+    "Grant": _simple("{grantor} granted {agent} calls of {tool} (grant {grant_id})"),
+    "GrantRevoked": _simple("{revoked_by} revoked grant {grant_id}"),
 }
 
 

@@ -15,6 +15,7 @@ from wakeline.producers.canonical import (
 )
 from wakeline.producers.emitter import Emitter, Resumed, ToolCall, WorkflowContext
 from wakeline.producers.errors import (
+    ApprovalDenied,
     ApprovalRequired,
     EmitterClosed,
     GateRefused,
@@ -64,6 +65,7 @@ __all__ = [
     "AlertSpec",
     "ApproverGroup",
     "Authorizer",
+    "ApprovalDenied",
     "ApprovalRequired",
     "Canonical",
     "Emitter",

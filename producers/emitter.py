@@ -50,7 +50,7 @@ from wakeline.producers.gates import (
 )
 from wakeline.producers.registry import ToolRegistry
 from wakeline.producers.snapshots import SnapshotError
-from wakeline.producers.spool import Spool
+from wakeline.producers.spool import Spool, WaitJournal
 from wakeline.producers.transport import (
     KafkaTransport,
     SpoolTransport,
@@ -105,6 +105,9 @@ class Emitter:
         self.events_topic = kafka.topics.events
         self.alerts_topic = kafka.topics.alerts if alerts_topic else None
         self.spool = Spool(spool_dir)
+        #: calls waiting on a gate (an approval); what a dead process left is aborted when
+        #: its run is opened again (`workflow(..., run_id=...)`)
+        self.waiting = WaitJournal(Path(spool_dir) / "waiting")
         self.transport: Transport
         try:
             if spool_only:
@@ -168,7 +171,12 @@ class Emitter:
     def workflow(
         self, workflow_id: str | None, *, agent_id: str, principal: str, **fields: Any
     ) -> WorkflowContext:
-        return WorkflowContext(self, workflow_id, agent_id=agent_id, principal=principal, **fields)
+        ctx = WorkflowContext(self, workflow_id, agent_id=agent_id, principal=principal, **fields)
+        if fields.get("run_id"):
+            for entry in self.waiting.leftovers(ctx.workflow_id, ctx.run_id):
+                ctx._abort_left(entry)
+                self.waiting.clear(entry["intent_id"])
+        return ctx
 
     def resume(
         self,

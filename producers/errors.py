@@ -1,6 +1,7 @@
 """Errors the agent-side SDK raises on purpose (one family under `WakelineError`).
 
-Gate refusals (`WorkflowQuarantined`, `PolicyDenied`, `ApprovalRequired`, `LoopRefused`) are
+Gate refusals (`WorkflowQuarantined`, `PolicyDenied`, `ApprovalRequired`, `ApprovalDenied`,
+`LoopRefused`, `WaitTimedOut`) are
 raised to the agent *after* the refusal has been recorded (intent + denied result). Input
 errors (`MissingWorkflow`, `NotSerialisable`, `PayloadTooLarge`, `UnknownTool`) are raised
 *before* anything is written, so nothing is ever half-recorded.
@@ -62,6 +63,10 @@ class PolicyDenied(GateRefused):
 
 class ApprovalRequired(PolicyDenied):
     """The policy requires a human approval, which the SDK cannot obtain yet: fails closed."""
+
+
+class ApprovalDenied(GateRefused):
+    """An approver of the call's group denied it (a signed denial over its binding)."""
 
 
 class LoopRefused(GateRefused):

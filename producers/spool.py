@@ -15,11 +15,15 @@ acknowledged to the caller. On open, the last segment's tail is checked: an inco
 or a final record whose checksum fails, can only be a write that never finished, hence never
 acknowledged; it is truncated away (logged). A bad record followed by good ones is corruption,
 not a torn tail: `SpoolError`, nothing is dropped.
+
+`WaitJournal` keeps, in the spool's `waiting/` subdirectory, the calls waiting on a gate (an
+approval), so a process that dies while one waits leaves them behind for the next to abort.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import struct
@@ -283,3 +287,50 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# -- the journal of waiting calls --------------------------------------------------------
+class WaitJournal:
+    """Calls waiting on a gate, one JSON file each (`<intent id>.json`: intent id, workflow,
+    run, tool) in `directory`. Entries found on opening are a dead process's: `leftovers`
+    hands them out per run (once); entries written by this process are never among them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._left: dict[tuple[str, str], list[dict[str, str]]] = {}
+        for path in sorted(self.directory.glob("*.json")):
+            try:
+                entry = json.loads(path.read_text())
+                run = (str(entry["workflow_id"]), str(entry["run_id"]))
+                str(entry["intent_id"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.error("wait journal: unreadable entry %s left as is: %s", path, e)
+                continue
+            self._left.setdefault(run, []).append(entry)
+        for path in self.directory.glob("*.json.tmp"):
+            path.unlink(missing_ok=True)  # written by a process that died before renaming
+
+    def add(self, intent_id: str, workflow_id: str, run_id: str, tool: str) -> None:
+        entry = {"intent_id": intent_id, "workflow_id": workflow_id, "run_id": run_id, "tool": tool}
+        path = self.directory / f"{intent_id}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(entry, sort_keys=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def clear(self, intent_id: str) -> None:
+        (self.directory / f"{intent_id}.json").unlink(missing_ok=True)
+
+    def leftovers(self, workflow_id: str, run_id: str) -> list[dict[str, str]]:
+        """The entries a dead process left for this run (each handed out once)."""
+        if not self._left:
+            return []
+        return self._left.pop((workflow_id, run_id), [])
+
+    @property
+    def orphans(self) -> int:
+        """Entries of dead processes whose run has not been reopened yet."""
+        return sum(len(v) for v in self._left.values())

@@ -19,6 +19,11 @@ explicit: see `fail_closed` on `QuarantineGate` in `wakeline/producers/gates.py`
 raise for any bytes (a parse error is logged and the record dropped, never crashing the
 reader). `consumer_factory` builds the consumer: a confluent-kafka `Consumer` by default, any
 object with `list_topics`, `assign`, `consume`, `close` in tests (no broker needed).
+
+`on_apply(key, value)`, when given, is told of every record applied (the parsed value, None
+for a deletion) once the state holds it, and `on_live()` each time the reader becomes live: a
+user that reacts to a change (an approval arriving) needs no polling. Both run on the
+reader's thread; an exception they raise is logged, never kills the reader.
 """
 
 from __future__ import annotations
@@ -51,8 +56,12 @@ class StateReader(Generic[V]):
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
         consumer_factory: Callable[[Mapping[str, Any]], Any] | None = None,
+        on_apply: Callable[[bytes, V | None], None] | None = None,
+        on_live: Callable[[], None] | None = None,
     ) -> None:
         self.kafka = kafka
+        self.on_apply = on_apply
+        self.on_live = on_live
         self.topic = topic
         self.parse = parse
         self.name = name
@@ -96,6 +105,14 @@ class StateReader(Generic[V]):
                     target.pop(key, None)
                 else:
                     target[key] = parsed
+        if self.on_apply is not None:
+            self._tell(self.on_apply, key, parsed)
+
+    def _tell(self, hook: Callable[..., None], *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception as e:  # noqa: BLE001 - a listener's bug must not kill the reader
+            log.error("%s reader: listener %r failed: %s", self.name, hook, e)
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> StateReader[V]:
@@ -111,6 +128,8 @@ class StateReader(Generic[V]):
         """No consumer: the state is only what `apply` is given, and counts as live."""
         self.health = "live"
         self._live.set()
+        if self.on_live is not None:
+            self._tell(self.on_live)
         return self
 
     @property
@@ -234,6 +253,8 @@ class StateReader(Generic[V]):
             was = self.health
             self.health = "live"
         self._live.set()
+        if self.on_live is not None:
+            self._tell(self.on_live)
         if self.restarts:
             log.warning("%s reader on %s is live again (was %s)", self.name, self.topic, was)
         else:

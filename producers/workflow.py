@@ -177,6 +177,27 @@ class WorkflowContext:
         value, headers = self._frame(event)
         return await self._asend(event["event_id"], value, headers, wait)
 
+    def _abort_left(self, entry: Mapping[str, str]) -> str:
+        """The `aborted` result of a call a dead process left waiting in this run."""
+        event = self.envelope("ToolResult")
+        event.update(
+            intent_id=entry["intent_id"],
+            status="aborted",
+            duration_us=0,
+            error_type="Aborted",
+            error_message=(
+                f"{entry.get('tool', 'the tool')} was waiting (for an approval) when its "
+                "process ended; it never ran. Aborted when the run was opened again."
+            ),
+        )
+        log.warning(
+            "workflow %s run %s: intent %s was left waiting by a process that ended; aborted",
+            self.workflow_id,
+            self.run_id,
+            entry["intent_id"],
+        )
+        return self.emit(event)
+
     def _alert(self, event: dict[str, Any]) -> None:
         self.emit(event)
         topic = self.emitter.alerts_topic
@@ -413,6 +434,9 @@ class WorkflowContext:
                 grant_id=decision.grant_id,
             )
             frame = self._frame(intent)
+        # a call that will wait has its intent acknowledged first: the ApprovalRequested and
+        # the journal entry (producers/spool.py) name it, so it must not be lost meanwhile
+        strict = mode == "strict" or (verdict is not None and verdict.outcome == "wait")
         return ToolCall(
             self,
             spec,
@@ -420,7 +444,7 @@ class WorkflowContext:
             canonical,
             event_id,
             frame,
-            mode == "strict",
+            strict,
             step_id,
             verdict,
             scrub,
@@ -473,6 +497,7 @@ class ToolCall:
         "gate_index",
         "alert",
         "done",
+        "journaled",
     )
 
     def __init__(
@@ -510,6 +535,8 @@ class ToolCall:
         #: an Alert an allowing gate asked for (sent after the intent)
         self.alert = alert
         self.done = False
+        #: in the emitter's journal of waiting calls until its result
+        self.journaled = False
 
     @property
     def intent(self) -> dict[str, Any]:
@@ -542,6 +569,8 @@ class ToolCall:
             event.update(intent_id=self.intent_id, status=status, duration_us=duration_us, **fields)
             frame = ctx._frame(event)
         sent = ctx._send(event_id, *frame, False)
+        if self.journaled:
+            ctx.emitter.waiting.clear(self.intent_id)
         gate_call = self.gate_call
         if gate_call is not None and gate_call.loop_state is not None:
             gate_call.loop_state.result(status)  # the loop guard learns of failed calls
@@ -595,9 +624,14 @@ class ToolCall:
         )
 
     def _started(self) -> None:
-        """The intent is sent: tell a waiter that wants to know (`Waiter.started`)."""
+        """The intent is sent: a waiting call is journaled (a process dying while it waits
+        leaves it for the run's next opening to abort), then its waiter told if it wants
+        to know (`Waiter.started`)."""
         verdict = self.verdict
         if verdict is not None and verdict.outcome == "wait":
+            ctx = self.ctx
+            ctx.emitter.waiting.add(self.intent_id, ctx.workflow_id, ctx.run_id, self.spec.name)
+            self.journaled = True
             started = getattr(verdict.waiter, "started", None)
             if started is not None:
                 started(self)

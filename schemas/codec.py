@@ -67,6 +67,8 @@ EVENT_TYPES = (
     "Checkpoint",
     "WorkflowCompleted",
     "WorkflowSnapshot",
+    "Grant",
+    "GrantRevoked",
 )
 
 #: the envelope every record starts with, in this order (docs/contracts.md)

@@ -173,6 +173,24 @@ PAYLOADS: dict[str, dict[str, Any]] = {
         "state_digest": b"\x5b" * 32,
         "redacted_fields": ["token"],
     },
+    "Grant": {
+        "grant_id": "01939b6e-0000-7000-8000-00000000000a",
+        "grantor": "alice@example.com",
+        "agent": "billing-*",
+        "tool": "stripe.refund",
+        "limits": ["amount <= 500", 'currency in ["USD","EUR"]'],
+        "expires_at": T0 + 86_400_000_000,
+        "reason": "refunds under 500 for the quarter",
+        "signature": b"\x0a" * 64,
+        "public_key": b"\x0b" * 32,
+    },
+    "GrantRevoked": {
+        "grant_id": "01939b6e-0000-7000-8000-00000000000a",
+        "revoked_by": "bob@example.com",
+        "reason": "quarter closed",
+        "signature": b"\x0c" * 64,
+        "public_key": b"\x0d" * 32,
+    },
 }
 
 assert set(PAYLOADS) == set(EVENT_TYPES)

@@ -178,3 +178,26 @@ def test_a_workflow_snapshot_without_redacted_fields_reads_with_the_default(
     today = Codec(packaged_schemas())
     today.register(trimmed)
     assert today.decode(frame) == {**event, "redacted_fields": []}
+
+
+GRANT_V0 = SchemaInfo.from_json((DATA / "Grant.v0.avsc").read_text())
+
+
+def test_grants_of_an_older_writer_read_with_defaults(make_event: Callable[..., dict]) -> None:
+    # data/Grant.v0.avsc is Grant without limits, reason, signature and public_key
+    event = make_event("Grant")
+    for added in ("limits", "reason", "signature", "public_key"):
+        del event[added]
+    frame = Codec({**packaged_schemas(), "Grant": GRANT_V0}).encode(event)
+    new = Codec(packaged_schemas())
+    new.register(GRANT_V0)
+    decoded = new.decode(frame)
+    assert decoded == {**event, "limits": [], "reason": None, "signature": None, "public_key": None}
+
+
+def test_revocations_read_by_a_reader_that_predates_them(make_event: Callable[..., dict]) -> None:
+    current = packaged_schemas()
+    older = Codec({k: v for k, v in current.items() if k not in ("Grant", "GrantRevoked")})
+    event = make_event("GrantRevoked", reason=None)
+    older.register(current["GrantRevoked"])  # learned from the schemas topic
+    assert older.decode(encode_event(event)) == event
