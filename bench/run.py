@@ -32,6 +32,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "detect": ([], ["--backlog", "20000", "--runs", "5"]),
     "races": ([], ["--events", "20000"]),
     "policy": ([], ["--quick"]),
+    "approvals": ([], ["--quick"]),
     "blast": ([], ["--quick"]),
 }
 
