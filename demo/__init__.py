@@ -11,10 +11,12 @@ byte of an exported bundle (the charged amount) is caught and located by `ledger
 Then (demo/compensation.py) a second agent acts on the example outside world, is
 quarantined, and the compensator undoes its calls newest first (the CRM record restored, the
 charge refunded) and escalates what it cannot undo (a delivered e-mail) with an incident
-report; the world's tables are checked. Last (demo/detection.py), the worker's detectors
+report; the world's tables are checked. Then (demo/detection.py) the worker's detectors
 catch a charge re-issued through two agent processes (quarantined, refunded) and two agents
-racing on one CRM record (alerted), and the ledger, every event of the three acts included,
-is verified again.
+racing on one CRM record (alerted). Then (demo/approvals.py) a policy lets ordinary work
+through, holds a large charge until an approver signs for exactly that call, and denies an
+e-mail to an outside address. Last, the ledger, every event of every act included, is
+verified again.
 
 Exit status is non-zero if any step does not behave: the demo is a test a person can watch.
 """
@@ -257,7 +259,12 @@ def run_demo(kafka: KafkaSettings, database: DatabaseSettings, *, console: Conso
             report["detection"] = detection_act(
                 kafka, database, home, out_dir, console=console, step=15
             )
-            console.rule("[bold]17. The auditor verifies the ledger again")
+            from wakeline.demo.approvals import run_act as approvals_act
+
+            report["approvals"] = approvals_act(
+                kafka, database, home, out_dir, console=console, step=17
+            )
+            console.rule("[bold]21. The auditor verifies the ledger again")
             again = verify_store(store, trusted_keys=[vkey])
             console.print(f"  from PostgreSQL: [bold]{again.verdict}[/] {again.stats}")
             if not again.ok:
