@@ -34,11 +34,19 @@ import psycopg
 from wakeline.infra.settings import KafkaSettings, Topics
 from wakeline.ledger.records import LedgerRecord
 from wakeline.policy import queue
-from wakeline.schemas import HEADER_SIZE, MAGIC, default_codec
+from wakeline.schemas import default_codec
 
 from .audit import clip
 from .auditor import dlq_record
-from .stream import COMMITTED, Applied, Assigned, KafkaRunner, Output, RunnerSettings
+from .stream import (
+    COMMITTED,
+    Applied,
+    Assigned,
+    FrameTypes,
+    KafkaRunner,
+    Output,
+    RunnerSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +81,7 @@ class ApprovalQueueProcessor:
         self.max_record_bytes = max_record_bytes
         self._conn: Any = None
         self.decode = decode or default_codec().decode
-        self._kinds: dict[bytes, str] = {}
+        self._types = FrameTypes(KEPT, self.decode)
         self.wait_for_sink: Callable[[], None] = lambda: None
         #: counters, for tests and logs
         self.requests = 0
@@ -91,15 +99,11 @@ class ApprovalQueueProcessor:
 
     def handle(self, records: list[LedgerRecord], now: float) -> list[Any]:
         batch = _Batch()
-        kinds = self._kinds
+        types = self._types
         for r in records:
             batch.commit[r.partition] = r.offset + 1
             v = r.value
-            if v is None or len(v) <= HEADER_SIZE or v[:2] != MAGIC:
-                continue
-            kind = kinds.get(v[2:HEADER_SIZE])
-            if kind is None:
-                kind = self._kind_of(v)
+            kind = types(v)
             if not kind:
                 continue
             try:
@@ -177,20 +181,6 @@ class ApprovalQueueProcessor:
 
     def close(self) -> None:
         self.reset()
-
-    def _kind_of(self, v: bytes) -> str:
-        fp = bytes(v[2:HEADER_SIZE])
-        info = default_codec().writer_schemas().get(fp)
-        if info is None:
-            try:
-                name = self.decode(v)["type"]
-            except Exception:  # noqa: BLE001 - unknown schema or garbage: not ours to judge
-                return ""
-        else:
-            name = info.type_name
-        kind = name if name in KEPT else ""
-        self._kinds[fp] = kind
-        return kind
 
 
 def approval_runner(kafka: KafkaSettings, dsn: str, *, stall_after_s: float = 60.0) -> KafkaRunner:

@@ -54,13 +54,14 @@ import blake3
 from wakeline.infra.detection import DetectionRules, Rule
 from wakeline.infra.settings import KafkaSettings, Topics
 from wakeline.ledger.records import LedgerRecord
-from wakeline.schemas import HEADER_SIZE, MAGIC, default_codec
+from wakeline.schemas import default_codec
 
 from .alerts import incident_outputs
 from .stream import (
     COMMITTED,
     Applied,
     Assigned,
+    FrameTypes,
     KafkaRunner,
     Output,
     PublishError,
@@ -144,7 +145,7 @@ class LoopDetector:
         self._agent_rate: dict[str, _Window] = {}
         self._tool_rate: dict[str, _Window] = {}
         self._rule_cache: dict[tuple[str, str, str], Rule] = {}
-        self._kinds: dict[bytes, str] = {}
+        self._types = FrameTypes(("ToolIntent", "ToolResult"))
         self._quarantined: dict[str, None] = {}
         self._swept_at = time.monotonic()
         self._newest_us = 0
@@ -175,15 +176,11 @@ class LoopDetector:
     def handle(self, records: list[LedgerRecord], now: float) -> list[Any]:
         outputs: list[Output] = []
         commit: dict[int, int] = {}
-        kinds = self._kinds
+        types = self._types
         for r in records:
             commit[r.partition] = r.offset + 1
             v = r.value
-            if v is None or len(v) <= HEADER_SIZE or v[:2] != MAGIC:
-                continue
-            kind = kinds.get(v[2:HEADER_SIZE])
-            if kind is None:
-                kind = self._kind_of(v)
+            kind = types(v)
             if kind == "":
                 continue
             part = self._parts.get(r.partition)
@@ -443,21 +440,6 @@ class LoopDetector:
         return out
 
     # -- bookkeeping -----------------------------------------------------------------------
-    def _kind_of(self, v: bytes) -> str:
-        """ "ToolIntent", "ToolResult" or "" (skip) for the writer schema of frame `v`."""
-        fp = bytes(v[2:HEADER_SIZE])
-        info = default_codec().writer_schemas().get(fp)
-        if info is None:
-            try:
-                name = default_codec().decode(v)["type"]
-            except Exception:  # noqa: BLE001 - unknown schema or garbage: not ours to judge
-                return ""
-        else:
-            name = info.type_name
-        kind = name if name in ("ToolIntent", "ToolResult") else ""
-        self._kinds[fp] = kind
-        return kind
-
     def _drop(self, p: int) -> None:
         self._parts.pop(p, None)
         for store in (self._agent_repeat, self._agent_rate, self._tool_rate):

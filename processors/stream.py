@@ -640,6 +640,45 @@ class KafkaRunner:
 # -- restoring windowed state ------------------------------------------------------------------
 
 
+class FrameTypes:
+    """The event type of a record's value by its writer schema's fingerprint, learnt once per
+    fingerprint, for processors that read a few types of a busy topic: `types(value)` is the
+    type when it is one of `wanted`, else "" (another type, not a frame, or a schema nobody
+    knows: the audit publisher dead-letters those). Decodes nothing but the first frame of a
+    schema missing from the codec (`decode`, for its type)."""
+
+    def __init__(self, wanted: Iterable[str], decode: Callable[[bytes], Any] | None = None):
+        from wakeline.schemas import default_codec
+
+        self.wanted = frozenset(wanted)
+        self._decode = decode or default_codec().decode
+        self._kinds: dict[bytes, str] = {}
+
+    def __call__(self, value: bytes | None) -> str:
+        from wakeline.schemas import HEADER_SIZE, MAGIC
+
+        if value is None or len(value) <= HEADER_SIZE or value[:2] != MAGIC:
+            return ""
+        kind = self._kinds.get(value[2:HEADER_SIZE])
+        return self._learn(value) if kind is None else kind
+
+    def _learn(self, value: bytes) -> str:
+        from wakeline.schemas import HEADER_SIZE, default_codec
+
+        fp = bytes(value[2:HEADER_SIZE])
+        info = default_codec().writer_schemas().get(fp)
+        if info is None:
+            try:
+                name = self._decode(value)["type"]
+            except Exception:  # noqa: BLE001 - unknown schema or garbage: not ours to judge
+                return ""
+        else:
+            name = info.type_name
+        kind = name if name in self.wanted else ""
+        self._kinds[fp] = kind
+        return kind
+
+
 class Rewind:
     """Per partition, (where to start reading, the first offset to act on): one window
     before the last committed record (before now for a new group), and the group's
