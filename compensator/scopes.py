@@ -35,7 +35,8 @@ from typing import Any
 
 import psycopg
 
-from wakeline.compensator.plan import Scope
+from wakeline.compensator.plan import Scope, build_plan
+from wakeline.compensator.registry import CompensationRegistry
 from wakeline.compensator.store import pg_text, workflow_key
 from wakeline.schemas import encode_event, new_event_id
 
@@ -383,9 +384,44 @@ def waits_for(cur: psycopg.Cursor, topic: str, quarantine_id: str, intent_id: st
 # -- impact (a dry run of a taint quarantine) ---------------------------------------------------
 
 
-def impact_events(cur: psycopg.Cursor, topic: str, event_ids: Sequence[str]) -> dict[str, Any]:
-    """What a taint quarantine of `event_ids` reaches: the tainted events, and the workflows
-    with the frames of their events (for computing each one's plan)."""
-    taint = closure(cur, topic, event_ids)
-    wfs = workflows_of(cur, topic, sorted(taint))
-    return {"tainted": taint, "workflows": wfs}
+def impact(
+    dsn: str,
+    topic: str,
+    event_ids: Sequence[str],
+    handlers: CompensationRegistry | None = None,
+    *,
+    now_us: int | None = None,
+) -> dict[str, Any]:
+    """What a taint quarantine of `event_ids` would stop and undo, computed as the
+    compensator would (its causal index, its events, `build_plan`), running nothing: the
+    workflows the SDK would refuse, and each one's plan (newest call first)."""
+    from wakeline.compensator.processor import decode_frames, tool_events
+    from wakeline.compensator.store import CompensatorStore
+    from wakeline.schemas import decode_event
+
+    handlers = handlers if handlers is not None else CompensationRegistry()
+    now_us = now_us if now_us is not None else time.time_ns() // 1000
+    store = CompensatorStore(dsn, topic)
+    try:
+        with store.transaction() as cur:
+            taint = closure(cur, topic, list(event_ids))
+            wfs = workflows_of(cur, topic, sorted(taint))
+            frames = {key: store.workflow_events(cur, key) for key in wfs}
+            compensated = {key: store.compensated_intents(cur, key) for key in wfs}
+    finally:
+        store.close()
+    scope = Scope("tainted", tainted=frozenset(taint))
+    workflows, calls = [], []
+    for key, wid in sorted(wfs.items(), key=lambda kv: kv[1]):
+        events, _ = decode_frames(frames[key], decode_event)
+        steps = build_plan(tool_events(events), handlers, scope=scope, now_us=now_us,
+                           compensated=compensated[key])  # fmt: skip
+        workflows.append(wid)
+        calls += [{"workflow_id": wid, **st.to_json()} for st in steps]
+    return {
+        "event_ids": list(event_ids),
+        "tainted_events": len(taint),
+        "workflows": workflows,
+        "calls": calls,
+        "handlers": handlers.names(),
+    }

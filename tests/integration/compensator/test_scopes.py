@@ -1,0 +1,181 @@
+"""Quarantine scopes across workflows (compensator/scopes.py), on the real broker and
+PostgreSQL over the example world: a taint quarantine across a three-workflow chain undoes
+exactly the dependent calls, children first, and leaves an unrelated workflow of the same
+agent alone; agent and boundary scopes fan out, refuse new calls in any workflow, and take
+in calls that were already past the gate; a Release lifts them everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from wakeline.compensator import operator, scopes
+from wakeline.compensator.registry import CompensationRegistry, load_handlers
+from wakeline.infra.settings import KafkaSettings
+from wakeline.producers import Emitter
+from wakeline.producers.errors import WorkflowQuarantined
+from wakeline.producers.workflow import WorkflowContext
+from wakeline_world import World, undo
+
+from .conftest import new_wf, rows, wait_until, world_args
+
+pytestmark = pytest.mark.integration
+
+UNDO = {"payments.charge": "payments.refund", "crm.update": "crm.restore",
+        "inventory.reserve": "inventory.release", "cloud.create_vm": "cloud.delete_vm"}  # fmt: skip
+SUBJECT = {"payments.charge": "charge_id", "crm.update": "record_id",
+           "inventory.reserve": "reservation_id", "cloud.create_vm": "vm_id"}  # fmt: skip
+
+
+@pytest.fixture
+def handlers(world: World) -> Iterator[CompensationRegistry]:
+    undo.set_world(world)
+    yield load_handlers(["wakeline_world.undo"]).handlers
+    undo.set_world(None)
+
+
+def act(
+    ctx: WorkflowContext, world: World, tool: str, tag: str, parents: Sequence[str] = ()
+) -> tuple[str, str, dict[str, Any]]:
+    """One call of `tool` with a real effect; (intent id, tool, response)."""
+    call = ctx.begin(tool, world_args(tool, tag), parents=parents)
+    response = world.tool(tool)(**call.args)
+    call.ok(response)
+    return call.intent_id, tool, response
+
+
+def undone(world: World) -> list[tuple[str, str]]:
+    """(operation, subject) of every compensating effect performed, in the order it ran."""
+    ops = set(UNDO.values())
+    return [(c["operation"], c["subject"]) for c in world.calls()
+            if c["operation"] in ops and c["outcome"] == "performed"]  # fmt: skip
+
+
+def subject(call: tuple[str, str, dict[str, Any]]) -> tuple[str, str]:
+    _, tool, response = call
+    return UNDO[tool], str(response[SUBJECT[tool]])
+
+
+def plans(dsn: str, origin_id: str) -> dict[str, str]:
+    """workflow id -> plan state of the plans of an origin's fan-out."""
+    got = rows(
+        dsn,
+        "SELECT p.workflow_id, p.state FROM compensator_fanouts f JOIN compensator_plans p "
+        "ON p.quarantine_id = f.event_id WHERE f.origin_id = %s AND f.kind = 'quarantine'",
+        origin_id,
+    )
+    return dict(got)
+
+
+def test_a_taint_quarantine_undoes_the_dependent_calls_of_three_workflows_children_first(
+    fresh_kafka: KafkaSettings,
+    fresh_dsn: str,
+    world: World,
+    world_emitter: Emitter,
+    handlers: CompensationRegistry,
+    start_compensator: Any,
+) -> None:
+    em = world_emitter
+    research = em.workflow(new_wf(), agent_id="researcher", principal="alice@example.com")
+    billing = em.workflow(new_wf(), agent_id="biller", principal="alice@example.com")
+    ops = em.workflow(new_wf(), agent_id="ops", principal="alice@example.com")
+    unrelated = em.workflow(new_wf(), agent_id="researcher", principal="alice@example.com")
+    bad = act(research, world, "crm.update", "r1")  # step three's corrupted state
+    clean = act(research, world, "cloud.create_vm", "r2")  # same workflow, not dependent
+    charge = act(billing, world, "payments.charge", "b1", parents=[bad[0]])
+    reserve = act(ops, world, "inventory.reserve", "o1", parents=[charge[0]])
+    vm = act(ops, world, "cloud.create_vm", "o2")  # same workflow, independent
+    other = act(unrelated, world, "crm.update", "u1")  # same agent, another workflow
+    assert em.flush(15) == 0
+
+    start_compensator(handlers, workers=4)
+    wait_until(lambda: rows(fresh_dsn, "SELECT count(*) FROM compensator_calls")[0][0] == 6,
+               timeout=30, what="the causal index")  # fmt: skip
+    # the dry run first: what a taint quarantine of the bad call would stop and undo
+    impact = scopes.impact(fresh_dsn, fresh_kafka.topics.events, [bad[0]], handlers)
+    assert {c["intent_id"]: c["action"] for c in impact["calls"]} == dict.fromkeys(
+        (bad[0], charge[0], reserve[0]), "compensate"
+    )
+    assert undone(world) == []
+    q = operator.quarantine(fresh_kafka, None, reason="prompt injection", tainted=[bad[0]])
+    assert q["event"]["workflow_id"] == f"taint:{bad[0]}"
+    wanted = {research.workflow_id, billing.workflow_id, ops.workflow_id}
+    wait_until(lambda: len(undone(world)) >= 3 and set(plans(fresh_dsn, q["event_id"])) ==
+               wanted and set(plans(fresh_dsn, q["event_id"]).values()) == {"done"},
+               timeout=60, what="the fan-out's plans done")  # fmt: skip
+    # exactly the dependent calls, each once, children first across workflows
+    assert undone(world) == [subject(reserve), subject(charge), subject(bad)]
+    for kept in (clean, vm, other):
+        assert subject(kept) not in undone(world)
+    # the SDK refuses the three workflows, not the unrelated one of the same agent
+    for ctx in (research, billing, ops):
+        with pytest.raises(WorkflowQuarantined):
+            act(ctx, world, "crm.update", f"after-{ctx.workflow_id[-6:]}")
+    act(unrelated, world, "crm.update", "u2")
+    # impact names the same calls before anyone presses the button (a dry run: nothing more)
+    # after the fact, `impact` names the same calls, already compensated
+    impact = scopes.impact(fresh_dsn, fresh_kafka.topics.events, [bad[0]], handlers)
+    assert set(impact["workflows"]) == wanted
+    assert {c["intent_id"]: c["reason"] for c in impact["calls"]} == dict.fromkeys(
+        (bad[0], charge[0], reserve[0]), "already_compensated"
+    )
+
+
+def test_agent_and_boundary_scopes_fan_out_refuse_new_calls_and_release_everywhere(
+    fresh_kafka: KafkaSettings,
+    fresh_dsn: str,
+    world: World,
+    world_emitter: Emitter,
+    handlers: CompensationRegistry,
+    start_compensator: Any,
+) -> None:
+    em = world_emitter
+    wf1 = em.workflow(new_wf(), agent_id="injected", principal="p", boundary="tenant-a")
+    wf2 = em.workflow(new_wf(), agent_id="injected", principal="p", boundary="tenant-b")
+    mixed = em.workflow(new_wf(), agent_id="billing", principal="p", boundary="tenant-b")
+    a1 = act(wf1, world, "crm.update", "a1")
+    a2 = act(wf2, world, "payments.charge", "a2")
+    m1 = act(mixed, world, "inventory.reserve", "m1")  # another agent: stays
+    late = em.workflow(new_wf(), agent_id="injected", principal="p")
+    late_call = late.begin("cloud.create_vm", world_args("cloud.create_vm", "late"))
+    assert em.flush(15) == 0
+    start_compensator(handlers)
+
+    q = operator.quarantine(fresh_kafka, None, reason="prompt-injected", agent="injected",
+                            since_us=0)  # fmt: skip
+    wait_until(lambda: set(plans(fresh_dsn, q["event_id"])) ==
+               {wf1.workflow_id, wf2.workflow_id, late.workflow_id},
+               timeout=30, what="the agent's fan-out")  # fmt: skip
+    fresh = em.workflow(new_wf(), agent_id="injected", principal="p")
+    wait_until(lambda: em.gate.check("agent:injected") is not None, timeout=15,
+               what="the agent's gate key")  # fmt: skip
+    with pytest.raises(WorkflowQuarantined, match="agent injected is quarantined"):
+        act(fresh, world, "crm.update", "new")
+    # a call already past the gate when the fan-out came: its result joins the plan
+    response = world.tool("cloud.create_vm")(**late_call.args)
+    late_call.ok(response)
+    assert em.flush(15) == 0
+    want = {subject(a1), subject(a2), ("cloud.delete_vm", str(response["vm_id"]))}
+    wait_until(lambda: set(undone(world)) == want, timeout=60, what="the agent's calls undone")
+    assert subject(m1) not in undone(world)
+
+    operator.release(fresh_kafka, "agent:injected", reason="fixed", dsn=fresh_dsn)
+    wait_until(lambda: em.gate.check("agent:injected") is None and em.gate.check(
+        wf1.workflow_id) is None, timeout=30, what="the release everywhere")  # fmt: skip
+    act(fresh, world, "crm.update", "after-release")
+
+    # boundary: every workflow with calls in it, and new calls in it anywhere
+    b = operator.quarantine(fresh_kafka, None, reason="bulkhead breach", boundary="tenant-b")
+    wait_until(lambda: set(plans(fresh_dsn, b["event_id"])) ==
+               {wf2.workflow_id, mixed.workflow_id}, timeout=30,
+               what="the boundary's fan-out")  # fmt: skip
+    wait_until(lambda: em.gate.check("boundary:tenant-b") is not None, timeout=15,
+               what="the boundary's gate key")  # fmt: skip
+    elsewhere = em.workflow(new_wf(), agent_id="someone", principal="p", boundary="tenant-b")
+    with pytest.raises(WorkflowQuarantined, match="boundary tenant-b"):
+        act(elsewhere, world, "crm.update", "b-new")
+    act(em.workflow(new_wf(), agent_id="someone", principal="p", boundary="tenant-c"), world,
+        "crm.update", "c-new")  # fmt: skip
+    wait_until(lambda: subject(m1) in undone(world), timeout=60, what="the boundary's undo")
