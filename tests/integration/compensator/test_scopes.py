@@ -10,13 +10,16 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from wakeline.cli.main import cli
 from wakeline.compensator import operator, scopes
 from wakeline.compensator.registry import CompensationRegistry, load_handlers
 from wakeline.infra.settings import KafkaSettings
 from wakeline.producers import Emitter
 from wakeline.producers.errors import WorkflowQuarantined
 from wakeline.producers.workflow import WorkflowContext
+from wakeline.testkit.harness import worker_env
 from wakeline_world import World, undo
 
 from .conftest import new_wf, rows, wait_until, world_args
@@ -98,6 +101,11 @@ def test_a_taint_quarantine_undoes_the_dependent_calls_of_three_workflows_childr
     assert {c["intent_id"]: c["action"] for c in impact["calls"]} == dict.fromkeys(
         (bad[0], charge[0], reserve[0]), "compensate"
     )
+    shown = CliRunner().invoke(cli, ["workflow", "impact", bad[0]],
+                               env=worker_env(fresh_kafka, fresh_dsn))  # fmt: skip
+    assert shown.exit_code == 0, shown.output
+    assert "3 workflow(s)" in shown.output and "dry run" in shown.output, shown.output
+    assert other[0] not in shown.output and vm[0] not in shown.output
     assert undone(world) == []
     q = operator.quarantine(fresh_kafka, None, reason="prompt injection", tainted=[bad[0]])
     assert q["event"]["workflow_id"] == f"taint:{bad[0]}"
