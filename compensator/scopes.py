@@ -333,7 +333,7 @@ def active_gates(cur: psycopg.Cursor, topic: str, partitions: Sequence[int]) -> 
     return [(bytes(r[0]), bytes(r[1])) for r in cur.fetchall()]
 
 
-def unsent(cur: psycopg.Cursor, partitions: Sequence[int], limit: int = 500) -> list[tuple]:
+def unsent(cur: psycopg.Cursor, partitions: Sequence[int], limit: int = 50) -> list[tuple]:
     """Fan-out rows not yet produced of origins on these partitions: (event id, key, value)."""
     cur.execute(
         "SELECT event_id, workflow_key, value FROM compensator_fanouts WHERE sent_at IS NULL "

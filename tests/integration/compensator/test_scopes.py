@@ -6,7 +6,14 @@ in calls that were already past the gate; a Release lifts them everywhere."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import random
+import signal
+import subprocess
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +26,14 @@ from wakeline.infra.settings import KafkaSettings
 from wakeline.producers import Emitter
 from wakeline.producers.errors import WorkflowQuarantined
 from wakeline.producers.workflow import WorkflowContext
-from wakeline.testkit.harness import worker_env
+from wakeline.testkit.harness import stop_worker, worker_env
 from wakeline_world import World, undo
 
-from .conftest import new_wf, rows, wait_until, world_args
+from .conftest import MIXED as MIXED_TOOLS
+from .conftest import new_wf, rows, spawn_compensator, wait_until, world_args
 
 pytestmark = pytest.mark.integration
+log = logging.getLogger(__name__)
 
 UNDO = {"payments.charge": "payments.refund", "crm.update": "crm.restore",
         "inventory.reserve": "inventory.release", "cloud.create_vm": "cloud.delete_vm"}  # fmt: skip
@@ -187,3 +196,102 @@ def test_agent_and_boundary_scopes_fan_out_refuse_new_calls_and_release_everywhe
     act(em.workflow(new_wf(), agent_id="someone", principal="p", boundary="tenant-c"), world,
         "crm.update", "c-new")  # fmt: skip
     wait_until(lambda: subject(m1) in undone(world), timeout=60, what="the boundary's undo")
+
+
+# -- a compensator killed in the middle of a fan-out -------------------------------------------
+
+FANOUT_KILLS = int(os.environ.get("FANOUT_KILLS", "6"))
+UNDO_OPS = tuple(UNDO.values())
+
+
+def _fanout_state(dsn: str, origin_id: str) -> tuple[int, int, int]:
+    """(children in the outbox, of them not sent, of them without a plan yet)."""
+    got = rows(
+        dsn,
+        "SELECT count(*), count(*) FILTER (WHERE sent_at IS NULL), count(*) FILTER (WHERE NOT "
+        "EXISTS (SELECT 1 FROM compensator_plans p WHERE p.quarantine_id = f.event_id)) "
+        "FROM compensator_fanouts f WHERE origin_id = %s AND kind = 'quarantine'",
+        origin_id,
+    )
+    return got[0]
+
+
+def _owns(dsn: str, pid: int) -> bool:
+    """Whether process `pid` holds a partition (it is up: it stops cleanly on SIGTERM)."""
+    owners = rows(dsn, "SELECT owner FROM compensator_partitions")
+    return any(f":{pid}:" in (o or "") for (o,) in owners)
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_fan_out_loses_no_workflow_and_runs_no_action_twice(
+    world: World,
+    world_emitter: Emitter,
+    fresh_kafka: KafkaSettings,
+    fresh_dsn: str,
+    tmp_path: Path,
+) -> None:
+    """60 workflows of one agent, one compensable call each (and one workflow of another
+    agent), an agent quarantine, then `wakeline compensator` SIGKILLed FANOUT_KILLS times:
+    the first time as soon as the origin is recorded (its outbox written, children not all
+    sent or planned), then at seeded random moments, restarted each time. Afterwards every
+    workflow has exactly one plan of the origin, each call was undone exactly once in the
+    world, and the other agent's workflow was left alone."""
+    seed = int(os.environ.get("CRASH_SEED") or random.randrange(1 << 30))
+    rng = random.Random(seed)
+    log.warning("fan-out crash test seed=%d", seed)
+    calls, contexts = [], []
+    for i in range(60):
+        ctx = world_emitter.workflow(new_wf(), agent_id="injected", principal="p")
+        contexts.append(ctx)
+        calls.append(act(ctx, world, MIXED_TOOLS[i % len(MIXED_TOOLS)], f"k{i}"))
+    bystander = world_emitter.workflow(new_wf(), agent_id="careful", principal="p")
+    kept = act(bystander, world, "crm.update", "kept")
+    assert world_emitter.flush(15) == 0
+    for op in UNDO_OPS:  # a slow service: kills land mid-plan too
+        world.inject(op, "delay", times=None, delay_s=0.02)
+    log_path = tmp_path / "compensator.log"
+    args = ("--handlers", "wakeline_world.undo", "--instance-id", "fanout-1", "--lease-s", "2")
+    q = operator.quarantine(fresh_kafka, None, reason="crash test", agent="injected")
+    origin = q["event_id"]
+    mid_fanout = 0
+
+    def origin_recorded() -> bool:
+        return rows(fresh_dsn, "SELECT count(*) FROM compensator_origins")[0][0] == 1
+
+    def halfway() -> bool:  # some children sent, not every one of them planned yet
+        total, unsent, unplanned = _fanout_state(fresh_dsn, origin)
+        return total == 60 and unsent < 60 and (unsent > 0 or unplanned > 0)
+
+    for kill in range(FANOUT_KILLS):
+        proc = spawn_compensator(fresh_kafka, fresh_dsn, *args, log_path=log_path)
+        if kill < 2:  # the first two lives die at set points of the fan-out
+            with contextlib.suppress(TimeoutError):
+                wait_until(origin_recorded if kill == 0 else halfway, timeout=30, every=0.002,
+                           what="a point of the fan-out")  # fmt: skip
+        else:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(rng.uniform(0.5, 3.0))
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        total, unsent, unplanned = _fanout_state(fresh_dsn, origin)
+        mid_fanout += total < 60 or unsent > 0 or unplanned > 0
+        log.warning("kill %d: outbox %d, unsent %d, without a plan %d", kill, total, unsent,
+                    unplanned)  # fmt: skip
+    assert mid_fanout >= 1, "no kill landed in the middle of the fan-out"
+    proc = spawn_compensator(fresh_kafka, fresh_dsn, *args, log_path=log_path)
+    try:
+        wait_until(lambda: set(plans(fresh_dsn, origin).values()) == {"done"} and
+                   len(plans(fresh_dsn, origin)) == 60 and _owns(fresh_dsn, proc.pid),
+                   timeout=180, what="every workflow's plan done")  # fmt: skip
+    finally:
+        assert stop_worker(proc, timeout=30) == 0, log_path.read_text()[-3000:]
+    got = rows(fresh_dsn, "SELECT workflow_id, count(*) FROM compensator_plans GROUP BY 1")
+    assert dict(got) == dict.fromkeys((c.workflow_id for c in contexts), 1)
+    actions = rows(fresh_dsn, "SELECT intent_id, state FROM compensator_actions")
+    assert sorted(actions) == sorted((c[0], "done") for c in calls)
+    performed = {op: world.performed(op) for op in UNDO_OPS}
+    for call in calls:
+        op, subj = subject(call)
+        assert performed[op].get(subj) == 1, (op, subj, performed[op].get(subj))
+    assert subject(kept) not in undone(world)
