@@ -252,7 +252,7 @@ class CompensatorProcessor:
                             )
                         )
             self.store.insert_events(cur, rows)
-            edges, calls = scopes.index_events(
+            edges, new_calls = scopes.index_events(
                 cur,
                 self.topics.events,
                 ((b.partition, e) for b in batches for r, e, _ in b.items
@@ -288,7 +288,7 @@ class CompensatorProcessor:
                     else:
                         continue
                     self._plans_touched = True
-            if scopes.join_late(cur, self.topics.events, edges, calls, self.decode):
+            if scopes.join_late(cur, self.topics.events, edges, new_calls, self.decode):
                 self._plans_touched = True  # fan-outs to produce: wake the executor
             for key in changed:
                 for plan in self.store.active_plans(cur, key=key):

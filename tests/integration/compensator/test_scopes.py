@@ -198,6 +198,48 @@ def test_agent_and_boundary_scopes_fan_out_refuse_new_calls_and_release_everywhe
     wait_until(lambda: subject(m1) in undone(world), timeout=60, what="the boundary's undo")
 
 
+def test_calls_that_come_after_the_fan_out_join_it(
+    fresh_kafka: KafkaSettings,
+    fresh_dsn: str,
+    world: World,
+    world_emitter: Emitter,
+    handlers: CompensationRegistry,
+    start_compensator: Any,
+    tmp_path: Path,
+) -> None:
+    """Calls made past the gate (an SDK without the quarantine gate, or one that had not
+    caught up) after an origin fanned out: a new workflow of the quarantined agent, and a
+    new workflow using a tainted call, each get their child quarantine and are undone."""
+    start_compensator(handlers)
+    em = world_emitter
+    first = em.workflow(new_wf(), agent_id="injected", principal="p")
+    a1 = act(first, world, "crm.update", "first")
+    source = em.workflow(new_wf(), agent_id="researcher", principal="p")
+    bad = act(source, world, "payments.charge", "bad")
+    assert em.flush(15) == 0
+    wait_until(lambda: rows(fresh_dsn, "SELECT count(*) FROM compensator_calls")[0][0] == 2,
+               timeout=30, what="the causal index")  # fmt: skip
+    qa = operator.quarantine(fresh_kafka, None, reason="injected", agent="injected")
+    qt = operator.quarantine(fresh_kafka, None, reason="tainted", tainted=[bad[0]])
+    wait_until(lambda: set(plans(fresh_dsn, qa["event_id"])) == {first.workflow_id} and
+               set(plans(fresh_dsn, qt["event_id"])) == {source.workflow_id}, timeout=30,
+               what="the first fan-outs")  # fmt: skip
+    ungated = Emitter(fresh_kafka, spool_dir=tmp_path / "ungated", quarantine_gate=False,
+                      registry=em.registry, loop_guard=False)  # fmt: skip
+    try:
+        late_agent = ungated.workflow(new_wf(), agent_id="injected", principal="p")
+        a2 = act(late_agent, world, "inventory.reserve", "late-agent")
+        late_child = ungated.workflow(new_wf(), agent_id="biller", principal="p")
+        t2 = act(late_child, world, "cloud.create_vm", "late-taint", parents=[bad[0]])
+        assert ungated.flush(15) == 0
+    finally:
+        ungated.close(10)
+    want = {subject(c) for c in (a1, bad, a2, t2)}
+    wait_until(lambda: set(undone(world)) == want, timeout=60, what="the late calls undone")
+    assert set(plans(fresh_dsn, qa["event_id"])) == {first.workflow_id, late_agent.workflow_id}
+    assert set(plans(fresh_dsn, qt["event_id"])) == {source.workflow_id, late_child.workflow_id}
+
+
 # -- a compensator killed in the middle of a fan-out -------------------------------------------
 
 FANOUT_KILLS = int(os.environ.get("FANOUT_KILLS", "6"))
