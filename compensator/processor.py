@@ -331,7 +331,9 @@ class CompensatorProcessor:
             if gkey is not None:
                 gate = [Output(self.topics.quarantines, r.value, gkey)]
             if scopes.is_pseudo(q["workflow_id"]):
-                return gate  # no workflow of its own: nothing to plan here
+                # no workflow of its own, nothing to plan; its own key shows it is in force
+                # (`wakeline quarantine --wait`, `wakeline release taint:<event>`)
+                return gate or ([own] if own is not None else [])
         scope = scopes.plan_scope(cur, q)
         active = self.store.active_plans(cur, key=key)
         for plan in active:

@@ -174,7 +174,10 @@ NO_BROKER = KafkaSettings(bootstrap="127.0.0.1:9")
         ("wf-1", {"reason": " "}, "reason is required"),
         ("wf-1", {"reason": "a\x00b"}, "NUL"),
         ("wf-1", {"reason": "r", "by": ""}, "by is required"),
-        ("wf-1", {"reason": "r", "run_id": "r1", "tainted": ["e"]}, "not both"),
+        ("wf-1", {"reason": "r", "run_id": "r1", "tainted": ["e"]}, "one scope"),
+        (None, {"reason": "r", "agent": "a", "boundary": "b"}, "one scope"),
+        ("wf-1", {"reason": "r", "since_us": 1}, "--since goes with --agent"),
+        (None, {"reason": "r"}, "a workflow id is needed"),
         ("wf-1", {"reason": "r", "tainted": [""]}, "tainted event id is required"),
     ],
 )
