@@ -12,7 +12,9 @@ import os
 import random
 import signal
 import subprocess
+import zlib
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +240,57 @@ def test_calls_that_come_after_the_fan_out_join_it(
     wait_until(lambda: set(undone(world)) == want, timeout=60, what="the late calls undone")
     assert set(plans(fresh_dsn, qa["event_id"])) == {first.workflow_id, late_agent.workflow_id}
     assert set(plans(fresh_dsn, qt["event_id"])) == {source.workflow_id, late_child.workflow_id}
+
+
+def test_children_first_across_two_compensator_processes(
+    world: World,
+    world_emitter: Emitter,
+    fresh_kafka: KafkaSettings,
+    fresh_dsn: str,
+    tmp_path: Path,
+) -> None:
+    """A chain over three workflows on three partitions (and a fourth call depending on the
+    first), two `wakeline compensator` processes sharing the partitions, slow compensating
+    actions: every call's compensation ends before its parent's starts, whichever process
+    runs which."""
+    from .test_crash import _on_partitions, _owners
+
+    wfs = _on_partitions(3, fresh_kafka.partitions)
+    em = world_emitter
+    ctxs = [em.workflow(wf, agent_id=f"agent-{i}", principal="p") for i, wf in enumerate(wfs)]
+    c1 = act(ctxs[0], world, "crm.update", "c1")
+    c2 = act(ctxs[1], world, "payments.charge", "c2", parents=[c1[0]])
+    c3 = act(ctxs[2], world, "inventory.reserve", "c3", parents=[c2[0]])
+    c4 = act(ctxs[2], world, "cloud.create_vm", "c4", parents=[c1[0]])
+    assert em.flush(15) == 0
+    for op in UNDO_OPS:  # each undo takes a while: out of order would show
+        world.inject(op, "delay", times=None, delay_s=0.3)
+    log_path = tmp_path / "compensators.log"
+    args = ("--handlers", "wakeline_world.undo", "--lease-s", "3")
+    procs = [spawn_compensator(fresh_kafka, fresh_dsn, *args, log_path=log_path) for _ in "AB"]
+    try:
+        pids = {p.pid for p in procs}
+        wait_until(lambda: set(_owners(fresh_dsn).values()) == pids, timeout=60,
+                   what="two processes sharing the partitions")  # fmt: skip
+        q = operator.quarantine(fresh_kafka, None, reason="chain", tainted=[c1[0]])
+        wait_until(lambda: len(undone(world)) == 4, timeout=90, what="the chain undone")
+        wait_until(lambda: set(plans(fresh_dsn, q["event_id"]).values()) == {"done"},
+                   timeout=30, what="the plans done")  # fmt: skip
+    finally:
+        for proc in procs:
+            assert stop_worker(proc, timeout=30) == 0, log_path.read_text()[-3000:]
+    owners = _owners(fresh_dsn)
+    ran_in = {owners[zlib.crc32(wf.encode()) % fresh_kafka.partitions] for wf in wfs}
+    assert len(ran_in) == 2, f"the chain's partitions were all in one process: {owners}"
+    for child, parent in ((c2, c1), (c3, c2), (c4, c1)):
+        # the world received the parent's undo only after the child's had taken its 0.3 s
+        gap = _requested(world, subject(parent)) - _requested(world, subject(child))
+        assert gap >= timedelta(seconds=0.3), (child, parent, gap)
+
+
+def _requested(world: World, what: tuple[str, str]) -> Any:
+    """When the world first received a compensating operation (before its delay)."""
+    return min(c["at"] for c in world.calls() if (c["operation"], c["subject"]) == what)
 
 
 # -- a compensator killed in the middle of a fan-out -------------------------------------------
