@@ -119,6 +119,7 @@ class Executor:
         self.attempts = 0
         self.escalations = 0
         self.fanouts_sent = 0
+        self._swept = 0.0
         #: plan -> why its next action waits (logged when it changes)
         self._waiting: dict[str, str] = {}
 
@@ -182,6 +183,10 @@ class Executor:
                     continue
                 self._inflight.add(qid)
             self._pool.submit(self._run_plan_guarded, qid, partition)
+        if epochs and time.monotonic() - self._swept >= 1.0:
+            self._swept = time.monotonic()
+            with self.store.transaction() as cur:
+                scopes.sweep(cur, self.topics.events, list(epochs), self.decode)
         self._publish_fanouts(epochs)
         self._publish_tasks(epochs)
         if self.notifier is not None:

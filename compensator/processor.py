@@ -142,6 +142,8 @@ class CompensatorProcessor:
         self.wait_for_sink: Callable[[], None] = lambda: None
         #: the sink's round stored or changed a plan, an action or a task: wake the executor
         self._plans_touched = False
+        #: the active origins (compensator/scopes.py), re-read every second at most
+        self._origins = scopes.ActiveOrigins()
         #: plans started, duplicates ignored, records sent to the DLQ (for tests and metrics)
         self.plans_started = 0
         self.duplicates = 0
@@ -236,6 +238,7 @@ class CompensatorProcessor:
         changed: set[bytes] = set()
         with self.store.transaction() as cur:
             self.store.check_epochs(cur, epochs)
+            origins = self._origins.get(cur, self.topics.events)  # before the round's writes
             rows = []
             for b in batches:
                 for r, e, _ in b.items:
@@ -277,10 +280,9 @@ class CompensatorProcessor:
                         active.add(key)
                     elif kind == "Release":
                         out += self._on_release(cur, e)
-                        out += [
-                            Output(self.topics.quarantines, None, gate)
-                            for gate in scopes.on_release(cur, self.topics.events, e, key)
-                        ]
+                        gates = scopes.on_release(cur, self.topics.events, e, key)
+                        out += [Output(self.topics.quarantines, None, g) for g in gates]
+                        self._origins.invalidate()
                     elif kind == "CompensationResult":
                         self._on_result_event(cur, e)
                     elif kind in ("ToolIntent", "ToolResult") and key in active:
@@ -288,7 +290,7 @@ class CompensatorProcessor:
                     else:
                         continue
                     self._plans_touched = True
-            if scopes.join_late(cur, self.topics.events, edges, new_calls, self.decode):
+            if scopes.join_late(cur, edges, new_calls, self.decode, origins, self.topics.events):
                 self._plans_touched = True  # fan-outs to produce: wake the executor
             for key in changed:
                 for plan in self.store.active_plans(cur, key=key):
@@ -327,6 +329,7 @@ class CompensatorProcessor:
         if scopes.is_origin(q) and r.value is not None:
             # it spans workflows: record it and fan it out (compensator/scopes.py)
             scopes.on_origin(cur, self.topics.events, q, r.partition, r.value)
+            self._origins.invalidate()
             gkey = scopes.gate_key(q)
             if gkey is not None:
                 gate = [Output(self.topics.quarantines, r.value, gkey)]

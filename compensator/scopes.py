@@ -105,24 +105,20 @@ def index_events(
                 (eid, pg_text(e.get("agent_id", "")), e.get("boundary"), int(e["time"]), key,
                  wid, partition)
             )  # fmt: skip
-    if edges:
-        cols = [list(c) for c in zip(*edges, strict=True)]
+    if edges or calls:  # one statement, one round trip: the sink runs this every round
+        ecols = [list(c) for c in zip(*edges, strict=True)] if edges else [[]] * 6
+        ccols = [list(c) for c in zip(*calls, strict=True)] if calls else [[]] * 7
+        ccols[2] = [None if b is None else pg_text(b) for b in ccols[2]]
         cur.execute(
-            "INSERT INTO compensator_edges (topic, parent_id, child_id, child_type, "
-            "workflow_key, workflow_id, partition) SELECT %s, * FROM unnest(%b::text[], "
-            "%b::text[], %b::text[], %b::bytea[], %b::text[], %b::integer[]) "
-            "ON CONFLICT DO NOTHING",
-            [topic, *cols],
-        )
-    if calls:
-        cols = [list(c) for c in zip(*calls, strict=True)]
-        cols[2] = [None if b is None else pg_text(b) for b in cols[2]]
-        cur.execute(
+            "WITH edges AS (INSERT INTO compensator_edges (topic, parent_id, child_id, "
+            "child_type, workflow_key, workflow_id, partition) SELECT %s, * FROM unnest("
+            "%b::text[], %b::text[], %b::text[], %b::bytea[], %b::text[], %b::integer[]) "
+            "ON CONFLICT DO NOTHING) "
             "INSERT INTO compensator_calls (topic, intent_id, agent_id, boundary, event_time, "
             "workflow_key, workflow_id, partition) SELECT %s, * FROM unnest(%b::text[], "
             "%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::text[], %b::integer[]) "
             "ON CONFLICT DO NOTHING",
-            [topic, *cols],
+            [topic, *ecols, topic, *ccols],
         )
     return edges, calls
 
@@ -237,24 +233,44 @@ def _outbox(
     return cur.rowcount == 1
 
 
+class ActiveOrigins:
+    """The active origins, read at most every `ttl_s` (the sink asks every round; origins
+    are rare). Read at the start of a round, before its writes, so it holds committed rows
+    only. What a stale list misses, `sweep` (the executor, every `ttl_s`) adds."""
+
+    def __init__(self, ttl_s: float = 1.0) -> None:
+        self.ttl_s = ttl_s
+        self._rows: list[tuple] | None = None
+        self._at = 0.0
+
+    def get(self, cur: psycopg.Cursor, topic: str) -> list[tuple]:
+        if self._rows is None or time.monotonic() - self._at > self.ttl_s:
+            cur.execute(
+                "SELECT origin_id, scope, target, since, partition, value FROM "
+                "compensator_origins WHERE topic = %s AND state = 'active'",
+                (topic,),
+            )
+            self._rows, self._at = cur.fetchall(), time.monotonic()
+        return self._rows
+
+    def invalidate(self) -> None:
+        self._rows = None
+
+
 def join_late(
     cur: psycopg.Cursor,
-    topic: str,
     edges: Sequence[tuple],
     calls: Sequence[tuple],
     decode: Any,
+    origins: Sequence[tuple],
+    topic: str,
 ) -> int:
     """Calls in an active origin's scope that the compensator read after its fan-out (new
     workflows of the agent or boundary, new descendants of tainted events) join it: the
-    taint table grows, and a workflow not yet reached gets its child; how many did."""
-    if not edges and not calls:
+    taint table grows, and a workflow not yet reached gets its child; how many did.
+    `origins`: rows of `ActiveOrigins`."""
+    if not origins or (not edges and not calls):
         return 0
-    cur.execute(
-        "SELECT origin_id, scope, target, since, partition, value FROM compensator_origins "
-        "WHERE topic = %s AND state = 'active'",
-        (topic,),
-    )
-    origins = cur.fetchall()
     added = 0
     for origin_id, scope, target, since, partition, value in origins:
         reached: dict[bytes, str] = {}
@@ -283,6 +299,36 @@ def join_late(
         if reached:
             q = decode(bytes(value))
             for key, wid in reached.items():
+                added += add_fanout(cur, q, int(partition), key, wid)
+    return added
+
+
+def sweep(cur: psycopg.Cursor, topic: str, partitions: Sequence[int], decode: Any) -> int:
+    """The active origins of these partitions reach again what the index holds now, and
+    fan out to any workflow missing: a call indexed in a transaction concurrent with the
+    origin's (neither saw the other's rows), or one the sink's stale origin list missed.
+    Idempotent (the outbox's key); how many workflows were added."""
+    cur.execute(
+        "SELECT origin_id, partition, value FROM compensator_origins WHERE topic = %s AND "
+        "state = 'active' AND partition = ANY(%s)",
+        (topic, list(partitions)),
+    )
+    added = 0
+    for origin_id, partition, value in cur.fetchall():
+        q = decode(bytes(value))
+        if q["scope"] == "tainted":
+            _add_taint(cur, origin_id, closure(cur, topic, sorted(tainted_of(cur, origin_id))))
+            reached = workflows_of(cur, topic, sorted(tainted_of(cur, origin_id)))
+        else:
+            reached = reach(cur, topic, q)
+        cur.execute(
+            "SELECT workflow_key FROM compensator_fanouts WHERE origin_id = %s AND kind = "
+            "'quarantine'",
+            (origin_id,),
+        )
+        have = {bytes(r[0]) for r in cur.fetchall()}
+        for key, wid in reached.items():
+            if key not in have:
                 added += add_fanout(cur, q, int(partition), key, wid)
     return added
 
