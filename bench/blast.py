@@ -99,9 +99,10 @@ def call(emitter: Emitter, parents: list[str]) -> str:
 def taint_run(
     kafka: KafkaSettings, emitter: Emitter, clock: Clock, conn: psycopg.Connection, width: int,
     chain: bool,
-) -> float:  # fmt: skip
+) -> tuple[float, float]:  # fmt: skip
     """Seconds from a taint quarantine of a root call to the end of the last compensating
-    action of its `width` dependents (a chain of them, or `width` children of the root)."""
+    action of its `width` dependents (a chain of them, or `width` children of the root):
+    from before the operator's write, and from the broker's acknowledgement of it."""
     root = call(emitter, [])
     ids = [root]
     for _ in range(width):
@@ -110,12 +111,14 @@ def taint_run(
     wait_for(lambda: indexed(conn, ids), 60, "the calls indexed", 0.01)
     t0 = time.perf_counter()
     operator.quarantine(kafka, None, reason="bench", by="bench", tainted=[root])
+    t_acked = time.perf_counter()
     wait_for(lambda: all(i in clock.ended for i in ids), 300, "every action", 0.002)
     if chain:  # children first: the chain is undone from its end back to the root
         got = [i for i in clock.order if i in set(ids)]
         if got != ids[::-1]:
             raise SystemExit(f"chain undone out of order: {got} (want {ids[::-1]})")
-    return max(clock.ended[i] for i in ids) - t0
+    end = max(clock.ended[i] for i in ids)
+    return end - t0, end - t_acked
 
 
 def gate_run(kafka: KafkaSettings, emitter: Emitter) -> tuple[float, float]:
@@ -144,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     topics.ensure_topics(kafka)
     dsn = create_database()
     clock = Clock()
-    results: dict[str, list[float]] = {"chain": [], "fanout": [], "gate": [], "write": []}
+    results: dict[str, list[float]] = {
+        k: [] for k in ("chain", "chain.acked", "fanout", "fanout.acked", "gate", "write")
+    }
     try:
         with tempfile.TemporaryDirectory() as tmp, psycopg.connect(dsn, autocommit=True) as conn:
             emitter = Emitter(kafka, spool_dir=Path(tmp), registry=TOOLS, loop_guard=False)
@@ -153,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                 assert emitter.gate is not None and emitter.gate.wait_ready(30)
                 taint_run(kafka, emitter, clock, conn, 2, True)  # warm up
                 for _ in range(args.runs):
-                    results["chain"].append(taint_run(kafka, emitter, clock, conn, 2, True))
-                    results["fanout"].append(
-                        taint_run(kafka, emitter, clock, conn, args.fanout, False)
-                    )
+                    for key, width, chain in (("chain", 2, True), ("fanout", args.fanout, False)):
+                        total, acked = taint_run(kafka, emitter, clock, conn, width, chain)
+                        results[key].append(total)
+                        results[f"{key}.acked"].append(acked)
                     gate, write = gate_run(kafka, emitter)
                     results["gate"].append(gate)
                     results["write"].append(write)
@@ -171,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"blast-radius bench  broker={kafka.bootstrap}  runs={args.runs}")
     labels = {
         "chain": "taint of a 3-workflow chain -> last action done (s)",
+        "chain.acked": "  the same, from the Quarantine's acknowledgement (s)",
         "fanout": f"taint fanned out to {args.fanout + 1} workflows -> last action done (s)",
+        "fanout.acked": "  the same, from the Quarantine's acknowledgement (s)",
         "gate": "agent Quarantine acknowledged -> SDK gate refuses the agent (ms)",
         "write": "the operator's write of the Quarantine (ms)",
     }
