@@ -7,6 +7,7 @@ in calls that were already past the gate; a Release lifts them everywhere."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -186,7 +187,13 @@ def test_agent_and_boundary_scopes_fan_out_refuse_new_calls_and_release_everywhe
     act(fresh, world, "crm.update", "after-release")
 
     # boundary: every workflow with calls in it, and new calls in it anywhere
-    b = operator.quarantine(fresh_kafka, None, reason="bulkhead breach", boundary="tenant-b")
+    # (through the CLI this time: `--wait` waits for the gate key)
+    env = worker_env(fresh_kafka, fresh_dsn)
+    argv = ["quarantine", "--boundary", "tenant-b", "--reason", "breach", "--wait", "20", "--json"]
+    got = CliRunner().invoke(cli, argv, env=env)
+    assert got.exit_code == 0, got.output
+    b = json.loads(got.output)
+    assert b["event"]["workflow_id"] == "boundary:tenant-b" and b["visible_after_s"] is not None
     wait_until(lambda: set(plans(fresh_dsn, b["event_id"])) ==
                {wf2.workflow_id, mixed.workflow_id}, timeout=30,
                what="the boundary's fan-out")  # fmt: skip
@@ -198,6 +205,11 @@ def test_agent_and_boundary_scopes_fan_out_refuse_new_calls_and_release_everywhe
     act(em.workflow(new_wf(), agent_id="someone", principal="p", boundary="tenant-c"), world,
         "crm.update", "c-new")  # fmt: skip
     wait_until(lambda: subject(m1) in undone(world), timeout=60, what="the boundary's undo")
+    got = CliRunner().invoke(cli, ["release", "--boundary", "tenant-b"], env=env)
+    assert got.exit_code == 0 and f"quarantine {b['event_id']}" in got.output, got.output
+    wait_until(lambda: em.gate.check("boundary:tenant-b") is None and
+               em.gate.check(mixed.workflow_id) is None, timeout=30,
+               what="the boundary released everywhere")  # fmt: skip
 
 
 def test_calls_that_come_after_the_fan_out_join_it(
