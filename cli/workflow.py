@@ -79,7 +79,7 @@ def _plan(
     names = [m for raw in modules for m in raw.split(",") if m.strip()]
     loaded = load_handlers(names) if names else None
     handlers = loaded.handlers if loaded is not None else CompensationRegistry()
-    with _ledger(dsn, store) as (ledger, decode, _url):
+    with _ledger(dsn, store) as (ledger, decode, url):
         entries = ledger.entries_for_workflow(workflow_id)
     if not entries:
         raise WakelineError(f"workflow {workflow_id} has no ledgered events")
@@ -99,6 +99,8 @@ def _plan(
         scope = Scope("run", run_id, quarantine_id=quarantine and quarantine["event_id"])
     elif quarantine is not None:
         scope = Scope.of(quarantine)
+        if scope.kind == "tainted" and url is not None:
+            scope = _with_taint(url, quarantine, scope)
     else:
         scope = Scope()
     now_us = time.time_ns() // 1000
@@ -117,6 +119,19 @@ def _plan(
         "steps": [{**s.to_json(), "ledger": positions.get(s.intent_id)} for s in steps],
         "undecodable": undecodable,
     }
+
+
+def _with_taint(url: str, quarantine: Mapping[str, Any], scope: Any) -> Any:
+    """A tainted scope with what the compensator found to descend from the tainted events
+    in other workflows (its taint table, compensator/scopes.py): the plan it runs."""
+    from dataclasses import replace
+
+    from wakeline.compensator import scopes
+    from wakeline.infra.db import connect
+
+    with connect(url) as conn, conn.cursor() as cur:
+        extra = scopes.tainted_of(cur, scopes.taint_origin(quarantine))
+    return replace(scope, tainted=scope.tainted | extra)
 
 
 @contextmanager
