@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -402,3 +403,28 @@ def test_sigkill_during_a_fan_out_loses_no_workflow_and_runs_no_action_twice(
         op, subj = subject(call)
         assert performed[op].get(subj) == 1, (op, subj, performed[op].get(subj))
     assert subject(kept) not in undone(world)
+
+
+def test_the_sweep_fans_out_to_a_call_the_sink_did_not_join(fresh_dsn: str) -> None:
+    """A call indexed in a transaction concurrent with its origin's is seen by neither; the
+    executor's sweep (every second) reaches it, once."""
+    from wakeline.compensator.operator import _envelope
+    from wakeline.schemas import decode_event, encode_event
+
+    q = _envelope("Quarantine", "agent:x", "run-1", "ops")
+    q.update(scope="agent", target="x", since=None, reason="r", by="ops", alert_id=None,
+             tainted_event_ids=[])  # fmt: skip
+    topic = "t.events"
+    with psycopg.connect(fresh_dsn, autocommit=True) as conn, conn.cursor() as cur:
+        assert scopes.on_origin(cur, topic, q, 0, encode_event(q))
+        assert rows(fresh_dsn, "SELECT count(*) FROM compensator_fanouts")[0][0] == 0
+        late = {"event_id": "i-late", "type": "ToolIntent", "time": q["time"] + 1,
+                "workflow_id": "wf-late", "agent_id": "x", "parent_event_ids": []}  # fmt: skip
+        scopes.index_events(cur, topic, [(1, late)])  # what a concurrent round wrote
+        assert scopes.sweep(cur, topic, [0], decode_event) == 1
+        assert scopes.sweep(cur, topic, [0], decode_event) == 0  # idempotent
+        assert scopes.sweep(cur, topic, [1], decode_event) == 0  # not its partition
+    (child,) = rows(fresh_dsn, "SELECT workflow_id, value FROM compensator_fanouts")
+    event = decode_event(bytes(child[1]))
+    assert child[0] == "wf-late" and event["origin_id"] == q["event_id"]
+    assert (event["workflow_id"], event["scope"], event["target"]) == ("wf-late", "agent", "x")
