@@ -290,8 +290,14 @@ class CompensatorProcessor:
                     else:
                         continue
                     self._plans_touched = True
-            if scopes.join_late(cur, edges, new_calls, self.decode, origins, self.topics.events):
+            added, grew = scopes.join_late(
+                cur, edges, new_calls, self.decode, origins, self.topics.events
+            )
+            if added:
                 self._plans_touched = True  # fan-outs to produce: wake the executor
+            # a workflow reached already whose taint grew (its event came first, its tainted
+            # parent in another workflow later): its plans are computed again
+            changed |= self.store.quarantined(cur, grew)
             for key in changed:
                 for plan in self.store.active_plans(cur, key=key):
                     self._replan(cur, plan)

@@ -264,13 +264,15 @@ def join_late(
     decode: Any,
     origins: Sequence[tuple],
     topic: str,
-) -> int:
+) -> tuple[int, set[bytes]]:
     """Calls in an active origin's scope that the compensator read after its fan-out (new
     workflows of the agent or boundary, new descendants of tainted events) join it: the
-    taint table grows, and a workflow not yet reached gets its child; how many did.
-    `origins`: rows of `ActiveOrigins`."""
+    taint table grows, and a workflow not yet reached gets its child. Returns how many
+    workflows were added, and the workflows whose taint grew (their plans are computed
+    again). `origins`: rows of `ActiveOrigins`."""
+    grew: set[bytes] = set()
     if not origins or (not edges and not calls):
-        return 0
+        return 0, grew
     added = 0
     for origin_id, scope, target, since, partition, value in origins:
         reached: dict[bytes, str] = {}
@@ -296,11 +298,11 @@ def join_late(
             grown = closure(cur, topic, hit)
             _add_taint(cur, origin_id, grown)
             reached = workflows_of(cur, topic, sorted(grown))
-        if reached:
+            grew.update(reached)
             q = decode(bytes(value))
             for key, wid in reached.items():
                 added += add_fanout(cur, q, int(partition), key, wid)
-    return added
+    return added, grew
 
 
 def sweep(cur: psycopg.Cursor, topic: str, partitions: Sequence[int], decode: Any) -> int:

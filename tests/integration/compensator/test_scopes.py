@@ -255,6 +255,47 @@ def test_calls_that_come_after_the_fan_out_join_it(
     assert set(plans(fresh_dsn, qt["event_id"])) == {source.workflow_id, late_child.workflow_id}
 
 
+def test_a_workflow_reached_already_takes_in_taint_found_later(
+    fresh_kafka: KafkaSettings,
+    fresh_dsn: str,
+    world: World,
+    world_emitter: Emitter,
+    handlers: CompensationRegistry,
+    start_compensator: Any,
+) -> None:
+    """W3 uses the tainted call c1 (so the fan-out reaches it) and, in c3, a call X of W2
+    that the compensator reads only later (W2's partition lagging). When X arrives, the
+    taint grows through X to c3: W2 gets its child, and W3's plan takes in c3."""
+    em = world_emitter
+    w1, w2, w3 = (em.workflow(new_wf(), agent_id=f"a{i}", principal="p") for i in range(3))
+    c1 = act(w1, world, "crm.update", "c1")
+    c5 = act(w3, world, "payments.charge", "c5", parents=[c1[0]])
+    x = w2.envelope("ToolIntent", parents=[c1[0]])
+    x.update(tool="crm.update", args="{}", args_digest=b"\x11" * 32, resources_read=[],
+             resources_written=[], reversibility="compensable", impact="low",
+             compensation="crm.restore", policy_decision="allow", policy_reason=None,
+             durability="strict", redacted_fields=[], approval_id=None,
+             undo_window_us=None)  # fmt: skip
+    c3 = act(w3, world, "inventory.reserve", "c3", parents=[x["event_id"]])
+    assert em.flush(15) == 0
+    start_compensator(handlers)
+    wait_until(lambda: rows(fresh_dsn, "SELECT count(*) FROM compensator_calls")[0][0] == 3,
+               timeout=30, what="the causal index")  # fmt: skip
+    q = operator.quarantine(fresh_kafka, None, reason="tainted", tainted=[c1[0]])
+    wait_until(lambda: set(plans(fresh_dsn, q["event_id"])) == {w1.workflow_id, w3.workflow_id},
+               timeout=30, what="the first fan-out")  # fmt: skip
+    actions = "SELECT a.intent_id FROM compensator_actions a JOIN compensator_plans p USING " \
+              "(quarantine_id) WHERE p.workflow_id = %s"  # fmt: skip
+    assert {r[0] for r in rows(fresh_dsn, actions, w3.workflow_id)} == {c5[0]}
+    w2.emit(x, wait=True)  # X arrives at last (no result: its outcome is unknown)
+    wait_until(lambda: {r[0] for r in rows(fresh_dsn, actions, w3.workflow_id)} == {c5[0], c3[0]},
+               timeout=30, what="W3's plan to take in c3")  # fmt: skip
+    wait_until(lambda: w2.workflow_id in plans(fresh_dsn, q["event_id"]), timeout=30,
+               what="W2's child")  # fmt: skip
+    wait_until(lambda: {subject(c1), subject(c5), subject(c3)} <= set(undone(world)),
+               timeout=60, what="the calls undone")  # fmt: skip
+
+
 def test_children_first_across_two_compensator_processes(
     world: World,
     world_emitter: Emitter,
