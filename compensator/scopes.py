@@ -208,6 +208,14 @@ def add_fanout(
     origin's own workflow, which its own plan covers); True if it is new."""
     if key == workflow_key(origin["workflow_id"]) or is_pseudo(wid):
         return False
+    # only while the origin is active, holding its row: a Release of it (which fans out to
+    # the children it finds) waits for this transaction, or this one sees it released
+    cur.execute(
+        "SELECT 1 FROM compensator_origins WHERE origin_id = %s AND state = 'active' FOR SHARE",
+        (origin["event_id"],),
+    )
+    if cur.fetchone() is None:
+        return False
     child = {
         **origin,
         "event_id": new_event_id(),
