@@ -329,16 +329,17 @@ class CompensatorProcessor:
         existing = self.store.plan(cur, qid)
         if existing is not None:  # this very Quarantine again (a redelivery, a redo)
             return [own] if existing.state != "released" and own is not None else []
-        if scopes.is_pseudo(q["workflow_id"]) and self._origin_known(cur, qid):
-            return []  # an origin again: its gate is republished on assignment
         gate: list[Output] = []
+        gkey = scopes.gate_key(q) if scopes.is_origin(q) else None  # children: their workflow
+        if gkey is not None and r.value is not None:
+            gate = [Output(self.topics.quarantines, r.value, gkey)]
         if scopes.is_origin(q) and r.value is not None:
-            # it spans workflows: record it and fan it out (compensator/scopes.py)
-            scopes.on_origin(cur, self.topics.events, q, r.partition, r.value)
-            self._origins.invalidate()
-            gkey = scopes.gate_key(q)
-            if gkey is not None:
-                gate = [Output(self.topics.quarantines, r.value, gkey)]
+            # it spans workflows: record it and fan it out (compensator/scopes.py); again
+            # (a redelivery, a redo) it changes nothing and is published again
+            if scopes.on_origin(cur, self.topics.events, q, r.partition, r.value):
+                self._origins.invalidate()
+            elif not self._origin_active(cur, qid):
+                return []  # released meanwhile
             if scopes.is_pseudo(q["workflow_id"]):
                 # no workflow of its own, nothing to plan; its own key shows it is in force
                 # (`wakeline quarantine --wait`, `wakeline release taint:<event>`)
@@ -436,8 +437,10 @@ class CompensatorProcessor:
         self.store.set_steps(cur, plan.quarantine_id, [s.to_json() for s in steps])
         self._store_steps(cur, q, plan.partition, steps, events, positions)
 
-    def _origin_known(self, cur: Any, qid: str) -> bool:
-        cur.execute("SELECT 1 FROM compensator_origins WHERE origin_id = %s", (qid,))
+    def _origin_active(self, cur: Any, qid: str) -> bool:
+        cur.execute(
+            "SELECT 1 FROM compensator_origins WHERE origin_id = %s AND state = 'active'", (qid,)
+        )
         return cur.fetchone() is not None
 
     def _on_release(self, cur: Any, e: dict[str, Any]) -> list[Output]:

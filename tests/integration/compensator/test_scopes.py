@@ -326,6 +326,9 @@ def test_children_first_across_two_compensator_processes(
         pids = {p.pid for p in procs}
         wait_until(lambda: set(_owners(fresh_dsn).values()) == pids, timeout=60,
                    what="two processes sharing the partitions")  # fmt: skip
+        # the order is known for what the compensators have read (docs/compensation.md)
+        wait_until(lambda: rows(fresh_dsn, "SELECT count(*) FROM compensator_calls")[0][0] == 4,
+                   timeout=60, what="the causal index")  # fmt: skip
         q = operator.quarantine(fresh_kafka, None, reason="chain", tainted=[c1[0]])
         wait_until(lambda: len(undone(world)) == 4, timeout=90, what="the chain undone")
         wait_until(lambda: set(plans(fresh_dsn, q["event_id"]).values()) == {"done"},
