@@ -554,8 +554,9 @@ class Executor:
     def _waits(self, qid: str, intent_id: str) -> bool:
         """Whether an action must wait for the compensations of calls depending on it (in
         any workflow: compensator/scopes.py), logged once per plan and reason."""
+        young_after_us = int((time.time() - self.settings.unknown_grace_s) * 1_000_000)
         with self.store.statement() as cur:
-            why = scopes.waits_for(cur, self.topics.events, qid, intent_id)
+            why = scopes.waits_for(cur, self.topics.events, qid, intent_id, young_after_us)
         if why is None:
             return False
         with self._lock:

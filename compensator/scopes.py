@@ -409,10 +409,14 @@ def mark_sent(cur: psycopg.Cursor, event_ids: Sequence[str]) -> None:
 # -- order across workflows ---------------------------------------------------------------------
 
 
-def waits_for(cur: psycopg.Cursor, topic: str, quarantine_id: str, intent_id: str) -> str | None:
+def waits_for(
+    cur: psycopg.Cursor, topic: str, quarantine_id: str, intent_id: str, young_after_us: int
+) -> str | None:
     """Why the action of `intent_id` in plan `quarantine_id` must wait, or None: an action of
-    a call depending on it (in another plan) is not finished, or its origin's fan-out has a
-    workflow without a plan yet."""
+    a call depending on it (in another plan) is not finished; a call depending on it in a
+    quarantined workflow has no result yet and is younger than `young_after_us` (its plan
+    waits for the result to decide, the grace of outcome-unknown calls); or its origin's
+    fan-out has a workflow without a plan yet."""
     cur.execute(
         _CLOSURE + "SELECT a.intent_id, p.workflow_id FROM compensator_actions a JOIN "
         "compensator_plans p USING (quarantine_id) WHERE a.intent_id IN (SELECT id FROM d) "
@@ -423,6 +427,18 @@ def waits_for(cur: psycopg.Cursor, topic: str, quarantine_id: str, intent_id: st
     row = cur.fetchone()
     if row is not None:
         return f"call {row[0]} of workflow {row[1]} depends on it and is not undone yet"
+    cur.execute(
+        _CLOSURE + "SELECT c.intent_id, c.workflow_id FROM compensator_calls c WHERE "
+        "c.topic = %s AND c.intent_id IN (SELECT id FROM d) AND c.intent_id <> %s AND "
+        "c.event_time > %s AND NOT EXISTS (SELECT 1 FROM compensator_edges r WHERE "
+        "r.topic = c.topic AND r.parent_id = c.intent_id AND r.child_type = 'ToolResult') "
+        "AND EXISTS (SELECT 1 FROM compensator_plans p WHERE p.workflow_key = c.workflow_key "
+        "AND p.state = 'running') LIMIT 1",
+        ([intent_id], topic, topic, intent_id, young_after_us),
+    )
+    row = cur.fetchone()
+    if row is not None:
+        return f"call {row[0]} of workflow {row[1]} depends on it and has no result yet"
     cur.execute(
         "SELECT f.workflow_id FROM compensator_fanouts f WHERE f.kind = 'quarantine' AND "
         "f.origin_id IN (SELECT origin_id FROM compensator_fanouts WHERE event_id = %s "

@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import subprocess
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -294,6 +295,37 @@ def test_a_workflow_reached_already_takes_in_taint_found_later(
                what="W2's child")  # fmt: skip
     wait_until(lambda: {subject(c1), subject(c5), subject(c3)} <= set(undone(world)),
                timeout=60, what="the calls undone")  # fmt: skip
+
+
+def test_a_parent_waits_for_a_dependent_whose_result_is_not_in_yet(
+    fresh_kafka: KafkaSettings,
+    fresh_dsn: str,
+    world: World,
+    world_emitter: Emitter,
+    handlers: CompensationRegistry,
+    start_compensator: Any,
+) -> None:
+    """The dependent call in W2 is still running when the taint quarantine comes (its plan
+    waits for the result to decide): W1's call, its parent, is not undone before it."""
+    em = world_emitter
+    w1, w2 = (em.workflow(new_wf(), agent_id=f"a{i}", principal="p") for i in range(2))
+    root = act(w1, world, "crm.update", "root")
+    running = w2.begin("payments.charge", world_args("payments.charge", "run"), parents=[root[0]])
+    response = world.tool("payments.charge")(**running.args)
+    assert em.flush(15) == 0
+    start_compensator(handlers)
+    wait_until(lambda: rows(fresh_dsn, "SELECT count(*) FROM compensator_calls")[0][0] == 2,
+               timeout=30, what="the causal index")  # fmt: skip
+    q = operator.quarantine(fresh_kafka, None, reason="tainted", tainted=[root[0]])
+    wait_until(lambda: len(plans(fresh_dsn, q["event_id"])) == 2, timeout=30,
+               what="the fan-out's plans")  # fmt: skip
+    time.sleep(1.0)  # the parent's turn has come meanwhile (no timing is asserted)
+    assert undone(world) == []
+    running.ok(response)  # the result arrives: the call joins W2's plan
+    assert em.flush(15) == 0
+    child = ("payments.refund", str(response["charge_id"]))
+    wait_until(lambda: len(undone(world)) == 2, timeout=60, what="both undone")
+    assert undone(world) == [child, subject(root)]
 
 
 def test_children_first_across_two_compensator_processes(
