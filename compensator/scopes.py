@@ -131,7 +131,7 @@ _CLOSURE = (
 
 def closure(cur: psycopg.Cursor, topic: str, event_ids: Sequence[str]) -> set[str]:
     """The events and every event that depends on them, transitively."""
-    cur.execute(_CLOSURE + "SELECT id FROM d", (list(event_ids), topic))
+    cur.execute(_CLOSURE + "SELECT id FROM d", ([pg_text(e) for e in event_ids], topic))
     return {r[0] for r in cur.fetchall()}
 
 
@@ -174,12 +174,13 @@ def on_origin(
 ) -> bool:
     """Record an origin and fan it out to the workflows it reaches; False if it was known
     (a redelivery: its fan-out rows are there already)."""
+    target = q.get("target")
     cur.execute(
         "INSERT INTO compensator_origins (origin_id, topic, scope, target, since, gate_key, "
         "workflow_key, partition, value) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
         "ON CONFLICT DO NOTHING",
-        (pg_text(q["event_id"]), topic, q["scope"], q.get("target"), q.get("since"),
-         gate_key(q), workflow_key(q["workflow_id"]), partition, value),
+        (pg_text(q["event_id"]), topic, q["scope"], target and pg_text(target),
+         q.get("since"), gate_key(q), workflow_key(q["workflow_id"]), partition, value),
     )  # fmt: skip
     if cur.rowcount != 1:
         return False

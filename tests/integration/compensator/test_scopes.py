@@ -504,3 +504,36 @@ def test_the_sweep_fans_out_to_a_call_the_sink_did_not_join(fresh_dsn: str) -> N
     event = decode_event(bytes(child[1]))
     assert child[0] == "wf-late" and event["origin_id"] == q["event_id"]
     assert (event["workflow_id"], event["scope"], event["target"]) == ("wf-late", "agent", "x")
+
+
+def test_hostile_scope_fields_do_not_stop_the_compensator(
+    fresh_kafka: KafkaSettings,
+    fresh_dsn: str,
+    world: World,
+    world_emitter: Emitter,
+    handlers: CompensationRegistry,
+    start_compensator: Any,
+) -> None:
+    """Origins with a NUL in their target or tainted ids, and one without a target, are
+    taken as they come (nothing matches); the next quarantine is acted on as usual."""
+    from confluent_kafka import Producer
+
+    from wakeline.compensator.operator import _envelope
+    from wakeline.schemas import cloudevents_headers, encode_event
+
+    start_compensator(handlers)
+    producer = Producer(fresh_kafka.client_config(acks="all"))
+    for scope, target, tainted in (("agent", "a\x00b", []), ("tainted", None, ["e\x00f"]),
+                                   ("boundary", None, [])):  # fmt: skip
+        q = _envelope("Quarantine", f"{scope}:x", "run-1", "mallory")
+        q.update(scope=scope, target=target, since=-1, reason="r", by="mallory", alert_id=None,
+                 tainted_event_ids=tainted)  # fmt: skip
+        producer.produce(fresh_kafka.topics.events, encode_event(q), q["workflow_id"].encode(),
+                         headers=cloudevents_headers(q))  # fmt: skip
+    assert producer.flush(15) == 0
+    ctx = world_emitter.workflow(new_wf(), agent_id="injected", principal="p")
+    call = act(ctx, world, "crm.update", "after")
+    assert world_emitter.flush(15) == 0
+    operator.quarantine(fresh_kafka, None, reason="real", agent="injected")
+    wait_until(lambda: subject(call) in undone(world), timeout=60, what="the real one acted on")
+    assert rows(fresh_dsn, "SELECT count(*) FROM compensator_origins")[0][0] == 4
