@@ -11,14 +11,37 @@ _BY = "Who does it (default: $USER@hostname); recorded as the event's `by` and p
 
 
 @click.command("quarantine")
-@click.argument("workflow_id")
+@click.argument("workflow_id", required=False)
 @click.option("--reason", required=True, help="Why (recorded in the event; required).")
 @click.option("--run", "run_id", help="Quarantine this run only (scope `run`).")
 @click.option(
     "--tainted",
+    is_flag=True,
+    help="Quarantine every call that causally depends on --events, in any workflow "
+    "(scope `tainted`: fans out to each workflow it reaches).",
+)
+@click.option(
+    "--events",
+    "events",
     multiple=True,
-    metavar="EVENT_ID",
-    help="Quarantine what descends from this event (scope `tainted`; repeatable).",
+    metavar="E1,E2",
+    help="The tainted events (comma-separated, repeatable; implies --tainted).",
+)
+@click.option(
+    "--agent",
+    help="Quarantine what this agent did (since --since) in every workflow, and refuse the "
+    "agent's calls everywhere until released (scope `agent`).",
+)
+@click.option(
+    "--since",
+    metavar="TIME",
+    help="With --agent: from when (RFC 3339, e.g. 2026-01-31T12:00:00Z, or an age: 90s, "
+    "30m, 2h, 1d); default: everything the agent did.",
+)
+@click.option(
+    "--boundary",
+    help="Quarantine every workflow with calls in this boundary (the envelope's `boundary`), "
+    "and refuse new calls in it until released (scope `boundary`).",
 )
 @click.option("--by", help=_BY)
 @click.option(
@@ -30,27 +53,45 @@ _BY = "Who does it (default: $USER@hostname); recorded as the event's `by` and p
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def quarantine(
-    workflow_id: str,
+    workflow_id: str | None,
     reason: str,
     run_id: str | None,
-    tainted: tuple[str, ...],
+    tainted: bool,
+    events: tuple[str, ...],
+    agent: str | None,
+    since: str | None,
+    boundary: str | None,
     by: str | None,
     wait_s: float | None,
     as_json: bool,
 ) -> None:
-    """Quarantine WORKFLOW_ID: write a Quarantine event on its partition of the events
-    topic and print its id, partition and offset once the broker acknowledged it. The
-    compensator then stops the workflow's calls and undoes what it did."""
+    """Quarantine WORKFLOW_ID (or, with --agent, --boundary or --tainted --events, what
+    spans workflows): write a Quarantine event on its partition of the events topic and
+    print its id, partition and offset once the broker acknowledged it. The compensator
+    then stops the calls in scope and undoes what they did (docs/compensation.md)."""
     from wakeline.cli.main import emit_json, run_guarded
     from wakeline.compensator import operator
     from wakeline.infra.settings import KafkaSettings
 
+    ids = [e.strip() for chunk in events for e in chunk.split(",") if e.strip()]
+    if tainted and not ids:
+        raise click.UsageError("--tainted needs --events E1,E2 (the tainted events)")
+    since_us = None if since is None else _since_us(since)
     kafka = run_guarded(KafkaSettings.from_env)
     report = run_guarded(
         lambda: operator.quarantine(
-            kafka, workflow_id, reason=reason, by=by, run_id=run_id, tainted=tainted
-        )
+            kafka,
+            workflow_id,
+            reason=reason,
+            by=by,
+            run_id=run_id,
+            tainted=ids,
+            agent=agent,
+            since_us=since_us,
+            boundary=boundary,
+        )  # fmt: skip
     )
+    workflow_id = report["event"]["workflow_id"]
     waited: float | None = None
     if wait_s is not None:
         waited = run_guarded(
@@ -78,20 +119,37 @@ def quarantine(
 
 
 @click.command("release")
-@click.argument("workflow_id")
+@click.argument("workflow_id", required=False)
+@click.option("--agent", help="Lift the quarantine of this agent (what `quarantine --agent` set).")
+@click.option("--boundary", help="Lift the quarantine of this boundary.")
 @click.option("--reason", default="released by an operator", show_default=True, help="Why.")
 @click.option("--by", help=_BY)
 @click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def release(workflow_id: str, reason: str, by: str | None, dsn: str | None, as_json: bool) -> None:
-    """Lift the quarantine of WORKFLOW_ID: write a Release naming the quarantine in force
-    (from the compensator's plans, else the quarantines topic). What was compensated stays
-    compensated."""
+def release(
+    workflow_id: str | None,
+    agent: str | None,
+    boundary: str | None,
+    reason: str,
+    by: str | None,
+    dsn: str | None,
+    as_json: bool,
+) -> None:
+    """Lift the quarantine of WORKFLOW_ID (or of an agent, a boundary, or a taint quarantine
+    written as workflow `taint:<event>`): write a Release naming the quarantine in force
+    (from the compensator's plans, else the quarantines topic). A quarantine that fanned out
+    is lifted in every workflow it reached. What was compensated stays compensated."""
     from wakeline.cli.ledger import _dsn
     from wakeline.cli.main import emit_json, run_guarded
     from wakeline.compensator import operator
     from wakeline.infra.settings import KafkaSettings
 
+    given = [f"{k}:{v}" for k, v in (("agent", agent), ("boundary", boundary)) if v]
+    if workflow_id is not None:
+        given.append(workflow_id)
+    if len(given) != 1:
+        raise click.UsageError("give one of WORKFLOW_ID, --agent or --boundary")
+    workflow_id = given[0]
     kafka = run_guarded(KafkaSettings.from_env)
     url = run_guarded(lambda: _dsn(dsn))
     report = run_guarded(
@@ -113,7 +171,35 @@ def release(workflow_id: str, reason: str, by: str | None, dsn: str | None, as_j
     )
 
 
+def _since_us(text: str) -> int:
+    """RFC 3339, or an age (`90s`, `30m`, `2h`, `1d`) before now, as microseconds."""
+    import re
+    import time
+    from datetime import datetime
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return int((time.time() - float(m.group(1)) * unit) * 1_000_000)
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither RFC 3339 (2026-01-31T12:00:00Z) nor an age (30m, 2h)",
+            param_hint="--since",
+        ) from None
+    if t.tzinfo is None:
+        raise click.BadParameter(
+            f"{text!r} has no time zone (add Z or +00:00)", param_hint="--since"
+        )
+    return int(t.timestamp() * 1_000_000)
+
+
 def _scope(event: dict[str, Any]) -> str:
+    if event["scope"] == "agent":
+        return f"agent {event['target']}" + (" since a time" if event.get("since") else "")
+    if event["scope"] == "boundary":
+        return f"boundary {event['target']}"
     if event["scope"] == "run":
         return f"run {event['run_id']}"
     if event["scope"] == "tainted":

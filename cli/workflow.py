@@ -1,5 +1,6 @@
-"""`wakeline workflow plan | list | show | checkpoints | rollback`: a workflow's calls, what
-the compensator does, its checkpoints and a rollback to one (compensator/rollback.py).
+"""`wakeline workflow plan | impact | list | show | checkpoints | rollback`: a workflow's
+calls, what the compensator does (and would do), its checkpoints and a rollback to one
+(compensator/rollback.py).
 
 Thin: read the workflow's ledgered events (and the compensator's tables), call
 `wakeline.compensator.plan.build_plan` (the dry run) or `wakeline.compensator.operator`
@@ -80,7 +81,7 @@ def _plan(
     names = [m for raw in modules for m in raw.split(",") if m.strip()]
     loaded = load_handlers(names) if names else None
     handlers = loaded.handlers if loaded is not None else CompensationRegistry()
-    with _ledger(dsn, store) as (ledger, decode, _url):
+    with _ledger(dsn, store) as (ledger, decode, url):
         entries = ledger.entries_for_workflow(workflow_id)
     if not entries:
         raise WakelineError(f"workflow {workflow_id} has no ledgered events")
@@ -102,6 +103,8 @@ def _plan(
         scope = Scope("run", run_id, quarantine_id=quarantine and quarantine["event_id"])
     elif quarantine is not None:
         scope = Scope.of(quarantine)
+        if scope.kind == "tainted" and url is not None:
+            scope = _with_taint(url, quarantine, scope)
     else:
         scope = Scope()
     now_us = time.time_ns() // 1000
@@ -120,6 +123,19 @@ def _plan(
         "steps": [{**s.to_json(), "ledger": positions.get(s.intent_id)} for s in steps],
         "undecodable": undecodable,
     }
+
+
+def _with_taint(url: str, quarantine: Mapping[str, Any], scope: Any) -> Any:
+    """A tainted scope with what the compensator found to descend from the tainted events
+    in other workflows (its taint table, compensator/scopes.py): the plan it runs."""
+    from dataclasses import replace
+
+    from wakeline.compensator import scopes
+    from wakeline.infra.db import connect
+
+    with connect(url) as conn, conn.cursor() as cur:
+        extra = scopes.tainted_of(cur, scopes.taint_origin(quarantine))
+    return replace(scope, tainted=scope.tainted | extra)
 
 
 def _ledger(dsn: str | None, injected: Any) -> Any:
@@ -174,6 +190,59 @@ def _print(report: dict[str, Any]) -> None:
             f"({bad['error']}): the plan may miss a call",
             err=True,
         )
+
+
+@workflow.command("impact")
+@click.argument("event_ids", nargs=-1, required=True)
+@click.option(
+    "--handlers",
+    "handler_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Python module declaring compensating actions (repeatable, or comma-separated).",
+)
+@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def impact_cmd(
+    event_ids: tuple[str, ...], handler_modules: tuple[str, ...], dsn: str | None, as_json: bool
+) -> None:
+    """Print what `wakeline quarantine --tainted --events EVENT_IDS` would stop and undo: the
+    calls that causally depend on the events (through parent_event_ids, across workflows, as
+    far as the compensator has read them), the workflows the SDK would refuse, and each
+    call's step, without running anything."""
+    from wakeline.cli.ledger import _dsn
+    from wakeline.cli.main import emit_json, run_guarded
+    from wakeline.compensator import scopes
+    from wakeline.compensator.registry import CompensationRegistry, load_handlers
+    from wakeline.infra.settings import KafkaSettings
+
+    ids = [e.strip() for raw in event_ids for e in raw.split(",") if e.strip()]
+    names = [m for raw in handler_modules for m in raw.split(",") if m.strip()]
+    handlers = load_handlers(names).handlers if names else CompensationRegistry()
+    url = run_guarded(lambda: _dsn(dsn))
+    topic = run_guarded(KafkaSettings.from_env).topics.events
+    report = run_guarded(lambda: scopes.impact(url, topic, ids, handlers))
+    if as_json:
+        emit_json(report)
+        return
+    calls = report["calls"]
+    counts = {a: sum(c["action"] == a for c in calls) for a in ("compensate", "escalate")}
+    click.echo(
+        f"dry run, nothing is executed: a taint quarantine of {len(ids)} event(s) reaches "
+        f"{report['tainted_events']} event(s) in {len(report['workflows'])} workflow(s): "
+        f"{counts['compensate']} call(s) to compensate, {counts['escalate']} to escalate, "
+        f"{len(calls) - sum(counts.values())} to skip"
+    )
+    if not names:
+        click.echo("no --handlers: every call needing a compensating action shows as escalated")
+    for wid in report["workflows"]:
+        click.echo(f"workflow {wid}: stopped (the SDK refuses its calls)")
+        for c in (c for c in calls if c["workflow_id"] == wid):
+            what = (
+                c["tool"] if c["action"] != "compensate" else f"{c['tool']} -> {c['compensation']}"
+            )
+            click.echo(f"  {c['action']:<10} {what}  (intent {c['intent_id']})")
+            click.echo(f"             {c['why']}")
 
 
 # ------------------------------------------------------------------------------ list, show

@@ -25,7 +25,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from wakeline.compensator import report as reports
-from wakeline.compensator.plan import Scope, Step, build_plan, supersedes
+from wakeline.compensator import scopes
+from wakeline.compensator.plan import Step, build_plan, supersedes
 from wakeline.compensator.processor import (
     AGENT,
     decode_frames,
@@ -117,6 +118,10 @@ class Executor:
         #: counters for tests and metrics
         self.attempts = 0
         self.escalations = 0
+        self.fanouts_sent = 0
+        self._swept = 0.0
+        #: plan -> why its next action waits (logged when it changes)
+        self._waiting: dict[str, str] = {}
 
     # -- partitions (called by the processor) --------------------------------------------
     def assigned(self, epochs: Mapping[int, int]) -> None:
@@ -178,6 +183,11 @@ class Executor:
                     continue
                 self._inflight.add(qid)
             self._pool.submit(self._run_plan_guarded, qid, partition)
+        if epochs and time.monotonic() - self._swept >= 1.0:
+            self._swept = time.monotonic()
+            with self.store.transaction() as cur:
+                scopes.sweep(cur, self.topics.events, list(epochs), self.decode)
+        self._publish_fanouts(epochs)
         self._publish_tasks(epochs)
         if self.notifier is not None:
             self._notify(epochs)
@@ -213,6 +223,8 @@ class Executor:
             action = todo[0]
             if action.waiting or (action.state == "running" and action.lease_live):
                 return  # a backoff, or another process's attempt: look again later
+            if action.state == "pending" and self._waits(qid, action.intent_id):
+                return  # children first, across workflows: look again on the next tick
             lease = self.store.lease(
                 qid,
                 action.intent_id,
@@ -499,10 +511,12 @@ class Executor:
         with self.store.transaction() as cur:
             done = self.store.compensated_intents(cur, workflow_key(ctx.quarantine["workflow_id"]))
         done -= {a.intent_id for a in actions}  # this plan's own: the report tells how
+        with self.store.statement() as cur:
+            scope = scopes.plan_scope(cur, ctx.quarantine)
         steps = build_plan(
             tool_events(ctx.events),
             self.handlers,
-            scope=Scope.of(ctx.quarantine),
+            scope=scope,
             now_us=now_us,
             compensated=done,
         )
@@ -536,6 +550,48 @@ class Executor:
                 self.store.refresh_plan_task(cur, task)
         log.warning("compensator: plan finished quarantine=%s: %s", qid, report.title)
         self.wake()
+
+    def _waits(self, qid: str, intent_id: str) -> bool:
+        """Whether an action must wait for the compensations of calls depending on it (in
+        any workflow: compensator/scopes.py), logged once per plan and reason."""
+        young_after_us = int((time.time() - self.settings.unknown_grace_s) * 1_000_000)
+        with self.store.statement() as cur:
+            why = scopes.waits_for(cur, self.topics.events, qid, intent_id, young_after_us)
+        if why is None:
+            return False
+        with self._lock:
+            said = self._waiting.get(qid)
+            self._waiting[qid] = why
+        if said != why:
+            log.info("compensator: plan %s waits before undoing %s: %s", qid, intent_id, why)
+        return True
+
+    def _publish_fanouts(self, epochs: Mapping[int, int]) -> None:
+        """Produce the fan-out outbox of the origins on our partitions (each child on its
+        workflow's partition), then mark the rows the broker acknowledged as sent."""
+        if not epochs:
+            return
+        while not self._stop.is_set():
+            with self.store.statement() as cur:
+                rows = scopes.unsent(cur, list(epochs))
+            if not rows:
+                return
+            outs, ids = [], []
+            for event_id, key, value in rows:
+                event = self.decode(value)
+                outs.append(Output(self.topics.events, value, key, cloudevents_headers(event)))
+                ids.append(event_id)
+            refused = deliver(self.producer, outs, timeout=30)
+            bad = set()
+            for out, why in refused:
+                log.error("fan-out refused by the broker key=%r: %s", out.key, why)
+                bad.add(out.key)
+            sent = [i for i, o in zip(ids, outs, strict=True) if o.key not in bad]
+            with self.store.transaction() as cur:
+                scopes.mark_sent(cur, sent)
+            if refused:
+                return  # the next tick tries again
+            self.fanouts_sent += len(sent)
 
     def _publish_tasks(self, epochs: Mapping[int, int]) -> None:
         tasks = self.store.unpublished_tasks(epochs)

@@ -96,34 +96,64 @@ def _envelope(type_name: str, workflow_id: str, run_id: str, by: str) -> dict[st
 
 def quarantine(
     kafka: KafkaSettings,
-    workflow_id: str,
+    workflow_id: str | None,
     *,
     reason: str,
     by: str | None = None,
     run_id: str | None = None,
     tainted: Sequence[str] = (),
+    agent: str | None = None,
+    since_us: int | None = None,
+    boundary: str | None = None,
     alert_id: str | None = None,
     after_event_id: str | None = None,
     timeout_s: float = 15.0,
 ) -> dict[str, Any]:
-    """Write a `Quarantine` of the workflow (scope `run` with `run_id`, `tainted` with
-    `tainted`, else `workflow`; `after_event_id` with `run_id`: a rollback, only the run's
-    calls after that WorkflowSnapshot are undone, compensator/rollback.py); returns the
-    event, its id, partition and offset."""
-    workflow_id = _text("workflow id", workflow_id, limit=MAX_ID_BYTES)
+    """Write a `Quarantine`; returns the event, its id, partition and offset. One scope:
+    `run` with `run_id`; `tainted` with `tainted` (every call depending on those events,
+    in any workflow); `agent` with `agent` (what it did since `since_us`, and the agent is
+    refused everywhere); `boundary` with `boundary`; else `workflow`. The three that span
+    workflows need no workflow: the event is then written as workflow `agent:<id>`,
+    `boundary:<b>` or `taint:<first event>`, and the compensator fans it out (one
+    Quarantine per workflow it reaches, compensator/scopes.py). `after_event_id` with
+    `run_id` is a rollback: only the run's calls after that WorkflowSnapshot are undone
+    (compensator/rollback.py)."""
     reason = _text("reason", reason)
     by = _text("by", by if by is not None else operator_identity())
     tainted = [_text("tainted event id", t) for t in tainted]
-    if run_id is not None and tainted:
-        raise OperatorError("give --run or --tainted, not both: a quarantine has one scope")
+    given = [n for n, v in (("--run", run_id), ("--tainted", tainted), ("--agent", agent),
+                            ("--boundary", boundary)) if v]  # fmt: skip
+    if len(given) > 1:
+        raise OperatorError(f"give one of {', '.join(given)}: a quarantine has one scope")
+    if since_us is not None and agent is None:
+        raise OperatorError("--since goes with --agent")
+    target = None
     if after_event_id is not None and run_id is None:
         raise OperatorError("a rollback (after_event_id) quarantines one run: give its run id")
     if run_id is not None:
         scope, run = "run", _text("run id", run_id)
     else:
         scope, run = ("tainted" if tainted else "workflow"), str(uuid.uuid4())
+    if agent is not None:
+        scope, target = "agent", _text("agent id", agent, limit=MAX_ID_BYTES - 10)
+    elif boundary is not None:
+        scope, target = "boundary", _text("boundary", boundary, limit=MAX_ID_BYTES - 10)
+    if workflow_id is None:
+        if scope in ("agent", "boundary"):
+            workflow_id = f"{scope}:{target}"
+        elif scope == "tainted":
+            workflow_id = f"taint:{tainted[0]}"
+        else:
+            raise OperatorError(
+                "a workflow id is needed, unless the scope spans workflows "
+                "(--agent, --boundary or --tainted with --events)"
+            )
+    workflow_id = _text("workflow id", workflow_id, limit=MAX_ID_BYTES)
     event = _envelope("Quarantine", workflow_id, run, by)
-    event.update(scope=scope, reason=reason, by=by, alert_id=alert_id, tainted_event_ids=tainted)
+    event.update(
+        scope=scope, reason=reason, by=by, alert_id=alert_id, tainted_event_ids=tainted,
+        target=target, since=since_us if scope == "agent" else None,
+    )  # fmt: skip
     if after_event_id is not None:
         event["after_event_id"] = _text("checkpoint event id", after_event_id)
     return {"event": event, **_produce(kafka, event, timeout_s)}

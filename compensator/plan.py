@@ -40,7 +40,7 @@ from wakeline.compensator.registry import CompensationRegistry, CompensationRequ
 from wakeline.schemas import rfc3339_micros
 
 Action = Literal["compensate", "skip", "escalate"]
-ScopeKind = Literal["workflow", "run", "tainted"]
+ScopeKind = Literal["workflow", "run", "tainted", "agent", "boundary"]
 
 _TIMEOUT = re.compile(r"time[_ ]?out", re.IGNORECASE)
 _DONE = ("ok", "skipped")  # CompensationResult statuses meaning "undone"
@@ -49,7 +49,8 @@ _MAX_QUOTE = 200
 
 @dataclass(frozen=True)
 class Scope:
-    """Which calls a quarantine covers: every run, one run, or what descends from events."""
+    """Which calls a quarantine covers: every run, one run, what descends from events, the
+    calls of one agent since a time, or the calls in one boundary."""
 
     kind: ScopeKind = "workflow"
     run_id: str | None = None
@@ -57,21 +58,35 @@ class Scope:
     quarantine_id: str | None = None
     #: a rollback: only calls after this event (a WorkflowSnapshot) count (`after_checkpoint`)
     after_event_id: str | None = None
+    #: scope agent: the agent id; scope boundary: the boundary
+    target: str | None = None
+    #: scope agent: calls from this time on (microseconds), None: all of them
+    since: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "run" and not self.run_id:
             raise ValueError("a run scope needs a run_id")
+        if self.kind in ("agent", "boundary") and not self.target:
+            raise ValueError(f"an {self.kind} scope needs a target")
 
     @classmethod
     def of(cls, quarantine: Mapping[str, Any]) -> Scope:
-        """The scope of a decoded `Quarantine` event."""
+        """The scope of a decoded `Quarantine` event (an agent or boundary scope without a
+        target reads as `workflow`: it stops more, never less)."""
         kind = quarantine.get("scope", "workflow")
+        target = quarantine.get("target")
+        if kind not in ("run", "tainted", "agent", "boundary") or (
+            kind in ("agent", "boundary") and not target
+        ):
+            kind = "workflow"
         return cls(
-            kind=kind if kind in ("run", "tainted") else "workflow",
+            kind=kind,
             run_id=quarantine.get("run_id") if kind == "run" else None,
             tainted=frozenset(quarantine.get("tainted_event_ids") or ()),
             quarantine_id=quarantine.get("event_id"),
             after_event_id=quarantine.get("after_event_id"),
+            target=target if kind in ("agent", "boundary") else None,
+            since=quarantine.get("since") if kind == "agent" else None,
         )
 
     def describe(self) -> str:
@@ -81,6 +96,11 @@ class Scope:
             return f"run {self.run_id}"
         if self.kind == "tainted":
             return f"calls descending from {len(self.tainted)} tainted event(s)"
+        if self.kind == "agent":
+            since = "" if self.since is None else f" since {rfc3339_micros(self.since)}"
+            return f"calls of agent {self.target}{since}"
+        if self.kind == "boundary":
+            return f"calls in boundary {self.target}"
         return "every run of the workflow"
 
 
@@ -236,6 +256,12 @@ def _in_scope(event: Mapping[str, Any], scope: Scope, tainted: set[str]) -> bool
         return True
     if scope.kind == "run":
         return event.get("run_id") == scope.run_id
+    if scope.kind == "agent":
+        return event.get("agent_id") == scope.target and int(event.get("time") or 0) >= (
+            scope.since or 0
+        )
+    if scope.kind == "boundary":
+        return event.get("boundary") == scope.target
     if event["event_id"] in tainted or tainted.intersection(event.get("parent_event_ids") or ()):
         tainted.add(event["event_id"])
         return True

@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import blake3
 
+from wakeline.compensator import scopes
 from wakeline.compensator.plan import Scope, Step, build_plan
 from wakeline.compensator.registry import (
     CompensationRegistry,
@@ -62,7 +63,7 @@ _MISPLACED = (
     "workflow's partition (write it keyed by the workflow id, as the SDK and `wakeline "
     "quarantine` do)"
 )
-_SCOPE_WIDTH = {"run": 0, "tainted": 1, "workflow": 2}
+_SCOPE_WIDTH = {"run": 0, "tainted": 1, "agent": 1, "boundary": 1, "workflow": 2}
 
 
 def task_id(quarantine_id: str, kind: str, intent_id: str | None) -> str:
@@ -106,6 +107,8 @@ class _Batch:
 @dataclass
 class _Republish:
     plans: list[Plan]
+    #: (gate key, frame) of the agent and boundary quarantines in force (compensator/scopes.py)
+    gates: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 class CompensatorProcessor:
@@ -140,6 +143,8 @@ class CompensatorProcessor:
         self.wait_for_sink: Callable[[], None] = lambda: None
         #: the sink's round stored or changed a plan, an action or a task: wake the executor
         self._plans_touched = False
+        #: the active origins (compensator/scopes.py), re-read every second at most
+        self._origins = scopes.ActiveOrigins()
         #: plans started, duplicates ignored, records sent to the DLQ (for tests and metrics)
         self.plans_started = 0
         self.duplicates = 0
@@ -151,10 +156,11 @@ class CompensatorProcessor:
         self.epochs.update(epochs)
         with self.store.transaction() as cur:
             plans = self.store.active_plans(cur, partitions=partitions)
+            gates = scopes.active_gates(cur, self.topics.events, partitions)
         self.executor.assigned(epochs)
         # republish what is in force: a crash between storing a quarantine and publishing
         # it must not leave SDK gates open
-        works: list[Any] = [_Republish(plans)] if plans else []
+        works: list[Any] = [_Republish(plans, gates)] if plans or gates else []
         return Assigned(dict.fromkeys(partitions, COMMITTED), works)
 
     def revoke(self, partitions: list[int]) -> None:
@@ -192,6 +198,7 @@ class CompensatorProcessor:
         for w in works:
             if isinstance(w, _Republish):
                 outputs = [self._quarantine_output(p.workflow_key, p.value) for p in w.plans]
+                outputs += [self._quarantine_output(k, v) for k, v in w.gates]
                 out.append(Applied(w, [o for o in outputs if o is not None], {}))
             else:
                 batches.append(w)
@@ -232,6 +239,7 @@ class CompensatorProcessor:
         changed: set[bytes] = set()
         with self.store.transaction() as cur:
             self.store.check_epochs(cur, epochs)
+            origins = self._origins.get(cur, self.topics.events)  # before the round's writes
             rows = []
             for b in batches:
                 for r, e, _ in b.items:
@@ -248,6 +256,12 @@ class CompensatorProcessor:
                             )
                         )
             self.store.insert_events(cur, rows)
+            edges, new_calls = scopes.index_events(
+                cur,
+                self.topics.events,
+                ((b.partition, e) for b in batches for r, e, _ in b.items
+                 if e is not None and "event_id" in e and not _misplaced(r, e)),
+            )  # fmt: skip
             calls = {row[2] for row in rows if row[4] in ("ToolIntent", "ToolResult")}
             active = self.store.quarantined(cur, calls)
             for b in batches:
@@ -267,6 +281,9 @@ class CompensatorProcessor:
                         active.add(key)
                     elif kind == "Release":
                         out += self._on_release(cur, e)
+                        gates = scopes.on_release(cur, self.topics.events, e, key)
+                        out += [Output(self.topics.quarantines, None, g) for g in gates]
+                        self._origins.invalidate()
                     elif kind == "CompensationResult":
                         self._on_result_event(cur, e)
                     elif kind in ("ToolIntent", "ToolResult") and key in active:
@@ -274,6 +291,14 @@ class CompensatorProcessor:
                     else:
                         continue
                     self._plans_touched = True
+            added, grew = scopes.join_late(
+                cur, edges, new_calls, self.decode, origins, self.topics.events
+            )
+            if added:
+                self._plans_touched = True  # fan-outs to produce: wake the executor
+            # a workflow reached already whose taint grew (its event came first, its tainted
+            # parent in another workflow later): its plans are computed again
+            changed |= self.store.quarantined(cur, grew)
             for key in changed:
                 for plan in self.store.active_plans(cur, key=key):
                     self._replan(cur, plan)
@@ -305,7 +330,22 @@ class CompensatorProcessor:
         existing = self.store.plan(cur, qid)
         if existing is not None:  # this very Quarantine again (a redelivery, a redo)
             return [own] if existing.state != "released" and own is not None else []
-        scope = Scope.of(q)
+        gate: list[Output] = []
+        gkey = scopes.gate_key(q) if scopes.is_origin(q) else None  # children: their workflow
+        if gkey is not None and r.value is not None:
+            gate = [Output(self.topics.quarantines, r.value, gkey)]
+        if scopes.is_origin(q) and r.value is not None:
+            # it spans workflows: record it and fan it out (compensator/scopes.py); again
+            # (a redelivery, a redo) it changes nothing and is published again
+            if scopes.on_origin(cur, self.topics.events, q, r.partition, r.value):
+                self._origins.invalidate()
+            elif not self._origin_active(cur, qid):
+                return []  # released meanwhile
+            if scopes.is_pseudo(q["workflow_id"]):
+                # no workflow of its own, nothing to plan; its own key shows it is in force
+                # (`wakeline quarantine --wait`, `wakeline release taint:<event>`)
+                return gate or ([own] if own is not None else [])
+        scope = scopes.plan_scope(cur, q)
         active = self.store.active_plans(cur, key=key)
         for plan in active:
             other = Scope.of(self.decode(plan.value)) if plan.value else None
@@ -317,7 +357,7 @@ class CompensatorProcessor:
                     qid,
                     plan.quarantine_id,
                 )
-                return []
+                return gate
         steps, events, positions = self._plan_steps(cur, key, scope)
         self.store.insert_plan(
             cur,
@@ -341,7 +381,8 @@ class CompensatorProcessor:
             (_SCOPE_WIDTH.get(Scope.of(self.decode(p.value)).kind, 2) for p in active if p.value),
             default=-1,
         )
-        return [own] if own is not None and _SCOPE_WIDTH[scope.kind] >= widest else []
+        publish = own is not None and _SCOPE_WIDTH[scope.kind] >= widest
+        return gate + ([own] if publish and own is not None else [])
 
     def _plan_steps(
         self, cur: Any, key: bytes, scope: Scope
@@ -391,9 +432,17 @@ class CompensatorProcessor:
         if plan.value is None:
             return
         q = self.decode(plan.value)
-        steps, events, positions = self._plan_steps(cur, plan.workflow_key, Scope.of(q))
+        steps, events, positions = self._plan_steps(
+            cur, plan.workflow_key, scopes.plan_scope(cur, q)
+        )
         self.store.set_steps(cur, plan.quarantine_id, [s.to_json() for s in steps])
         self._store_steps(cur, q, plan.partition, steps, events, positions)
+
+    def _origin_active(self, cur: Any, qid: str) -> bool:
+        cur.execute(
+            "SELECT 1 FROM compensator_origins WHERE origin_id = %s AND state = 'active'", (qid,)
+        )
+        return cur.fetchone() is not None
 
     def _on_release(self, cur: Any, e: dict[str, Any]) -> list[Output]:
         key = workflow_key(e["workflow_id"])
@@ -473,4 +522,10 @@ def _covers(active: Scope, new: Scope) -> bool:
         return False  # a rollback covers only what comes after its checkpoint
     if active.kind == "run":
         return new.kind == "run" and new.run_id == active.run_id
+    if active.kind in ("agent", "boundary"):
+        return (
+            new.kind == active.kind
+            and new.target == active.target
+            and (new.since or 0) >= (active.since or 0)
+        )
     return new.kind == "tainted" and new.tainted <= active.tainted

@@ -344,7 +344,12 @@ class CompensatorStore:
         return cur.rowcount
 
     def finish_plan(self, quarantine_id: str) -> bool:
-        """running -> done once no action is left to run; True if it changed now."""
+        """running -> done once no action is left to run; True if it changed now.
+
+        A late call may join the plan meanwhile: the processor locks the plan's row before it
+        adds actions (`insert_actions`), so this UPDATE waits for that transaction, but its
+        NOT EXISTS was read before that commit. The second statement, which reads after it,
+        reopens the plan then (the processor's own reopen found it still running)."""
         with self.statement() as cur:
             cur.execute(
                 "UPDATE compensator_plans SET state = 'done', finished_at = now() "
@@ -353,7 +358,16 @@ class CompensatorStore:
                 "('pending', 'running'))",
                 (quarantine_id, quarantine_id),
             )
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            cur.execute(
+                "UPDATE compensator_plans SET state = 'running', finished_at = NULL "
+                "WHERE quarantine_id = %s AND state = 'done' AND EXISTS (SELECT 1 FROM "
+                "compensator_actions a WHERE a.quarantine_id = %s AND a.state IN "
+                "('pending', 'running'))",
+                (quarantine_id, quarantine_id),
+            )
+            return cur.rowcount == 0
 
     # -- actions ----------------------------------------------------------------------------
     def insert_actions(
@@ -362,6 +376,11 @@ class CompensatorStore:
         """Add the plan's actions not yet there (seq continues after the last); how many."""
         if not actions:
             return 0
+        # the plan's row first: a `finish_plan` under way waits for this transaction
+        cur.execute(
+            "SELECT 1 FROM compensator_plans WHERE quarantine_id = %s FOR UPDATE",
+            (quarantine_id,),
+        )
         cur.execute(
             "SELECT coalesce(max(seq) + 1, 0) FROM compensator_actions WHERE quarantine_id = %s",
             (quarantine_id,),

@@ -17,6 +17,7 @@ unset, the defaults below apply). Every key is optional:
 
     [actions]                       # what an incident of a rule does
     repeat = "quarantine-workflow"  # alert | quarantine-workflow | quarantine-run
+                                    # | quarantine-agent (every workflow of the agent)
 
 `DetectionRules.rule(name, tool=..., agent=...)` gives a rule's settings for one call: the
 defaults, overridden by the file's `[rules.NAME]`, then by its tool's, then by its agent's
@@ -38,7 +39,7 @@ from typing import Any
 from wakeline.errors import ConfigError
 from wakeline.infra.settings import Variable, declare, path
 
-ACTIONS = ("alert", "quarantine-workflow", "quarantine-run")
+ACTIONS = ("alert", "quarantine-workflow", "quarantine-run", "quarantine-agent")
 PER = ("workflow", "agent")
 
 

@@ -3,10 +3,14 @@
 One incident -> one `Alert` (schemas/Alert.avsc), produced twice: on `<prefix>alerts` (what
 operators and `wakeline tail --alerts` follow) and on the workflow's partition of
 `<prefix>events`, keyed by the workflow id, so it is ledgered with the events it is about.
-When the rule's action (`DetectionRules.action`, `docs/detection.md`) is `quarantine-workflow`
-or `quarantine-run`, a `Quarantine` follows on the same partition of `<prefix>events`, its
-`alert_id` the alert's event id, `by` = `wakeline-detector/<rule>`, its reason the alert's
-detail; the compensator takes it from there like any other quarantine.
+When the rule's action (`DetectionRules.action`, `docs/detection.md`) is `quarantine-workflow`,
+`quarantine-run` or `quarantine-agent`, a `Quarantine` follows on the same partition of
+`<prefix>events`, its `alert_id` the alert's event id, `by` = `wakeline-detector/<rule>`, its
+reason the alert's detail; the compensator takes it from there like any other quarantine.
+`quarantine-agent` quarantines the agent the incident names (its `agent` attribute) since the
+rule's window began: every workflow it acted in since then is stopped and undone, and the
+agent is refused everywhere until released (compensator/scopes.py); an incident naming no
+agent quarantines the workflow instead.
 
 `incident_outputs` is the one function every detector calls; it returns runner `Output`s
 (processors/stream.py), so the runner produces them and commits only once they are delivered.
@@ -31,7 +35,7 @@ DETECTOR_AGENT = "wakeline-detector"
 #: kinds of Alert.avsc the detectors use
 KINDS = ("runaway_loop", "race")
 #: action -> Quarantine scope
-SCOPES = {"quarantine-workflow": "workflow", "quarantine-run": "run"}
+SCOPES = {"quarantine-workflow": "workflow", "quarantine-run": "run", "quarantine-agent": "agent"}
 #: the most evidence ids one alert lists (the attributes carry the counts)
 MAX_RELATED = 50
 
@@ -99,7 +103,11 @@ def incident_outputs(
         related_event_ids=related,
         attributes={**attrs, "action": action if scope else "alert"},
     )
-    return alert_outputs(alert, topics=topics, scope=scope, partition=partition)
+    since_us = None
+    if scope == "agent":  # what the agent did since the rule's window began
+        window = rules.rule(rule, agent=attrs.get("agent")).window_s
+        since_us = int(alert["time"] - window * 1_000_000)
+    return alert_outputs(alert, topics=topics, scope=scope, partition=partition, since_us=since_us)
 
 
 def alert_outputs(
@@ -108,6 +116,7 @@ def alert_outputs(
     topics: Topics,
     scope: str | None = None,
     partition: int | None = None,
+    since_us: int | None = None,
 ) -> list[Output]:
     """An Alert event's outputs: on the alerts topic and on its workflow's partition of the
     events topic, then, when `scope` is a quarantine scope (workflow, run), a Quarantine of
@@ -121,6 +130,10 @@ def alert_outputs(
         Output(topics.alerts, value, key, headers, tag=("alert", alert["event_id"])),
         Output(events, value, key, headers, partition, tag=("alert", alert["event_id"])),
     ]
+    target = None
+    if scope == "agent":
+        target = (alert.get("attributes") or {}).get("agent") or None
+        scope = "agent" if target else "workflow"
     if scope is not None:
         q = _envelope("Quarantine", rule, alert)
         q.update(
@@ -130,6 +143,8 @@ def alert_outputs(
             by=f"{DETECTOR_AGENT}/{rule}",
             alert_id=alert["event_id"],
             tainted_event_ids=[],
+            target=target,
+            since=since_us if target else None,
         )
         out.append(
             Output(events, encode_event(q), key, cloudevents_headers(q), partition,

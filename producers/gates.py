@@ -662,9 +662,19 @@ class QuarantineGate:
     # -- the Gate protocol ----------------------------------------------------------------
     def decide(self, call: GateCall) -> Verdict | None:
         q = self.check(call.workflow_id, call.run_id)
+        what = f"workflow {call.workflow_id}"
+        if q is None:
+            # an agent or a boundary quarantined everywhere (compensator/scopes.py): the
+            # compensator keys them `agent:<id>` / `boundary:<b>` on the same topic
+            for kind, value in (("agent", call.agent_id), ("boundary", call.boundary)):
+                if value:
+                    q = self.reader.get(f"{kind}:{value}".encode("utf-8", "surrogatepass"))
+                    if q is not None:
+                        what = f"{kind} {value}"
+                        break
         if q is None:
             return None
-        why = f"workflow {call.workflow_id} is quarantined by {q.by}: {q.reason}"
+        why = f"{what} is quarantined by {q.by}: {q.reason}"
         return Verdict.refuse(WorkflowQuarantined(why), PolicyDecision("deny", why, self.name))
 
     # -- state ----------------------------------------------------------------------------

@@ -174,7 +174,10 @@ NO_BROKER = KafkaSettings(bootstrap="127.0.0.1:9")
         ("wf-1", {"reason": " "}, "reason is required"),
         ("wf-1", {"reason": "a\x00b"}, "NUL"),
         ("wf-1", {"reason": "r", "by": ""}, "by is required"),
-        ("wf-1", {"reason": "r", "run_id": "r1", "tainted": ["e"]}, "not both"),
+        ("wf-1", {"reason": "r", "run_id": "r1", "tainted": ["e"]}, "one scope"),
+        (None, {"reason": "r", "agent": "a", "boundary": "b"}, "one scope"),
+        ("wf-1", {"reason": "r", "since_us": 1}, "--since goes with --agent"),
+        (None, {"reason": "r"}, "a workflow id is needed"),
         ("wf-1", {"reason": "r", "tainted": [""]}, "tainted event id is required"),
     ],
 )
@@ -193,3 +196,29 @@ def test_the_commands_exit_2_on_bad_input(monkeypatch: pytest.MonkeyPatch) -> No
     assert got.exit_code == 2 and "--reason" in got.output
     got = CliRunner().invoke(cli, ["release", "wf-1", "--reason", ""])
     assert got.exit_code == 2 and "reason is required" in got.output
+
+
+def test_scope_options_exit_2_on_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAKELINE_BOOTSTRAP", "127.0.0.1:9")
+    run = CliRunner().invoke
+    got = run(cli, ["quarantine", "--tainted", "--reason", "r"])
+    assert got.exit_code == 2 and "--tainted needs --events" in got.output
+    got = run(cli, ["quarantine", "--agent", "a", "--since", "yesterday", "--reason", "r"])
+    assert got.exit_code == 2 and "neither RFC 3339" in got.output
+    got = run(
+        cli, ["quarantine", "--agent", "a", "--since", "2026-01-31T12:00:00", "--reason", "r"]
+    )
+    assert got.exit_code == 2 and "no time zone" in got.output
+    got = run(cli, ["release", "--agent", "a", "--boundary", "b"])
+    assert got.exit_code == 2 and "give one of" in got.output
+
+
+def test_since_is_rfc_3339_or_an_age() -> None:
+    import time
+
+    from wakeline.cli.operator import _since_us
+
+    assert _since_us("2026-01-31T12:00:00Z") == 1_769_860_800_000_000
+    assert _since_us("2026-01-31T13:00:00+01:00") == 1_769_860_800_000_000
+    age = time.time() * 1_000_000 - _since_us("2h")
+    assert 7_199_000_000 < age < 7_260_000_000  # two hours ago, give or take a stall

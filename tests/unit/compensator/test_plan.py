@@ -301,3 +301,25 @@ def test_steps_serialise_for_machines() -> None:
     got = only(plan(ev)).to_json()
     assert got["action"] == "compensate" and got["intent_id"] == i["event_id"]
     assert got["idempotency_key"].startswith("wl-") and got["attempt"] == 1
+
+
+def test_agent_scope_takes_the_agents_calls_since_its_time_and_boundary_scope_its_calls() -> None:
+    ev = Events()
+    before = ev.call()  # the agent's, but before `since`
+    mine = ev.call()
+    other = ev.call()
+    other["agent_id"] = "careful-bot"
+    walled = ev.call()
+    walled["boundary"] = "tenant-a"
+    since = mine["time"]
+    scope = Scope.of({"event_id": "q", "scope": "agent", "target": "billing-bot", "since": since})
+    assert (scope.kind, scope.target, scope.since) == ("agent", "billing-bot", since)
+    assert [s.intent_id for s in plan(ev, scope=scope)] == [walled["event_id"], mine["event_id"]]
+    assert before["event_id"] not in {s.intent_id for s in plan(ev, scope=scope)}
+    scope = Scope.of({"event_id": "q", "scope": "boundary", "target": "tenant-a"})
+    assert [s.intent_id for s in plan(ev, scope=scope)] == [walled["event_id"]]
+    assert scope.describe() == "calls in boundary tenant-a"
+    # without a target it stops more, never less: the whole workflow
+    assert Scope.of({"event_id": "q", "scope": "agent", "target": None}).kind == "workflow"
+    with pytest.raises(ValueError, match="target"):
+        Scope("boundary")

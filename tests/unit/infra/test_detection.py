@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from wakeline.errors import ConfigError
-from wakeline.infra.detection import RULES, DetectionRules
+from wakeline.infra.detection import ACTIONS, RULES, DetectionRules
 
 
 def test_defaults_cover_every_rule() -> None:
     rules = DetectionRules()
     for name in RULES:
         assert rules.rule(name).enabled
-        assert rules.action(name) in ("alert", "quarantine-workflow", "quarantine-run")
+        assert rules.action(name) in ACTIONS
     assert rules.action("repeat_read") == "alert"  # reads are never quarantined by default
 
 

@@ -271,3 +271,14 @@ def test_near_duplicates_differ_only_in_volatile_fields(volatile: list[str]) -> 
     both = ["request_id", "meta.at"]
     assert _digest_without(a, both) == _digest_without(b, both) != _digest_without(c, both)
     assert _digest_without(a, volatile) != _digest_without(b, volatile)
+
+
+def test_quarantine_agent_action_quarantines_the_looping_agent_since_the_window() -> None:
+    s = Stream(DetectionRules.parse('[actions]\nrepeat = "quarantine-agent"'))
+    for i in range(5):
+        s.call("stripe.charge", CHARGE, t=i * 0.5, agent="billing-bot")
+    (alert,) = s.alerts()
+    (q,) = s.quarantines()
+    assert q["scope"] == "agent" and q["target"] == "billing-bot"
+    assert q["since"] == alert["time"] - 10_000_000  # the rule's window_s before the alert
+    assert q["workflow_id"] == "wf-1" and q["origin_id"] is None  # the compensator fans out

@@ -140,3 +140,25 @@ def test_a_run_scoped_quarantine_stops_only_that_run():
     assert gate.check("wf-q", "run-good") is None
     gate.apply(b"wf-q", _event("Quarantine", scope="tainted", run_id="run-bad", reason="r", by="b"))
     assert gate.check("wf-q", "run-good") is not None  # tainted: every run, fail closed
+
+
+def _gate_call(workflow_id: str, agent_id: str, boundary: str | None):
+    from wakeline.producers import ToolSpec
+    from wakeline.producers.gates import GateCall
+
+    spec = ToolSpec("kv.put", reversibility="reversible", impact="low", compensation="kv.undo")
+    return GateCall(spec, {}, "{}", b"", workflow_id, "run-1", agent_id, "p", None, boundary,
+                    lambda text: text)  # fmt: skip
+
+
+def test_agent_and_boundary_keys_refuse_calls_in_every_workflow_until_tombstoned():
+    gate = QuarantineGate.offline()
+    q = _event("Quarantine", scope="agent", target="researcher", reason="injected", by="ops")
+    gate.apply(b"agent:researcher", q)
+    gate.apply(b"boundary:tenant-a", _event("Quarantine", scope="boundary", reason="r", by="b"))
+    refused = gate.decide(_gate_call("wf-new", "researcher", None))
+    assert refused is not None and "agent researcher is quarantined by ops" in str(refused)
+    assert gate.decide(_gate_call("wf-new", "billing", "tenant-a")) is not None
+    assert gate.decide(_gate_call("wf-new", "billing", "tenant-b")) is None
+    gate.apply(b"agent:researcher", None)  # a Release tombstones the key
+    assert gate.decide(_gate_call("wf-new", "researcher", None)) is None
