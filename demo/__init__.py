@@ -8,15 +8,16 @@ The demo then signs a checkpoint, reads the audit trail back, verifies the whole
 proves one event's inclusion the way a third party would, and finally shows that changing one
 byte of an exported bundle (the charged amount) is caught and located by `ledger-verify`.
 
-Then (demo/compensation.py) a second agent acts on the example outside world, is
-quarantined, and the compensator undoes its calls newest first (the CRM record restored, the
-charge refunded) and escalates what it cannot undo (a delivered e-mail) with an incident
-report; the world's tables are checked. Then (demo/detection.py) the worker's detectors
-catch a charge re-issued through two agent processes (quarantined, refunded) and two agents
-racing on one CRM record (alerted). Then (demo/approvals.py) a policy lets ordinary work
-through, holds a large charge until an approver signs for exactly that call, and denies an
-e-mail to an outside address. Last, the ledger, every event of every act included, is
-verified again.
+Then (demo/compensation.py) a second agent acts on the example outside world, is quarantined,
+and the compensator undoes its calls newest first (the CRM record restored, the charge
+refunded) and escalates what it cannot undo (a delivered e-mail) with an incident report; the
+world's tables are checked. Then (demo/detection.py) the worker's detectors catch a charge re-
+issued through two agent processes (quarantined, refunded) and two agents racing on one CRM
+record (alerted). Then (demo/approvals.py) a policy lets ordinary work through, holds a large
+charge until an approver signs for exactly that call, and denies an e-mail to an outside
+address. Then (demo/blast.py) a taint quarantine stops and undoes a prompt-injected agent's bad
+write and the charge another workflow made on it, and nothing else, and a workflow goes back to
+a checkpoint. Last, the ledger, every event of every act included, is verified again.
 
 Exit status is non-zero if any step does not behave: the demo is a test a person can watch.
 """
@@ -264,7 +265,12 @@ def run_demo(kafka: KafkaSettings, database: DatabaseSettings, *, console: Conso
             report["approvals"] = approvals_act(
                 kafka, database, home, out_dir, console=console, step=17
             )
-            console.rule("[bold]21. The auditor verifies the ledger again")
+            from wakeline.demo.blast import run_act as blast_act
+
+            report["blast"] = blast_act(
+                kafka, database, store, home, out_dir, console=console, step=21
+            )
+            console.rule("[bold]25. The auditor verifies the ledger again")
             again = verify_store(store, trusted_keys=[vkey])
             console.print(f"  from PostgreSQL: [bold]{again.verdict}[/] {again.stats}")
             if not again.ok:

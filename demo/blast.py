@@ -104,7 +104,8 @@ def run_act(
 
         dry = _wait(seen, 60, "the compensator's causal index to hold both workflows")
         for wf in _workflows(dry):
-            console.print(f"  would stop and undo workflow {wf}", highlight=False)
+            steps = [f"{c['action']} {c['tool']}" for c in dry["calls"] if c["workflow_id"] == wf]
+            console.print(f"  would stop workflow {wf}: {', '.join(steps)}", highlight=False)
         if wf_other in _workflows(dry):
             raise ActFailed("the impact dry run reaches the unrelated workflow")
 
@@ -161,7 +162,7 @@ def run_act(
 
 
 def _workflows(impact_report: dict[str, Any]) -> list[str]:
-    return [w.get("workflow_id") for w in impact_report.get("workflows", [])]
+    return list(impact_report.get("workflows", []))
 
 
 def _ledgered(store: Any, wf: str, event_id: str, decode: Any) -> bool:
