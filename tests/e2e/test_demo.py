@@ -36,3 +36,9 @@ def test_demo_ledgers_verifies_and_catches_the_forged_amount(
     assert detection["loop_refunds"] == 1
     assert "billing-bot called payments.charge" in detection["loop_alert"]
     assert "crm" in detection["race_alert"]
+    approvals = report["approvals"]
+    assert approvals["request_id"] and approvals["policy"]
+    assert "waits: rule large-charges" in text and "denied email.send" in text
+    blast = report["blast"]
+    assert blast["taint_quarantine_id"] and blast["rolled_back_vm"]
+    assert "untouched" in text and "TOUCHED" not in text
