@@ -50,10 +50,10 @@ soak: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
+# The demo starts the local stack itself and stops it at the end (`wakeline demo --keep`
+# leaves it running, with the demo's files, for exploring).
 demo: $(STAMP)
-	$(WL) stack up
-	$(WL) init
-	$(WL) demo
+	$(WL) demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(WL) stack up

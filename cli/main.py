@@ -189,16 +189,45 @@ def doctor(as_json: bool) -> None:
 
 @cli.command("demo")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def demo(as_json: bool) -> None:
-    """Run the end-to-end scenario on the configured stack and print what happened."""
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Leave the local stack running and the demo's files (WAKELINE_HOME/demo) for "
+    "exploring: `wakeline workflow list`, `wakeline approvals list`, `ledger-verify`.",
+)
+def demo(as_json: bool, keep: bool) -> None:
+    """Run the end-to-end scenario and print what happened: starts the local stack (and
+    creates topics and tables) if it is not running, and stops what it started at the end
+    unless --keep. A stack you started yourself, or an external one, is left as it was."""
     from wakeline.demo import run_demo
-    from wakeline.infra.settings import DatabaseSettings, KafkaSettings
+    from wakeline.devstack import stack as local
+    from wakeline.infra.provision import initialise
+    from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
 
     # with --json the story goes to stderr and only the report to stdout
     out = err_console if as_json else console
-    report = run_guarded(
-        lambda: run_demo(KafkaSettings.from_env(), DatabaseSettings.from_env(), console=out)
-    )
+    kafka, database = KafkaSettings.from_env(), DatabaseSettings.from_env()
+    stack = StackSettings.from_env()
+
+    def go() -> dict:
+        with out.status("starting the local stack...", spinner="dots"):
+            up = local.up(stack, kafka=not kafka.external, postgres=not database.external)
+        started = [n for n in ("kafka", "postgres") if (up.get(n) or {}).get("started")]
+        try:
+            initialise(kafka, database)
+            report = run_demo(kafka, database, console=out)
+        finally:
+            if started and not keep:
+                if "kafka" in started:
+                    local.stop_kafka(stack)
+                if "postgres" in started:
+                    local.stop_postgres(stack)
+                out.print(f"stopped what the demo started: {', '.join(sorted(started))}")
+        if keep:
+            out.print(f"the stack and the demo's files ({stack.home / 'demo'}) are kept")
+        return report
+
+    report = run_guarded(go)
     if as_json:
         emit_json(report)
 

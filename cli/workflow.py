@@ -20,6 +20,16 @@ import click
 
 from wakeline.errors import SchemaError, WakelineError
 
+_DSN = click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+_HANDLERS = click.option(
+    "--handlers",
+    "handler_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Python module declaring compensating actions (repeatable, or comma-separated).",
+)
+
 
 @click.group("workflow")
 def workflow() -> None:
@@ -29,15 +39,9 @@ def workflow() -> None:
 @workflow.command("plan")
 @click.argument("workflow_id")
 @click.option("--run", "run_id", help="Plan a quarantine of this run only.")
-@click.option(
-    "--handlers",
-    "handler_modules",
-    multiple=True,
-    metavar="MODULE",
-    help="Python module declaring compensating actions (repeatable, or comma-separated).",
-)
-@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_HANDLERS
+@_DSN
+@_JSON
 @click.pass_context
 def plan_cmd(
     ctx: click.Context,
@@ -194,15 +198,9 @@ def _print(report: dict[str, Any]) -> None:
 
 @workflow.command("impact")
 @click.argument("event_ids", nargs=-1, required=True)
-@click.option(
-    "--handlers",
-    "handler_modules",
-    multiple=True,
-    metavar="MODULE",
-    help="Python module declaring compensating actions (repeatable, or comma-separated).",
-)
-@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_HANDLERS
+@_DSN
+@_JSON
 def impact_cmd(
     event_ids: tuple[str, ...], handler_modules: tuple[str, ...], dsn: str | None, as_json: bool
 ) -> None:
@@ -265,8 +263,8 @@ def _context(ctx: click.Context) -> tuple[Any, str | None]:
 @workflow.command("list")
 @click.option("--quarantined", is_flag=True, help="Only workflows with a quarantine in force.")
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_DSN
+@_JSON
 @click.pass_context
 def list_cmd(
     ctx: click.Context, quarantined: bool, limit: int, dsn: str | None, as_json: bool
@@ -329,8 +327,8 @@ def format_list(rows: list[dict[str, Any]]) -> str:
 
 @workflow.command("show")
 @click.argument("workflow_id")
-@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_DSN
+@_JSON
 @click.pass_context
 def show_cmd(ctx: click.Context, workflow_id: str, dsn: str | None, as_json: bool) -> None:
     """The timeline of every call of WORKFLOW_ID (intent and policy decision, result,
@@ -488,8 +486,8 @@ def _error(item: Mapping[str, Any]) -> str:
 
 @workflow.command("checkpoints")
 @click.argument("workflow_id")
-@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_DSN
+@_JSON
 @click.pass_context
 def checkpoints_cmd(ctx: click.Context, workflow_id: str, dsn: str | None, as_json: bool) -> None:
     """The checkpoints (WorkflowSnapshot events) of WORKFLOW_ID: name, event id, time,
@@ -551,8 +549,8 @@ def checkpoints_cmd(ctx: click.Context, workflow_id: str, dsn: str | None, as_js
 )
 @click.option("--reason", help="Why (default: rollback to checkpoint NAME).")
 @click.option("--by", help="Who does it (default: $USER@hostname).")
-@click.option("--dsn", help="PostgreSQL DSN (default: WAKELINE_DSN or the local stack).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_DSN
+@_JSON
 @click.pass_context
 def rollback_cmd(
     ctx: click.Context,

@@ -110,6 +110,22 @@ def world(fresh_dsn: str) -> World:
     return w
 
 
+#: the example world's tools and the compensating action of each
+UNDO = {"payments.charge": "payments.refund", "crm.update": "crm.restore",
+        "inventory.reserve": "inventory.release", "cloud.create_vm": "cloud.delete_vm"}  # fmt: skip
+
+
+@pytest.fixture
+def handlers(world: World) -> Iterator[CompensationRegistry]:
+    """The world's compensating actions (wakeline_world.undo), acting on the test's world."""
+    from wakeline.compensator.registry import load_handlers
+    from wakeline_world import undo
+
+    undo.set_world(world)
+    yield load_handlers(["wakeline_world.undo"]).handlers
+    undo.set_world(None)
+
+
 @pytest.fixture
 def world_emitter(fresh_kafka: KafkaSettings, tmp_path: Path) -> Iterator[Emitter]:
     """An SDK emitter declaring the world's tools."""

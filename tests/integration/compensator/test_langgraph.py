@@ -16,7 +16,7 @@ pytest.importorskip("langgraph")
 
 from langgraph.graph import END, START, StateGraph  # noqa: E402
 
-from wakeline.compensator.registry import CompensationRegistry, load_handlers  # noqa: E402
+from wakeline.compensator.registry import CompensationRegistry  # noqa: E402
 from wakeline.infra.settings import KafkaSettings  # noqa: E402
 from wakeline.producers import Emitter, SdkError  # noqa: E402
 from wakeline.producers.adapters.langgraph import (  # noqa: E402
@@ -25,7 +25,7 @@ from wakeline.producers.adapters.langgraph import (  # noqa: E402
     snapshot_name,
 )
 from wakeline.testkit.harness import start_worker, stop_worker  # noqa: E402
-from wakeline_world import World, undo  # noqa: E402
+from wakeline_world import World  # noqa: E402
 
 from .conftest import new_wf, topic_events, world_args  # noqa: E402
 
@@ -37,13 +37,6 @@ class Order(TypedDict, total=False):
     charge_id: str
     reservation_id: str
     vm_id: str
-
-
-@pytest.fixture
-def handlers(world: World) -> Iterator[CompensationRegistry]:
-    undo.set_world(world)
-    yield load_handlers(["wakeline_world.undo"]).handlers
-    undo.set_world(None)
 
 
 @pytest.fixture

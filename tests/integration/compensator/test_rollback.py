@@ -16,28 +16,18 @@ from click.testing import CliRunner
 from confluent_kafka import Producer
 
 from wakeline.cli.main import cli
-from wakeline.compensator.registry import CompensationRegistry, load_handlers
+from wakeline.compensator.registry import CompensationRegistry
 from wakeline.infra.settings import KafkaSettings
 from wakeline.processors.audit import decode_audit
 from wakeline.producers import Emitter, PayloadTooLarge, SnapshotError
 from wakeline.producers.workflow import WorkflowContext
 from wakeline.schemas import cloudevents_headers, encode_event
 from wakeline.testkit.harness import read_topic, start_worker, stop_worker, worker_env
-from wakeline_world import World, undo
+from wakeline_world import World
 
-from .conftest import act_on_world, assert_undone_once, new_wf, topic_events, wait_until
+from .conftest import UNDO, act_on_world, assert_undone_once, new_wf, topic_events, wait_until
 
 pytestmark = pytest.mark.integration
-
-UNDO = {"payments.charge": "payments.refund", "crm.update": "crm.restore",
-        "inventory.reserve": "inventory.release", "cloud.create_vm": "cloud.delete_vm"}  # fmt: skip
-
-
-@pytest.fixture
-def handlers(world: World) -> Iterator[CompensationRegistry]:
-    undo.set_world(world)
-    yield load_handlers(["wakeline_world.undo"]).handlers
-    undo.set_world(None)
 
 
 @pytest.fixture

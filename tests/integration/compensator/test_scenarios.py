@@ -12,20 +12,18 @@ done, or left out of a plan, because someone said so: a handler must have run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from confluent_kafka import Producer
 
-from wakeline.compensator.registry import CompensationRegistry, idempotency_key, load_handlers
+from wakeline.compensator.registry import idempotency_key
 from wakeline.infra.settings import KafkaSettings
 from wakeline.producers import Emitter
 from wakeline.producers.errors import WorkflowQuarantined
 from wakeline.producers.workflow import WorkflowContext
 from wakeline.schemas import cloudevents_headers, encode_event
 from wakeline.testkit.harness import read_topic
-from wakeline_world import World, undo
 
 from .conftest import (
     act_on_world,
@@ -46,14 +44,6 @@ pytestmark = pytest.mark.integration
 ACTIONS = "SELECT tool, state, attempts, failures, detail FROM compensator_actions " \
           "WHERE quarantine_id = %s ORDER BY seq"  # fmt: skip
 TASKS = "SELECT kind, reason, report FROM compensator_tasks WHERE quarantine_id = %s"
-
-
-@pytest.fixture
-def handlers(world: World) -> Iterator[CompensationRegistry]:
-    """The world's compensating actions, acting on the test's world."""
-    undo.set_world(world)
-    yield load_handlers(["wakeline_world.undo"]).handlers
-    undo.set_world(None)
 
 
 @pytest.fixture

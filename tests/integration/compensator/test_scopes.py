@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,31 +26,22 @@ from click.testing import CliRunner
 
 from wakeline.cli.main import cli
 from wakeline.compensator import operator, scopes
-from wakeline.compensator.registry import CompensationRegistry, load_handlers
+from wakeline.compensator.registry import CompensationRegistry
 from wakeline.infra.settings import KafkaSettings
 from wakeline.producers import Emitter
 from wakeline.producers.errors import WorkflowQuarantined
 from wakeline.producers.workflow import WorkflowContext
 from wakeline.testkit.harness import stop_worker, worker_env
-from wakeline_world import World, undo
+from wakeline_world import World
 
 from .conftest import MIXED as MIXED_TOOLS
-from .conftest import new_wf, rows, spawn_compensator, wait_until, world_args
+from .conftest import UNDO, new_wf, rows, spawn_compensator, wait_until, world_args
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger(__name__)
 
-UNDO = {"payments.charge": "payments.refund", "crm.update": "crm.restore",
-        "inventory.reserve": "inventory.release", "cloud.create_vm": "cloud.delete_vm"}  # fmt: skip
 SUBJECT = {"payments.charge": "charge_id", "crm.update": "record_id",
            "inventory.reserve": "reservation_id", "cloud.create_vm": "vm_id"}  # fmt: skip
-
-
-@pytest.fixture
-def handlers(world: World) -> Iterator[CompensationRegistry]:
-    undo.set_world(world)
-    yield load_handlers(["wakeline_world.undo"]).handlers
-    undo.set_world(None)
 
 
 def act(
