@@ -97,7 +97,10 @@ def run_act(
     world = World(dsn).install()
     report: dict[str, Any] = {}
     keys = out_dir / "keys"
-    env = {"WAKELINE_KEYS_DIR": str(keys)}
+    from wakeline.testkit.harness import worker_env
+
+    # the commands run in this process, on the demo's broker, topics and database
+    env = {**worker_env(kafka, dsn), "WAKELINE_KEYS_DIR": str(keys)}
     runner = CliRunner()
 
     console.rule(f"[bold]{step}. A policy decides before every call")
