@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from figures import Figure, emit  # bench/figures.py: the script's own folder is on sys.path
 
 from wakeline.compensator import operator
 from wakeline.compensator.daemon import Compensator
@@ -139,7 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5, help="runs of each measure")
     ap.add_argument("--fanout", type=int, default=100, help="workflows of the fan-out")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
+    ap.add_argument("--quick", action="store_true", help="one run, fan-out of 20: check only")
+    ap.add_argument("--figures", help="write the figures for bench/run.py to this file")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.fanout = 1, 20
     logging.getLogger("wakeline").setLevel(logging.ERROR)
 
     load_before = os.getloadavg()
@@ -194,7 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before/after (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    out = []
+    for k, f in figures.items():
+        unit, scale = ("ms", 1000) if k in ("gate", "write") else ("s", 1)
+        name = labels[k].strip().rsplit(" (", 1)[0]
+        out.append(Figure(f"{name}, median", f["median"] * scale, unit))
+    return emit(out, args.figures)
 
 
 if __name__ == "__main__":
