@@ -202,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     out = []
     for k, f in figures.items():
         unit, scale = ("ms", 1000) if k in ("gate", "write") else ("s", 1)
-        name = labels[k].strip().rsplit(" (", 1)[0]
-        out.append(Figure(f"{name}, median", f["median"] * scale, unit))
+        name = labels[k.split(".")[0]].rsplit(" (", 1)[0]
+        acked = ", from the Quarantine's acknowledgement" if k.endswith(".acked") else ""
+        out.append(Figure(f"{name}{acked}, median", f["median"] * scale, unit))
     return emit(out, args.figures)
 
 
