@@ -146,7 +146,10 @@ def drop_database(dsn: str) -> None:
 
 
 def read_topic(kafka: KafkaSettings, topic: str, idle: float = 2.0) -> list[Any]:
-    """Every record of `topic`, read until nothing arrives for `idle` seconds."""
+    """Every record of `topic`, read until nothing arrives for `idle` seconds, and at least
+    one second before the first record: a new consumer's first records take ~0.3-0.6 s to
+    arrive on an idle machine (more on a busy one), so a short `idle` alone ends a read of a
+    topic that has records with nothing."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
     c = Consumer(
@@ -158,7 +161,7 @@ def read_topic(kafka: KafkaSettings, topic: str, idle: float = 2.0) -> list[Any]
         meta = c.list_topics(topic, timeout=10).topics[topic]
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
         out: list[Any] = []
-        last = time.monotonic()
+        last = time.monotonic() + max(0.0, 1.0 - idle)  # the first wait: at least 1 s
         while time.monotonic() - last < idle:
             for m in c.consume(1000, 0.3):
                 if m.error() is None:

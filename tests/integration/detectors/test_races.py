@@ -191,11 +191,14 @@ def test_a_worker_leaving_mid_race_hands_its_partitions_over_with_their_state(
     resources = fresh_kafka.topics.resources
 
     def keyed() -> bool:  # both intents on the resources topic, their offsets committed
-        return len(read_topic(fresh_kafka, resources, idle=0.3)) >= 2 and all(
+        return len(read_topic(fresh_kafka, resources, idle=0.5)) >= 2 and all(
             r._done for r in keyers
         )
 
-    wait_until(keyed, 60, "both intents keyed")
+    try:
+        wait_until(keyed, 60, "both intents keyed")
+    except TimeoutError as e:
+        raise AssertionError(f"{e}\n{explain(fresh_kafka, detectors)}") from e
     for r in (keyers[1], finders[1]):
         r.stop()
     n = fresh_kafka.partitions
