@@ -35,7 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from figures import Figure, emit  # bench/figures.py: the script's own folder is on sys.path
+from figures import (  # bench/figures.py: the script's own folder is on sys.path
+    Figure,
+    emit,
+    wait_for,
+)
 
 from wakeline.compensator import operator
 from wakeline.compensator.daemon import Compensator
@@ -70,16 +74,6 @@ class Clock:
 
         reg.register("noop.undo", undo)
         return reg
-
-
-def wait_for(check: Any, timeout: float, what: str, every: float) -> float:
-    deadline = time.perf_counter() + timeout
-    while True:
-        if check():
-            return time.perf_counter()
-        if time.perf_counter() > deadline:
-            raise SystemExit(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 def indexed(conn: psycopg.Connection, intent_ids: list[str]) -> bool:

@@ -39,7 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from figures import Figure, emit  # bench/figures.py: the script's own folder is on sys.path
+from figures import (  # bench/figures.py: the script's own folder is on sys.path
+    Figure,
+    emit,
+    wait_for,
+)
 
 from wakeline.compensator.daemon import Compensator
 from wakeline.compensator.registry import CompensationRegistry, Done
@@ -143,16 +147,6 @@ def plan_done(conn: psycopg.Connection, qid: str) -> bool:
         "SELECT state FROM compensator_plans WHERE quarantine_id = %s", (qid,)
     ).fetchone()
     return row is not None and row[0] == "done"
-
-
-def wait_for(check: Any, timeout: float, what: str, every: float) -> float:
-    deadline = time.perf_counter() + timeout
-    while True:
-        if check():
-            return time.perf_counter()
-        if time.perf_counter() > deadline:
-            raise SystemExit(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
 
 
 def stored(conn: psycopg.Connection, wf: str, want: int) -> bool:

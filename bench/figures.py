@@ -1,4 +1,5 @@
-"""The figures a benchmark reports, each beside its target, in one shape for `make bench`.
+"""What the benchmarks share: the figures a benchmark reports, each beside its target, in one
+shape for `make bench`; a transport that drops frames; a latency wait.
 
 A benchmark builds `Figure`s and calls `emit(figures, path)`: `path` (its `--figures FILE`
 option, given by bench/run.py) receives them as JSON; bench/run.py gathers every benchmark's
@@ -9,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,30 @@ def emit(figures: list[Figure], path: str | Path | None) -> int:
 def machine() -> dict[str, object]:
     """What the figures ran on: cores and load."""
     return {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())}
+
+
+class Drop:
+    """A Transport that keeps nothing: an SDK call's cost without the broker or the spool."""
+
+    def send(self, topic, key, value, headers, *, wait):  # noqa: ANN001
+        pass
+
+    async def send_async(self, topic, key, value, headers, *, wait):  # noqa: ANN001
+        pass
+
+    def flush(self, timeout: float = 30.0) -> int:
+        return 0
+
+    def close(self, timeout: float = 30.0) -> int:
+        return 0
+
+
+def wait_for(check: Any, timeout: float, what: str, every: float) -> float:
+    """The `perf_counter` time at which `check()` first held; exits after `timeout` s."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        if check():
+            return time.perf_counter()
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)

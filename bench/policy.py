@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from figures import Figure, emit  # bench/figures.py: the script's own folder is on sys.path
+from figures import Drop, Figure, emit  # bench/figures.py: the script's own folder is on sys.path
 
 from wakeline.infra.settings import KafkaSettings, Topics
 from wakeline.policy.engine import Policy
@@ -97,22 +97,6 @@ def clock_overhead_us() -> float:
         t0 = clock()
         samples.append(clock() - t0)
     return statistics.median(samples) / 1000
-
-
-class Drop:
-    """A Transport that keeps nothing."""
-
-    def send(self, topic, key, value, headers, *, wait):  # noqa: ANN001
-        pass
-
-    async def send_async(self, topic, key, value, headers, *, wait):  # noqa: ANN001
-        pass
-
-    def flush(self, timeout: float = 30.0) -> int:
-        return 0
-
-    def close(self, timeout: float = 30.0) -> int:
-        return 0
 
 
 def whole_calls(policy: Policy | None, calls: int) -> tuple[float, float]:
