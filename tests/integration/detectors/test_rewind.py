@@ -11,6 +11,7 @@ from confluent_kafka import Producer
 
 from wakeline.infra.settings import KafkaSettings
 from wakeline.processors.stream import Rewind
+from wakeline.testkit.harness import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +32,16 @@ class _ProducesDuringSearch:
         return getattr(self._c, name)
 
 
+def _answers(rewind: Rewind) -> bool:
+    from confluent_kafka import KafkaException
+
+    try:
+        rewind([0])
+    except KafkaException:
+        return False
+    return True
+
+
 def test_a_record_produced_while_a_new_group_rewinds_is_still_read(
     fresh_kafka: KafkaSettings,
 ) -> None:
@@ -43,7 +54,9 @@ def test_a_record_produced_while_a_new_group_rewinds_is_still_read(
 
     rewind = Rewind(fresh_kafka.client_config, f"g-{uuid.uuid4().hex}", topic, window_s=60)
     try:
-        rewind([0])  # creates its consumer
+        # creates its consumer; a new topic's partition may have no leader yet for a moment
+        # (the runner retries a failed restore the same way)
+        wait_until(lambda: _answers(rewind), 30, "the new topic's partition to have a leader")
         assert rewind._consumer is not None
         rewind._consumer = _ProducesDuringSearch(rewind._consumer, produce)
         (start, live) = rewind([0])[0]
