@@ -63,15 +63,45 @@ def keygen_cmd(principal: str, directory: Path | None) -> None:
 
 @approvals.command("list")
 @click.option("--all", "every", is_flag=True, help="Closed, denied and expired requests too.")
+@click.option("--workflow", help="Only the requests of this workflow.")
+@click.option("--ids", "ids_only", is_flag=True, help="Print only the request ids, one per line.")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), help="Wait up to this many "
+              "seconds for a request to be listed (exit 1 if none is).")  # fmt: skip
 @_DSN
 @_JSON
-def list_cmd(every: bool, dsn: str | None, as_json: bool) -> None:
+def list_cmd(
+    every: bool,
+    workflow: str | None,
+    ids_only: bool,
+    wait_s: float | None,
+    dsn: str | None,
+    as_json: bool,
+) -> None:
     """The requests still open (pending or approved, not expired, no result), oldest first."""
     from wakeline.cli.main import emit_json
     from wakeline.policy import queue
 
-    now = _now_us()
-    found = _with_cursor(dsn, lambda cur: queue.list_requests(cur, every=every, now_us=now))
+    deadline = time.monotonic() + (wait_s or 0)
+    while True:
+        now = _now_us()
+        found = _with_cursor(
+            dsn, lambda cur, now=now: queue.list_requests(cur, every=every, now_us=now)
+        )
+        if workflow is not None:
+            found = [r for r in found if r.workflow_id == workflow]
+        if found or wait_s is None:
+            break
+        if time.monotonic() >= deadline:
+            raise click.ClickException(
+                f"no {'' if every else 'open '}approval request"
+                f"{f' of workflow {workflow}' if workflow else ''} after {wait_s:g} s (does a "
+                "`wakeline worker` with the approval queue run?)"
+            )
+        time.sleep(0.2)
+    if ids_only:
+        for r in found:
+            click.echo(r.request_id)
+        return
     if as_json:
         emit_json([r.to_json(now) for r in found])
         return

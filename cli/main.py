@@ -50,6 +50,10 @@ def cli(verbose: int) -> None:
     level = run_guarded(lambda: LOG_LEVEL.read(os.environ))
     level = level or ["WARNING", "INFO", "DEBUG"][min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Modules named on the command line (`--handlers myapp.undo`, a policy's registry) are
+    # found in the current directory too, as with `python -m`; installed packages come first.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
 
 
 # ------------------------------------------------------------------------------ stack

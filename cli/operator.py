@@ -51,6 +51,16 @@ _BY = "Who does it (default: $USER@hostname); recorded as the event's `by` and p
     help="Then wait up to this many seconds until SDK gates see the quarantine (exit 1 if "
     "they do not: the compensator, which publishes it to them, is not running).",
 )
+@click.option(
+    "--until-undone",
+    "undone_s",
+    type=click.FloatRange(min=0),
+    help="Then wait up to this many seconds until the compensator has finished the plan "
+    "(undone what it can, escalated the rest) and print what it did (exit 1 if it has not: "
+    "the quarantine stays in force). A workflow or --run quarantine only.",
+)
+@click.option("--dsn", help="PostgreSQL DSN of the compensator's state, for --until-undone "
+              "(default: WAKELINE_DSN or the local stack).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def quarantine(
     workflow_id: str | None,
@@ -63,6 +73,8 @@ def quarantine(
     boundary: str | None,
     by: str | None,
     wait_s: float | None,
+    undone_s: float | None,
+    dsn: str | None,
     as_json: bool,
 ) -> None:
     """Quarantine WORKFLOW_ID (or, with --agent, --boundary or --tainted --events, what
@@ -77,6 +89,11 @@ def quarantine(
     if tainted and not ids:
         raise click.UsageError("--tainted needs --events E1,E2 (the tainted events)")
     since_us = None if since is None else _since_us(since)
+    if undone_s is not None and (tainted or agent or boundary):
+        raise click.UsageError(
+            "--until-undone waits for one workflow's plan; a quarantine that fans out has one "
+            "plan per workflow it reaches (`wakeline workflow list --quarantined` shows them)"
+        )
     kafka = run_guarded(KafkaSettings.from_env)
     report = run_guarded(
         lambda: operator.quarantine(
@@ -98,6 +115,10 @@ def quarantine(
             lambda: operator.wait_visible(kafka, workflow_id, report["event_id"], wait_s)
         )
         report["visible_after_s"] = waited
+    plan: dict[str, Any] | None = None
+    if undone_s is not None and (wait_s is None or waited is not None):
+        plan = run_guarded(lambda: _wait_undone(dsn, report["event_id"], undone_s))
+        report["plan"] = plan
     if as_json:
         emit_json(report)
     else:
@@ -108,6 +129,10 @@ def quarantine(
         )
         if wait_s is not None and waited is not None:
             click.echo(f"SDK gates see it after {waited:.3f} s ({kafka.topics.quarantines})")
+        if plan is not None:
+            click.echo(f"the compensator's plan is {plan['state']}, newest call first:")
+            for line in _plan_lines(plan):
+                click.echo("  " + line)
     if wait_s is not None and waited is None:
         click.echo(
             f"error: {kafka.topics.quarantines} did not show the quarantine within {wait_s:g} s: "
@@ -116,6 +141,30 @@ def quarantine(
             err=True,
         )
         sys.exit(1)
+
+
+def _plan_lines(plan: dict[str, Any]) -> list[str]:
+    """One line per step of a finished plan: what was undone (and how), escalated, skipped."""
+    actions = {a["intent_id"]: a for a in plan["actions"]}
+    lines = []
+    for step in plan["steps"]:
+        a = actions.get(step["intent_id"])
+        if step["action"] == "compensate" and a is not None:
+            detail = f": {a['detail']}" if a["detail"] else ""
+            lines.append(f"{step['tool']} -> {a['compensation']}: {a['state']}{detail}")
+        else:
+            done = {"escalate": "escalated", "skip": "skipped"}.get(step["action"], step["action"])
+            lines.append(f"{step['tool']}: {done}: {step['why']}")
+    return lines
+
+
+def _wait_undone(dsn: str | None, quarantine_id: str, wait_s: float) -> dict[str, Any]:
+    import time
+
+    from wakeline.cli.ledger import _dsn
+    from wakeline.compensator.rollback import wait_plan_done
+
+    return wait_plan_done(_dsn(dsn), quarantine_id, time.monotonic() + wait_s, wait_s)
 
 
 @click.command("release")

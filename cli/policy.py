@@ -230,7 +230,9 @@ def explain(
     if decided is None or decided.shadow:
         click.echo(f"  no rule matched: the policy's default -> {decision.outcome}")
     elif len(traces) < len(p.rules):
-        click.echo(f"  ({len(p.rules) - len(traces)} rules below not consulted: first match wins)")
+        left = len(p.rules) - len(traces)
+        rules = "rule" if left == 1 else "rules"
+        click.echo(f"  ({left} {rules} below not consulted: first match wins)")
     click.echo(f"decision: {decision.outcome} by rule {decision.rule}")
     if decision.shadow:
         click.echo(f"shadow: {', '.join(decision.shadow)}")

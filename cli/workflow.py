@@ -11,6 +11,7 @@ tables); otherwise PostgreSQL.
 
 from __future__ import annotations
 
+import fnmatch
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -327,10 +328,22 @@ def format_list(rows: list[dict[str, Any]]) -> str:
 
 @workflow.command("show")
 @click.argument("workflow_id")
+@click.option("--tool", "tool_glob", help="Only the calls of tools matching this pattern "
+              "(`payments.*`).")  # fmt: skip
+@click.option("--ids", "ids_only", is_flag=True, help="Print only the calls' intent event ids, "
+              "one per line (for `wakeline ledger proof`, `workflow impact`, `quarantine "
+              "--events`).")  # fmt: skip
 @_DSN
 @_JSON
 @click.pass_context
-def show_cmd(ctx: click.Context, workflow_id: str, dsn: str | None, as_json: bool) -> None:
+def show_cmd(
+    ctx: click.Context,
+    workflow_id: str,
+    tool_glob: str | None,
+    ids_only: bool,
+    dsn: str | None,
+    as_json: bool,
+) -> None:
     """The timeline of every call of WORKFLOW_ID (intent and policy decision, result,
     compensation, escalation), its quarantines and releases, each with its ledger position
     for `wakeline ledger proof EVENT_ID`. Only ledgered events are shown. Exits 1 when some
@@ -355,7 +368,14 @@ def show_cmd(ctx: click.Context, workflow_id: str, dsn: str | None, as_json: boo
             return timeline(workflow_id, entries, decode, state)
 
     report = run_guarded(go)
-    if as_json:
+    if tool_glob is not None:
+        report["calls"] = [
+            c for c in report["calls"] if fnmatch.fnmatchcase(c["intent"]["tool"], tool_glob)
+        ]
+    if ids_only:
+        for call in report["calls"]:
+            click.echo(call["intent"]["event_id"])
+    elif as_json:
         emit_json(report)
     else:
         click.echo(format_timeline(report))

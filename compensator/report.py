@@ -38,7 +38,8 @@ class Position:
 
     partition: int
     offset: int
-    #: None: not ledgered yet when the report was made
+    #: None: not known to whoever made the report (the compensator reads the events topic,
+    #: not the ledger); `wakeline ledger proof EVENT_ID` finds the leaf by the event id
     leaf_index: int | None = None
 
     @classmethod
@@ -53,8 +54,8 @@ class Position:
         return cls(int(partition), int(offset), leaf[0] if leaf else None)
 
     def describe(self) -> str:
-        leaf = "not ledgered yet" if self.leaf_index is None else f"leaf {self.leaf_index}"
-        return f"partition {self.partition} offset {self.offset}, {leaf}"
+        at = f"partition {self.partition} offset {self.offset}"
+        return at if self.leaf_index is None else f"{at}, leaf {self.leaf_index}"
 
     def to_json(self) -> dict[str, Any]:
         return {"partition": self.partition, "offset": self.offset, "leaf_index": self.leaf_index}

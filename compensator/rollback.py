@@ -170,7 +170,7 @@ def rollback(
     deadline = time.monotonic() + wait_s
     plans = {}
     for _, q in runs:
-        plans[q["event_id"]] = _wait_done(dsn, q["event_id"], deadline, wait_s, poll_s)
+        plans[q["event_id"]] = wait_plan_done(dsn, q["event_id"], deadline, wait_s, poll_s)
     for (start, q), item in zip(runs, [*report["resumed_runs"], report], strict=True):
         release = _envelope("Release", workflow_id, start.run_id, q["event"]["by"])
         release.update(
@@ -183,16 +183,20 @@ def rollback(
     return report
 
 
-def _wait_done(dsn: str, qid: str, deadline: float, wait_s: float, poll_s: float) -> dict[str, Any]:
+def wait_plan_done(
+    dsn: str, qid: str, deadline: float, wait_s: float, poll_s: float = 0.2
+) -> dict[str, Any]:
+    """`plan_state` of quarantine `qid` once the compensator's plan is done (every call undone,
+    skipped or escalated); StackError at `deadline` (time.monotonic), saying what it is."""
     while True:
         plan = plan_state(dsn, qid)
         if plan is not None and plan["state"] == "done":
             return plan
         if time.monotonic() >= deadline:
             raise StackError(
-                f"the compensator's plan of rollback quarantine {qid} is "
+                f"the compensator's plan of quarantine {qid} is "
                 f"{'not taken up' if plan is None else plan['state']} after {wait_s:g} s "
-                "(is `wakeline compensator` running?); the run stays quarantined: release it "
-                "with `wakeline release` once the plan is done"
+                "(is `wakeline compensator` running?); the quarantine stays in force: release "
+                "it with `wakeline release` once the plan is done"
             )
         time.sleep(poll_s)

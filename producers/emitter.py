@@ -17,9 +17,11 @@ only enqueues it. Results are enqueued in both modes: the tool has already run, 
 producer keeps per-partition order, the next strict intent of the workflow is acknowledged only
 after the results before it. `flush()`/`close()` wait for everything.
 
-Policy: `Emitter(policy=Policy.load("policy.toml"))` (wakeline.policy.engine) or the
-environment variable WAKELINE_POLICY (a file, or `default`: the built-in policy) puts the
-policy engine in the `PolicyGate`; otherwise every call is allowed, and recorded as such.
+Policy: `Emitter(policy=Policy.load("policy.toml"), authorizer=Approvals(kafka))`
+(wakeline.policy.engine, wakeline.producers.approvals) or the environment variable
+WAKELINE_POLICY (a file, or `default`: the built-in policy; the emitter then makes the
+`Approvals` authorizer itself) puts the policy engine in the `PolicyGate`; otherwise every call
+is allowed, and recorded as such.
 
 Metrics are opt-in: `Emitter(..., metrics=PrometheusMetrics())` (wakeline.infra.metrics)
 counts calls by tool and status and refusals by gate; serve them with `metrics.serve(port)`
@@ -93,8 +95,16 @@ class Emitter:
         self.kafka = kafka
         self.registry = registry if registry is not None else ToolRegistry()
         self.source = source
+        #: an authorizer this emitter made (and closes), not one it was given
+        self._own_authorizer: Any = None
         if policy is None:
             policy = _policy_from_env()
+            if policy is not allow_all and authorizer is None:
+                # a policy from the environment waits for signed approvals on the brokers
+                # the emitter writes to, as `Emitter(policy=..., authorizer=Approvals(kafka))`
+                from wakeline.producers.approvals import Approvals
+
+                authorizer = self._own_authorizer = Approvals(kafka)
         #: `authorizer` turns require_approval into a wait for a signed approval (or an
         #: allow by a standing grant); without one such calls are refused
         self._policy_gate = PolicyGate(policy, authorizer)
@@ -249,6 +259,8 @@ class Emitter:
         """Flush up to `timeout`; what is still undelivered stays durable in the spool."""
         if self.gate is not None:
             self.gate.close()
+        if self._own_authorizer is not None:
+            self._own_authorizer.close()
         left = self.transport.close(timeout)
         self.spool.close()  # a transport of one's own may not use it
         return left

@@ -65,6 +65,19 @@ def test_show_is_every_call_in_ledger_order_with_its_positions() -> None:
     assert not report["compensator_state"] and report["unledgered"] == []
 
 
+def test_show_ids_are_the_calls_intents_a_tool_pattern_selects() -> None:
+    ev, named = story()
+    store = store_of(ev.events)
+    got = run(store, "show", "wf-1", "--ids")
+    assert got.exit_code == 0, got.output
+    assert len(got.output.split()) == 3  # the read, the charge, the e-mail
+    got = run(store, "show", "wf-1", "--tool", "stripe.*", "--ids")
+    assert got.output.split() == [named["charge"]["event_id"]]
+    got = run(store, "show", "wf-1", "--tool", "email.send", "--json")
+    assert [c["intent"]["tool"] for c in json.loads(got.output)["calls"]] == ["email.send"]
+    assert run(store, "show", "wf-1", "--tool", "nothing.*", "--ids").output == ""
+
+
 def test_show_prints_a_timeline_a_human_can_follow() -> None:
     ev, named = story()
     got = run(store_of(ev.events), "show", "wf-1")
@@ -211,6 +224,8 @@ def test_scope_options_exit_2_on_bad_input(monkeypatch: pytest.MonkeyPatch) -> N
     assert got.exit_code == 2 and "no time zone" in got.output
     got = run(cli, ["release", "--agent", "a", "--boundary", "b"])
     assert got.exit_code == 2 and "give one of" in got.output
+    got = run(cli, ["quarantine", "--agent", "a", "--until-undone", "5", "--reason", "r"])
+    assert got.exit_code == 2 and "one plan per workflow" in got.output
 
 
 def test_since_is_rfc_3339_or_an_age() -> None:

@@ -118,7 +118,7 @@ def test_plan_report_tells_the_whole_story_oldest_call_first() -> None:
     assert f"{c['charge']['event_id']}  ToolIntent stripe.charge: partition 3 offset 2, leaf 2" in (
         text
     )
-    assert f"{q}  Quarantine: partition 3 offset 11, not ledgered yet" in text
+    assert f"{q}  Quarantine: partition 3 offset 11" in text
     assert r.related_event_ids == [
         q,
         c["email"]["event_id"],
