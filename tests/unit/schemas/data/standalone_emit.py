@@ -119,10 +119,15 @@ def quarantines(bootstrap: str, topic: str) -> dict[bytes, bytes | None]:
     return state
 
 
-def quarantined(state: dict, schemas: dict, wf: str, run: str, agent: str) -> str | None:
-    """Why the call may not run, or None: the workflow's key, then `agent:<id>`."""
+def quarantined(
+    state: dict, schemas: dict, wf: str, run: str, agent: str, boundary: str | None
+) -> str | None:
+    """Why the call may not run, or None: the workflow's key, `agent:<id>`, `boundary:<b>`."""
     by_fp = {fp: parsed for parsed, fp, _ in schemas.values()}
-    for what, key in ((f"workflow {wf}", wf), (f"agent {agent}", f"agent:{agent}")):
+    keys = [(f"workflow {wf}", wf), (f"agent {agent}", f"agent:{agent}")]
+    if boundary:
+        keys.append((f"boundary {boundary}", f"boundary:{boundary}"))
+    for what, key in keys:
         value = state.get(key.encode())
         if value is None:  # no record, or a tombstone: released
             continue
@@ -314,7 +319,7 @@ def main(schema_dir: str, bootstrap: str, prefix: str, wf: str, run_id: str) -> 
     run = Run(schemas, producer, prefix + "events", wf, run_id)
     outcome = "succeeded"
     for name, args, does in CALLS:
-        refused = quarantined(state, schemas, wf, run_id, AGENT)
+        refused = quarantined(state, schemas, wf, run_id, AGENT, None)  # no boundary here
         run.call(name, args, does, refused)
         if refused:
             outcome = "quarantined"
