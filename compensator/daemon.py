@@ -61,7 +61,7 @@ class Compensator:
         self.owner = process_owner()
         decode = decode or decode_event
         self.producer = Producer(
-            kafka.client_config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 1})
+            kafka.producer_config(**{"enable.idempotence": True, "acks": "all", "linger.ms": 1})
         )
         topics = kafka.topics
         self.store = CompensatorStore(dsn, topics.events)

@@ -239,7 +239,7 @@ def _produce(kafka: KafkaSettings, event: dict[str, Any], timeout_s: float) -> d
     headers = cloudevents_headers(event)
     topic = kafka.topics.events
     producer = Producer(
-        kafka.client_config(
+        kafka.producer_config(
             **{
                 "enable.idempotence": True,
                 "acks": "all",

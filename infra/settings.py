@@ -500,6 +500,33 @@ class KafkaSettings:
         conf.update(overrides)
         return conf
 
+    def producer_config(self, **overrides: object) -> dict[str, object]:
+        """`client_config` for a producer of workflow-keyed records: the partitioner pinned
+        (`pin_partitioner`), whatever librdkafka's default is."""
+        return pin_partitioner(self.client_config(**overrides))
+
+
+#: How every Wakeline producer places a record: librdkafka's `consistent_random`, which for a
+#: non-empty key is CRC-32 (IEEE) of the key bytes modulo the partition count. Events are keyed
+#: by workflow id, and pairing, seals and ordering need every event of a workflow, whoever
+#: writes it (agent, worker, compensator, operator; in any language), on one partition:
+#: schemas/README.md gives the rule to producers in other languages.
+PARTITIONER = "consistent_random"
+
+
+def pin_partitioner(conf: dict[str, object]) -> dict[str, object]:
+    """`conf` with `partitioner` set to `PARTITIONER`; ConfigError if it names another (a
+    `murmur2_random` producer would put a workflow's events on a different partition)."""
+    got = conf.get("partitioner", PARTITIONER)
+    if got != PARTITIONER:
+        raise ConfigError(
+            f"partitioner={got!r}: Wakeline producers must use {PARTITIONER!r} (CRC-32 of "
+            "the workflow id modulo the partition count), or a workflow's events land on "
+            "different partitions (schemas/README.md, Emitting from another language)"
+        )
+    conf["partitioner"] = PARTITIONER
+    return conf
+
 
 DSN = Variable(
     "WAKELINE_DSN",

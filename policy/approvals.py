@@ -408,7 +408,7 @@ def _publish(
     # not idempotent: a fresh idempotent producer's first delivery waits ~500 ms for its
     # producer id (docs/decisions.md), which would be most of an approval's round trip; a
     # retry's duplicate repeats the event id, which the ledger counts once (a redelivery)
-    producer = Producer(kafka.client_config(**{"enable.idempotence": False, "acks": "all"}))
+    producer = Producer(kafka.producer_config(**{"enable.idempotence": False, "acks": "all"}))
     failures: list[str] = []
 
     def delivered(err: Any, _msg: Any) -> None:

@@ -55,6 +55,7 @@ from wakeline.infra.metrics import (
     STALLED_SECONDS,
     Sample,
 )
+from wakeline.infra.settings import pin_partitioner
 from wakeline.ledger.records import LedgerRecord, record_of_message
 
 log = logging.getLogger(__name__)
@@ -288,15 +289,17 @@ class KafkaRunner:
 
         s = self.settings
         self.producer = Producer(
-            self._client_config(
-                **{
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    "linger.ms": 5,
-                    "queue.buffering.max.messages": 1_000_000,
-                    "delivery.report.only.error": True,
-                    **self._producer_config,
-                }
+            pin_partitioner(
+                self._client_config(
+                    **{
+                        "enable.idempotence": True,
+                        "acks": "all",
+                        "linger.ms": 5,
+                        "queue.buffering.max.messages": 1_000_000,
+                        "delivery.report.only.error": True,
+                        **self._producer_config,
+                    }
+                )
             )
         )
         self.consumer = Consumer(

@@ -213,7 +213,7 @@ class KafkaTransport:
     ) -> None:
         self.options = options or TransportOptions()
         self.spool = spool
-        conf = kafka.client_config(
+        conf = kafka.producer_config(
             **{
                 "enable.idempotence": True,
                 "acks": "all",

@@ -89,7 +89,7 @@ def produce_at_rate(
     process of its own so it does not share the measured process's GIL."""
     from confluent_kafka import Producer
 
-    p = Producer(kafka.client_config(**{"linger.ms": 5}))
+    p = Producer(kafka.producer_config(**{"linger.ms": 5}))
     sent, t0 = 0, time.perf_counter()
     while not stop.is_set():
         due = int((time.perf_counter() - t0) * rate) + 1

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from wakeline.infra.settings import KafkaSettings, Topics
+import pytest
+
+from wakeline.errors import ConfigError
+from wakeline.infra.settings import PARTITIONER, KafkaSettings, Topics
 from wakeline.producers import Emitter, Spool, ToolRegistry, TransportOptions
 from wakeline.schemas import decode_event
 
@@ -103,3 +106,19 @@ def test_a_spool_only_emitter_writes_every_event_to_the_spool_and_never_to_a_bro
     again = Emitter(NOBODY, spool_dir=tmp_path, quarantine_gate=False, publish_schemas=False)
     assert again.transport.spooling  # a Kafka transport on the same spool sends them first
     again.close(timeout=0.2)
+
+
+def test_the_sdk_pins_the_partitioner_every_wakeline_producer_uses(tmp_path: Path) -> None:
+    """A workflow's events must share a partition whoever writes them: the SDK does not rely
+    on librdkafka's default partitioner, and refuses one that places keys differently."""
+    em = Emitter(NOBODY, spool_dir=tmp_path, quarantine_gate=False, publish_schemas=False)
+    try:
+        assert em.transport._conf["partitioner"] == PARTITIONER == "consistent_random"  # type: ignore[attr-defined]
+    finally:
+        em.close(timeout=0.1)
+    murmur = TransportOptions(producer_config={"partitioner": "murmur2_random"})
+    with pytest.raises(ConfigError, match="murmur2_random.*consistent_random"):
+        Emitter(NOBODY, spool_dir=tmp_path / "m", publish_schemas=False, transport=murmur)
+    extra = KafkaSettings(bootstrap="127.0.0.1:1", extra={"partitioner": "random"})
+    with pytest.raises(ConfigError, match="'random'"):
+        extra.producer_config()

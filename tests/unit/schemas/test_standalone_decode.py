@@ -83,3 +83,16 @@ def test_fingerprint_byte_order_matches_the_avro_spec_vectors() -> None:
         want = java_long.to_bytes(8, "little", signed=True)
         assert bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO")) == want
     assert fingerprint('"null"', "CRC-64-AVRO") == "8a8f25cce724dd63"
+
+
+def test_the_standalone_emitter_imports_only_its_kafka_avro_and_blake3_libraries() -> None:
+    """tests/integration/test_wire_emit.py runs it against the stack; here: what it needs."""
+    tree = ast.parse((HERE / "data" / "standalone_emit.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party == {"confluent_kafka", "fastavro", "blake3"}
