@@ -56,7 +56,7 @@ _BY = "Who does it (default: $USER@hostname); recorded as the event's `by` and p
     "undone_s",
     type=click.FloatRange(min=0),
     help="Then wait up to this many seconds until the compensator has finished the plan "
-    "(undone what it can, escalated the rest) and print what it did (exit 1 if it has not: "
+    "(undone what it can, escalated the rest) and print what it did (exit 3 if it has not: "
     "the quarantine stays in force). A workflow or --run quarantine only.",
 )
 @click.option("--dsn", help="PostgreSQL DSN of the compensator's state, for --until-undone "

@@ -87,6 +87,12 @@ def test_two_approvers_reach_a_quorum_of_two_and_the_sdk_sees_it(world) -> None:
     listed = run(world, "approvals", "list", "--json")
     assert listed.exit_code == 0 and [r["request_id"] for r in json.loads(listed.output)] == [rid]
     assert rid in run(world, "approvals", "list").output
+    assert run(
+        world, "approvals", "list", "--workflow", wf, "--ids", "--wait", "5"
+    ).output.split() == [rid]
+    assert run(world, "approvals", "list", "--workflow", "wf-other", "--ids").output == ""
+    none = run(world, "approvals", "list", "--workflow", "wf-other", "--wait", "0.5")
+    assert none.exit_code == 1 and "no open approval request of workflow wf-other" in none.output
 
     got = run(world, "approvals", "approve", rid, "--as", ALICE, "--comment", "ok by me")
     assert got.exit_code == 0, got.output

@@ -70,7 +70,7 @@ def test_a_quarantine_lands_on_the_workflows_partition_and_records_who(kafka, tm
         assert dict(msg.headers())["ce_id"] == got["event_id"].encode()
 
 
-def test_wait_times_out_without_a_compensator_and_sees_a_published_state(kafka) -> None:
+def test_wait_times_out_without_a_compensator_and_sees_a_published_state(kafka, fresh_dsn) -> None:
     got = CliRunner().invoke(
         cli, ["quarantine", "wf-wait", "--reason", "stop", "--by", "ops", "--wait", "1",
               "--json"], env=env(kafka),
@@ -79,6 +79,11 @@ def test_wait_times_out_without_a_compensator_and_sees_a_published_state(kafka) 
     report = json.loads(got.stdout)
     assert report["visible_after_s"] is None and report["event"]["by"] == "ops"
     assert "is `wakeline compensator` running?" in got.stderr
+    got = CliRunner().invoke(
+        cli, ["quarantine", "wf-wait-3", "--reason", "stop", "--until-undone", "1",
+              "--dsn", fresh_dsn], env=env(kafka),
+    )  # fmt: skip
+    assert got.exit_code == 3 and "is not taken up" in got.output, got.output
     # what the compensator does: the Quarantine, as it is, on the compacted topic
     q = operator.quarantine(kafka, "wf-wait-2", reason="stop", by="ops")
     publish_state(kafka, q["event"])
