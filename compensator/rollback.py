@@ -15,6 +15,10 @@
    done), a `Release` naming each quarantine, and the snapshot's state handed back. Without
    it the runs stay quarantined until `wakeline release WF`.
 
+`rollback_when_ledgered(...)` is `rollback` against the PostgreSQL ledger once the worker has
+ledgered the checkpoint: what an agent going back to a checkpoint it has just written calls
+(the default of `WakelineGraph(rollback=...)`, producers/adapters/langgraph.py).
+
 `checkpoints(...)` lists a workflow's snapshots: the ledgered ones with their ledger
 position, then those the compensator took in that the ledger does not show yet.
 """
@@ -31,9 +35,11 @@ from wakeline.errors import StackError, WakelineError
 from wakeline.infra.settings import KafkaSettings
 from wakeline.producers.snapshots import (
     Snapshot,
+    SnapshotError,
     checked_state,
     find_snapshot,
     ledgered_snapshots,
+    open_ledger,
 )
 
 Decode = Callable[[bytes], dict[str, Any]]
@@ -181,6 +187,34 @@ def rollback(
         item["plan"] = plans[q["event_id"]]
         item["release"] = {"event": release, **_produce(kafka, release, 15.0)}
     return report
+
+
+def rollback_when_ledgered(
+    kafka: KafkaSettings,
+    dsn: str | None,
+    workflow_id: str,
+    checkpoint: str,
+    *,
+    wait_s: float,
+    reason: str | None = None,
+    by: str | None = None,
+) -> dict[str, Any]:
+    """`rollback` with the PostgreSQL ledger at `dsn` (default `WAKELINE_DSN` or the local
+    stack), waiting up to `wait_s` in all: for the worker to ledger the checkpoint, then for
+    the compensator's plans (`StackError` past it)."""
+    deadline = time.monotonic() + wait_s
+    with open_ledger(dsn) as (store, decode, url):
+        assert url is not None
+        while True:
+            try:
+                return rollback(
+                    kafka, url, store, decode, workflow_id, checkpoint, by=by, reason=reason,
+                    wait_s=max(1.0, deadline - time.monotonic()),
+                )  # fmt: skip
+            except SnapshotError as e:  # not ledgered yet: the worker lags
+                if "no ledgered checkpoint" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 def _wait_done(dsn: str, qid: str, deadline: float, wait_s: float, poll_s: float) -> dict[str, Any]:

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_the_sdk_never_loads_the_stream_engine_or_other_components():
     code = (
@@ -47,3 +49,39 @@ def test_an_agent_needs_kafka_only_no_psycopg_no_faust():
     forbidden = {"psycopg", "psycopg_binary", "faust", "wakeline.infra.db", "wakeline.ledger"}
     assert "wakeline.producers.workflow" in loaded and "confluent_kafka" in loaded
     assert not {m for m in loaded if m in forbidden or m.split(".")[0] in forbidden}
+
+
+def test_a_langgraph_agent_loads_neither_the_compensator_nor_psycopg():
+    """Import the LangGraph adapter and run a graph (each checkpoint a snapshot): the rollback
+    it would run on going back (compensator/rollback.py) is loaded only then."""
+    pytest.importorskip("langgraph")
+    code = (
+        "import json, sys, tempfile\n"
+        "from pathlib import Path\n"
+        "from typing import TypedDict\n"
+        "from langgraph.graph import END, START, StateGraph\n"
+        "import wakeline.producers as p\n"
+        "from wakeline.producers.adapters.langgraph import WakelineGraph\n"
+        "from wakeline.infra.settings import KafkaSettings, Topics\n"
+        "class S(TypedDict):\n"
+        "    n: int\n"
+        "kafka = KafkaSettings(bootstrap='127.0.0.1:1', topics=Topics('b.'))\n"
+        "with tempfile.TemporaryDirectory() as tmp:\n"
+        "    em = p.Emitter(kafka, spool_dir=Path(tmp), spool_only=True, publish_schemas=False,\n"
+        "                   quarantine_gate=False)\n"
+        "    wl = WakelineGraph(em, 'wf', agent_id='a', principal='p')\n"
+        "    g = StateGraph(S)\n"
+        "    g.add_node('a', lambda s: {'n': wl.call('t', lambda x: x + 1, {'x': s['n']})})\n"
+        "    g.add_edge(START, 'a')\n"
+        "    g.add_edge('a', END)\n"
+        "    assert wl.invoke(g.compile(checkpointer=wl.checkpointer), {'n': 1},\n"
+        "                     wl.config('t')) == {'n': 2}\n"
+        "    assert len(wl.snapshots) == 3\n"
+        "    em.close()\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout))
+    assert "wakeline.producers.adapters.langgraph" in loaded
+    forbidden = {"psycopg", "psycopg_binary", "wakeline.compensator", "wakeline.infra.db"}
+    assert not {m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden)}
