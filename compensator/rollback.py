@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from wakeline.compensator import operator
-from wakeline.compensator.operator import OperatorError, _connect, _envelope, _produce, _text
+from wakeline.compensator.operator import OperatorError, Writer, _connect, _envelope, _text
 from wakeline.errors import StackError, WakelineError
 from wakeline.infra.settings import KafkaSettings
 from wakeline.producers.snapshots import (
@@ -148,11 +148,13 @@ def rollback(
             "the rollback for a duplicate of it"
         )
     why = reason or f"rollback to checkpoint {snap.name} (event {snap.event_id})"
+    writer = Writer(kafka)  # one producer for every Quarantine and Release of the rollback
     runs = []  # (snapshot the run is undone after, the Quarantine written), newest run first
     for start in [*reversed(resumed_since(snaps, snap)), snap]:
         q = operator.quarantine(kafka, workflow_id, reason=why, by=by, run_id=start.run_id,
-                                after_event_id=start.event_id)  # fmt: skip
+                                after_event_id=start.event_id, writer=writer)  # fmt: skip
         runs.append((start, q))
+    writer.flush()
     report: dict[str, Any] = {
         "workflow_id": workflow_id,
         "checkpoint": snap.to_json(),
@@ -185,7 +187,8 @@ def rollback(
             quarantine_id=q["event_id"],
         )
         item["plan"] = plans[q["event_id"]]
-        item["release"] = {"event": release, **_produce(kafka, release, 15.0)}
+        item["release"] = writer.add(release)
+    writer.flush()
     return report
 
 
