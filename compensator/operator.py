@@ -3,7 +3,7 @@
 - `quarantine(kafka, workflow_id, reason=..., by=...)` writes a `Quarantine` event on the
   workflow's partition of `<prefix>events` (key = the workflow id, as the SDK writes its
   events: the same framing, `encode_event` and `cloudevents_headers`) and returns once the
-  broker acknowledged it (idempotent producer, acks=all), with the event id, partition and
+  broker acknowledged it (acks=all, one request in flight), with the event id, partition and
   offset. The compensator takes it from there; `wait_visible` waits until the compacted
   `<prefix>quarantines` topic (what SDK gates read) shows it. What writes many (a rollback
   of several runs) passes one `Writer`, whose one producer is flushed once.
@@ -236,12 +236,10 @@ def wait_visible(
 
 
 class Writer:
-    """One producer for all an operator's invocation writes (idempotent, acks=all): `add`
+    """One producer for all an operator's invocation writes (acks=all, in order): `add`
     queues an event on its workflow's partition of `<prefix>events` (key = the workflow id,
     `encode_event`, `cloudevents_headers`, as the SDK frames its events); `flush` waits once
-    for the broker's acknowledgement of what was queued since the last flush. A producer per
-    event costs about 0.5 s each: a new idempotent producer's first record waits for its
-    producer id (docs/decisions.md)."""
+    for the broker's acknowledgement of what was queued since the last flush."""
 
     def __init__(self, kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
         from confluent_kafka import Producer
@@ -252,7 +250,12 @@ class Writer:
         self._producer = Producer(
             kafka.client_config(
                 **{
-                    "enable.idempotence": True,
+                    # not idempotent: a fresh idempotent producer's first record waits ~500 ms
+                    # for its producer id (docs/decisions.md); one request in flight keeps the
+                    # order on a retry, whose duplicate repeats the event id (a redelivery to
+                    # the compensator and the ledger)
+                    "enable.idempotence": False,
+                    "max.in.flight.requests.per.connection": 1,
                     "acks": "all",
                     "linger.ms": 0,
                     "message.timeout.ms": max(1000, int(timeout_s * 1000)),
