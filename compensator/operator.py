@@ -3,9 +3,10 @@
 - `quarantine(kafka, workflow_id, reason=..., by=...)` writes a `Quarantine` event on the
   workflow's partition of `<prefix>events` (key = the workflow id, as the SDK writes its
   events: the same framing, `encode_event` and `cloudevents_headers`) and returns once the
-  broker acknowledged it (idempotent producer, acks=all), with the event id, partition and
+  broker acknowledged it (acks=all, one request in flight), with the event id, partition and
   offset. The compensator takes it from there; `wait_visible` waits until the compacted
-  `<prefix>quarantines` topic (what SDK gates read) shows it.
+  `<prefix>quarantines` topic (what SDK gates read) shows it. What writes many (a rollback
+  of several runs) passes one `Writer`, whose one producer is flushed once.
 - `release(kafka, workflow_id, ...)` writes a `Release` naming the quarantine in force:
   from the compensator's plans (compensator_plans), else the quarantines topic, else none.
 - `timeline(...)` is a workflow's every call (intent, result, compensation, escalation),
@@ -108,6 +109,7 @@ def quarantine(
     alert_id: str | None = None,
     after_event_id: str | None = None,
     timeout_s: float = 15.0,
+    writer: Writer | None = None,
 ) -> dict[str, Any]:
     """Write a `Quarantine`; returns the event, its id, partition and offset. One scope:
     `run` with `run_id`; `tainted` with `tainted` (every call depending on those events,
@@ -117,7 +119,8 @@ def quarantine(
     `boundary:<b>` or `taint:<first event>`, and the compensator fans it out (one
     Quarantine per workflow it reaches, compensator/scopes.py). `after_event_id` with
     `run_id` is a rollback: only the run's calls after that WorkflowSnapshot are undone
-    (compensator/rollback.py)."""
+    (compensator/rollback.py). With `writer`, the event is queued there: its partition and
+    offset are in the returned report once `writer.flush()` returned."""
     reason = _text("reason", reason)
     by = _text("by", by if by is not None else operator_identity())
     tainted = [_text("tainted event id", t) for t in tainted]
@@ -156,7 +159,7 @@ def quarantine(
     )  # fmt: skip
     if after_event_id is not None:
         event["after_event_id"] = _text("checkpoint event id", after_event_id)
-    return {"event": event, **_produce(kafka, event, timeout_s)}
+    return _write(kafka, event, timeout_s, writer)
 
 
 def release(
@@ -167,6 +170,7 @@ def release(
     by: str | None = None,
     dsn: str | None = None,
     timeout_s: float = 15.0,
+    writer: Writer | None = None,
 ) -> dict[str, Any]:
     """Write a `Release` of the workflow naming the quarantine in force (see
     `quarantine_in_force`); returns the event, where the id came from, partition, offset."""
@@ -177,7 +181,7 @@ def release(
     run_id = found.get("run_id") if found.get("scope") == "run" else None
     event = _envelope("Release", workflow_id, run_id or str(uuid.uuid4()), by)
     event.update(reason=reason, by=by, quarantine_id=found.get("quarantine_id"))
-    return {"event": event, "found_in": found.get("found_in"), **_produce(kafka, event, timeout_s)}
+    return {**_write(kafka, event, timeout_s, writer), "found_in": found.get("found_in")}
 
 
 def quarantine_in_force(
@@ -231,52 +235,113 @@ def wait_visible(
         reader.close()
 
 
-def _produce(kafka: KafkaSettings, event: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """Encode, send on the workflow's partition, wait for the broker's acknowledgement."""
-    from confluent_kafka import KafkaError, KafkaException, Producer
+class Writer:
+    """One producer for all an operator's invocation writes (acks=all, in order): `add`
+    queues an event on its workflow's partition of `<prefix>events` (key = the workflow id,
+    `encode_event`, `cloudevents_headers`, as the SDK frames its events); `flush` waits once
+    for the broker's acknowledgement of what was queued since the last flush."""
 
-    value = encode_event(event)  # a bad event writes nothing
-    headers = cloudevents_headers(event)
-    topic = kafka.topics.events
-    producer = Producer(
-        kafka.producer_config(
-            **{
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 0,
-                "message.timeout.ms": max(1000, int(timeout_s * 1000)),
-                "socket.connection.setup.timeout.ms": 5000,
-                "log_level": 0,
-            }
+    def __init__(self, kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
+        from confluent_kafka import Producer
+
+        self.kafka = kafka
+        self.timeout_s = timeout_s
+        self.topic = kafka.topics.events
+        self._producer = Producer(
+            kafka.producer_config(
+                **{
+                    # not idempotent: a fresh idempotent producer's first record waits ~500 ms
+                    # for its producer id (docs/decisions.md); one request in flight keeps the
+                    # order on a retry, whose duplicate repeats the event id (a redelivery to
+                    # the compensator and the ledger)
+                    "enable.idempotence": False,
+                    "max.in.flight.requests.per.connection": 1,
+                    "acks": "all",
+                    "linger.ms": 0,
+                    "message.timeout.ms": max(1000, int(timeout_s * 1000)),
+                    "socket.connection.setup.timeout.ms": 5000,
+                    "log_level": 0,
+                }
+            )
         )
-    )
-    got: dict[str, Any] = {}
+        self._pending: list[dict[str, Any]] = []  # reports queued since the last flush
+        self._why: dict[str, str] = {}  # event id -> why it was not written
 
-    def on_delivery(err: Any, msg: Any) -> None:
-        got.update(error=err, partition=msg.partition(), offset=msg.offset())
+    def add(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Queue `event` (a bad one raises here and queues nothing); returns its report
+        (`event`, `event_id`, `topic`), whose `partition` and `offset` `flush` fills in."""
+        from confluent_kafka import KafkaException
 
-    try:
-        producer.produce(
-            topic, value, event["workflow_id"].encode(), headers=headers, on_delivery=on_delivery
+        value = encode_event(event)
+        report: dict[str, Any] = {
+            "event": event,
+            "event_id": event["event_id"],
+            "topic": self.topic,
+            "partition": None,
+            "offset": None,
+        }
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is None:
+                report.update(partition=msg.partition(), offset=msg.offset())
+            else:
+                self._why[event["event_id"]] = self._refusal(err)
+
+        self._pending.append(report)
+        try:
+            self._producer.produce(
+                self.topic, value, event["workflow_id"].encode(),
+                headers=cloudevents_headers(event), on_delivery=on_delivery,
+            )  # fmt: skip
+        except (KafkaException, BufferError) as e:
+            self._why[event["event_id"]] = f"refused before it left: {e}"
+        return report
+
+    def flush(self) -> list[dict[str, Any]]:
+        """Wait for the broker to acknowledge what `add` queued; returns those reports, or
+        raises StackError naming each event not written and why (and those that were)."""
+        from confluent_kafka import KafkaException
+
+        reports, self._pending = self._pending, []
+        try:
+            self._producer.flush(self.timeout_s + 5)
+        except KafkaException as e:
+            for r in reports:
+                self._why.setdefault(r["event_id"], str(e))
+        lost = [r for r in reports if r["offset"] is None]
+        if not lost:
+            return reports
+        what = "; ".join(
+            f"the {r['event']['type']} {r['event_id']} of workflow {r['event']['workflow_id']!r}"
+            f" ({self._why.get(r['event_id']) or self._refusal(None)})"
+            for r in lost
         )
-        left = producer.flush(timeout_s + 5)
-    except (KafkaException, BufferError) as e:
-        raise StackError(f"cannot write the {event['type']} to {topic}: {e}") from e
-    err = got.get("error")
-    timed_out = err is not None and err.code() == KafkaError._MSG_TIMED_OUT
-    if left or "error" not in got or timed_out:
+        written = [r["event_id"] for r in reports if r["offset"] is not None]
         raise StackError(
-            f"the {event['type']} was not acknowledged within {timeout_s:g} s: is the broker "
-            f"at {kafka.bootstrap} reachable?"
+            f"{len(lost)} of {len(reports)} event(s) not written to {self.topic}: {what}"
+            + (f"; written: {', '.join(written)}" if written else "")
         )
-    if err is not None:
-        raise StackError(f"the broker at {kafka.bootstrap} refused the {event['type']}: {err}")
-    return {
-        "event_id": event["event_id"],
-        "topic": topic,
-        "partition": got["partition"],
-        "offset": got["offset"],
-    }
+
+    def _refusal(self, err: Any) -> str:
+        """Why a record was not written: `err` of its delivery report (None: it got none)."""
+        from confluent_kafka import KafkaError
+
+        if err is None or err.code() == KafkaError._MSG_TIMED_OUT:
+            return (f"not acknowledged within {self.timeout_s:g} s: is the broker at "
+                    f"{self.kafka.bootstrap} reachable?")  # fmt: skip
+        return f"the broker at {self.kafka.bootstrap} refused it: {err}"
+
+
+def _write(
+    kafka: KafkaSettings, event: dict[str, Any], timeout_s: float, writer: Writer | None
+) -> dict[str, Any]:
+    """Queue `event` on `writer` (positions once it is flushed), else write it alone."""
+    if writer is not None:
+        return writer.add(event)
+    one = Writer(kafka, timeout_s)
+    report = one.add(event)
+    one.flush()
+    return report
 
 
 def _topic_state(kafka: KafkaSettings, workflow_id: str, timeout_s: float) -> Any:

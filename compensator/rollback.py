@@ -15,6 +15,10 @@
    done), a `Release` naming each quarantine, and the snapshot's state handed back. Without
    it the runs stay quarantined until `wakeline release WF`.
 
+`rollback_when_ledgered(...)` is `rollback` against the PostgreSQL ledger once the worker has
+ledgered the checkpoint: what an agent going back to a checkpoint it has just written calls
+(the default of `WakelineGraph(rollback=...)`, producers/adapters/langgraph.py).
+
 `checkpoints(...)` lists a workflow's snapshots: the ledgered ones with their ledger
 position, then those the compensator took in that the ledger does not show yet.
 """
@@ -26,14 +30,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from wakeline.compensator import operator
-from wakeline.compensator.operator import OperatorError, _connect, _envelope, _produce, _text
+from wakeline.compensator.operator import OperatorError, Writer, _connect, _envelope, _text
 from wakeline.errors import StackError, WakelineError
 from wakeline.infra.settings import KafkaSettings
 from wakeline.producers.snapshots import (
     Snapshot,
+    SnapshotError,
     checked_state,
     find_snapshot,
     ledgered_snapshots,
+    open_ledger,
 )
 
 Decode = Callable[[bytes], dict[str, Any]]
@@ -142,11 +148,13 @@ def rollback(
             "the rollback for a duplicate of it"
         )
     why = reason or f"rollback to checkpoint {snap.name} (event {snap.event_id})"
+    writer = Writer(kafka)  # one producer for every Quarantine and Release of the rollback
     runs = []  # (snapshot the run is undone after, the Quarantine written), newest run first
     for start in [*reversed(resumed_since(snaps, snap)), snap]:
         q = operator.quarantine(kafka, workflow_id, reason=why, by=by, run_id=start.run_id,
-                                after_event_id=start.event_id)  # fmt: skip
+                                after_event_id=start.event_id, writer=writer)  # fmt: skip
         runs.append((start, q))
+    writer.flush()
     report: dict[str, Any] = {
         "workflow_id": workflow_id,
         "checkpoint": snap.to_json(),
@@ -179,8 +187,37 @@ def rollback(
             quarantine_id=q["event_id"],
         )
         item["plan"] = plans[q["event_id"]]
-        item["release"] = {"event": release, **_produce(kafka, release, 15.0)}
+        item["release"] = writer.add(release)
+    writer.flush()
     return report
+
+
+def rollback_when_ledgered(
+    kafka: KafkaSettings,
+    dsn: str | None,
+    workflow_id: str,
+    checkpoint: str,
+    *,
+    wait_s: float,
+    reason: str | None = None,
+    by: str | None = None,
+) -> dict[str, Any]:
+    """`rollback` with the PostgreSQL ledger at `dsn` (default `WAKELINE_DSN` or the local
+    stack), waiting up to `wait_s` in all: for the worker to ledger the checkpoint, then for
+    the compensator's plans (`StackError` past it)."""
+    deadline = time.monotonic() + wait_s
+    with open_ledger(dsn) as (store, decode, url):
+        assert url is not None
+        while True:
+            try:
+                return rollback(
+                    kafka, url, store, decode, workflow_id, checkpoint, by=by, reason=reason,
+                    wait_s=max(1.0, deadline - time.monotonic()),
+                )  # fmt: skip
+            except SnapshotError as e:  # not ledgered yet: the worker lags
+                if "no ledgered checkpoint" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
 
 def wait_plan_done(

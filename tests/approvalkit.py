@@ -1,7 +1,8 @@
 """Approval traffic as the SDK writes it, for the queue, CLI and verifier tests: a ToolIntent
 whose decision is require_approval (its `approval_id` names the request), then its
 ApprovalRequested on the same workflow (binding = `binding_of_intent`), then signed
-decisions (`decision_event`) and the call's ToolResult. For the integration tests: `produce`
+decisions (`sign_decision`, or `signed` by a member of an `Approvers` group) and the call's
+ToolResult. For the integration tests: `produce`
 them as the SDK does, and read the queue back (`queued_request`, `queued_decisions`)."""
 
 from __future__ import annotations
@@ -103,6 +104,30 @@ def waiting_call(
     return intent, request
 
 
+def sign_decision(
+    request: dict[str, Any],
+    who: str,
+    key: Ed25519PrivateKey,
+    decision: str = "approve",
+    *,
+    expires_at: int,
+    binding: bytes | None = None,
+    public_key: bytes | None = None,
+    at: int | None = None,
+    comment: str | None = None,
+) -> dict[str, Any]:
+    """An ApprovalGranted / ApprovalDenied of `who` over `request` (a decoded
+    ApprovalRequested), signed with `key`, as the CLI makes it: a deny never expires; the
+    binding is the request's unless given, the public key `key`'s unless given."""
+    exp = 0 if decision == "deny" else expires_at
+    bound = request["intent_digest"] if binding is None else binding
+    st = Statement(decision, request["event_id"], bound, who, exp)  # type: ignore[arg-type]
+    return decision_event(
+        request, st, st.sign(key), public_bytes(key) if public_key is None else public_key,
+        event_id=new_event_id(), time_us=now_us() if at is None else at, comment=comment,
+    )  # fmt: skip
+
+
 def signed(
     request: dict[str, Any],
     approvers: Approvers,
@@ -114,13 +139,11 @@ def signed(
     binding: bytes | None = None,
     expires_at: int | None = None,
 ) -> dict[str, Any]:
-    """An ApprovalGranted / ApprovalDenied of `who` over `request`, as the CLI makes it."""
-    key = key or approvers.keys[who]
-    exp = 0 if decision == "deny" else (request["expires_at"] if expires_at is None else expires_at)
-    st = Statement(decision, request["event_id"], binding or request["intent_digest"], who, exp)  # type: ignore[arg-type]
-    return decision_event(
-        request, st, st.sign(key), public_bytes(key), event_id=new_event_id(),
-        time_us=now_us() if at is None else at, comment="looks right",
+    """`who`'s decision with their key in `approvers` (or `key`), valid as long as the request."""
+    return sign_decision(
+        request, who, key or approvers.keys[who], decision, binding=binding, at=at,
+        expires_at=request["expires_at"] if expires_at is None else expires_at,
+        comment="looks right",
     )  # fmt: skip
 
 

@@ -27,7 +27,9 @@ it, before any step runs again, as `on_time_travel` says:
   escalates what it cannot, the run is released), then `Emitter.resume` from it: the graph
   goes on in a new run whose calls descend from that snapshot. Needs the PostgreSQL ledger
   (`dsn`, default `WAKELINE_DSN` or the local stack) and a compensator running; it waits up
-  to `wait_s` for both and raises `StackError` past it (then nothing runs again).
+  to `wait_s` for both and raises `StackError` past it (then nothing runs again). What
+  undoes is `rollback=` (a `Rollback`; default compensator/rollback.py
+  `rollback_when_ledgered`, loaded only then: building a graph needs Kafka only).
 - `"refuse"`: raise `TimeTravelRefused` (nothing runs again).
 - `"allow"`: LangGraph's behaviour: replay without undoing anything.
 
@@ -46,10 +48,10 @@ Requires the `langgraph` extra.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
@@ -79,6 +81,17 @@ class TimeTravelRefused(SdkError):
     """The graph went back to an earlier checkpoint and `on_time_travel` is "refuse"."""
 
 
+class Rollback(Protocol):
+    """What going back runs (`WakelineGraph(rollback=...)`): undo the workflow's calls after
+    its snapshot `checkpoint` (a name or event id), waiting up to `wait_s`, and return the
+    report of compensator/rollback.py `rollback`, whose `["checkpoint"]["event_id"]` is the
+    snapshot the graph resumes from. It raises when nothing may run again."""
+
+    def __call__(
+        self, workflow_id: str, checkpoint: str, *, wait_s: float, reason: str
+    ) -> dict[str, Any]: ...
+
+
 def snapshot_name(checkpoint_id: str) -> str:
     return f"{PREFIX}{checkpoint_id}"
 
@@ -98,6 +111,7 @@ class WakelineGraph:
         on_time_travel: TimeTravel = "rollback",
         dsn: str | None = None,
         wait_s: float = 120.0,
+        rollback: Rollback | None = None,
         **fields: Any,
     ) -> None:
         if on_time_travel not in ("rollback", "refuse", "allow"):
@@ -110,6 +124,8 @@ class WakelineGraph:
         self.on_time_travel = on_time_travel
         self.dsn = dsn
         self.wait_s = wait_s
+        #: what going back runs; None: the PostgreSQL ledger at `dsn` (`_ledger_rollback`)
+        self.rollback = rollback
         #: LangGraph checkpoint id -> the WorkflowSnapshot event id that saved it last
         self.snapshots: dict[str, str] = {}
         #: the rollbacks done (reports of compensator/rollback.py), oldest first
@@ -204,24 +220,21 @@ class WakelineGraph:
         self.snapshots[parent_id] = resumed.resumed_id
 
     def _rollback(self, snapshot: str) -> dict[str, Any]:
-        from wakeline.compensator.rollback import rollback
-        from wakeline.producers.snapshots import SnapshotError, open_ledger
-
         self.emitter.flush(self.wait_s)
-        deadline = time.monotonic() + self.wait_s
-        with open_ledger(self.dsn) as (store, decode, url):
-            assert url is not None
-            while True:
-                try:
-                    return rollback(
-                        self.emitter.kafka, url, store, decode, self.workflow_id, snapshot,
-                        reason=f"LangGraph went back to checkpoint {snapshot}",
-                        wait_s=max(1.0, deadline - time.monotonic()),
-                    )  # fmt: skip
-                except SnapshotError as e:  # not ledgered yet: the worker lags
-                    if "no ledgered checkpoint" not in str(e) or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+        undo = self.rollback or _ledger_rollback(self.emitter.kafka, self.dsn)
+        return undo(
+            self.workflow_id, snapshot, wait_s=self.wait_s,
+            reason=f"LangGraph went back to checkpoint {snapshot}",
+        )  # fmt: skip
+
+
+def _ledger_rollback(kafka: Any, dsn: str | None) -> Rollback:
+    """The default `Rollback`: `wakeline workflow rollback` against the PostgreSQL ledger at
+    `dsn` once the checkpoint is ledgered (compensator/rollback.py `rollback_when_ledgered`),
+    loaded only when a graph goes back: building and running a graph needs Kafka only."""
+    from wakeline.compensator.rollback import rollback_when_ledgered
+
+    return functools.partial(rollback_when_ledgered, kafka, dsn)
 
 
 class WakelineCheckpointer(BaseCheckpointSaver):

@@ -13,6 +13,7 @@ from confluent_kafka import Producer
 
 from wakeline.cli.main import cli
 from wakeline.compensator import operator
+from wakeline.errors import StackError
 from wakeline.infra.settings import KafkaSettings
 from wakeline.processors.runner import postgres_store_factory
 from wakeline.producers.emitter import Emitter
@@ -46,10 +47,14 @@ def agent_events(kafka: KafkaSettings, spool: Path, workflows: list[str]) -> Non
 def test_a_quarantine_lands_on_the_workflows_partition_and_records_who(kafka, tmp_path) -> None:
     workflows = [f"wf-op-{i}" for i in range(8)]
     agent_events(kafka, tmp_path / "spool", workflows)
+    writer = operator.Writer(kafka)  # one producer, one flush: the positions come then
     written = {
-        wf: operator.quarantine(kafka, wf, reason="runaway refunds", by="ops@example.com")
+        wf: operator.quarantine(
+            kafka, wf, reason="runaway refunds", by="ops@example.com", writer=writer
+        )
         for wf in workflows
     }
+    assert writer.flush() == list(written.values())
     run = operator.quarantine(kafka, workflows[0], reason="one run", run_id="run-7")
     assert run["event"]["scope"] == "run" and run["event"]["run_id"] == "run-7"
     records = [m for m in read_topic(kafka, kafka.topics.events, idle=1.0)
@@ -68,6 +73,24 @@ def test_a_quarantine_lands_on_the_workflows_partition_and_records_who(kafka, tm
         assert event["agent_id"] == "wakeline-operator" and event["scope"] == "workflow"
         assert event["source"].startswith("wakeline://operator/")
         assert dict(msg.headers())["ce_id"] == got["event_id"].encode()
+
+
+def test_an_event_the_writer_could_not_write_is_named_and_the_others_are_written(kafka) -> None:
+    writer = operator.Writer(kafka)
+    fine = operator.quarantine(kafka, "wf-w-1", reason="stop", by="ops", writer=writer)
+    big = operator.quarantine(kafka, "wf-w-2", reason="x" * 1_200_000, by="ops", writer=writer)
+    also = operator.quarantine(kafka, "wf-w-3", reason="stop", by="ops", writer=writer)
+    with pytest.raises(StackError) as raised:
+        writer.flush()
+    said = str(raised.value)
+    assert said.startswith(f"1 of 3 event(s) not written to {kafka.topics.events}")
+    assert f"the Quarantine {big['event_id']} of workflow 'wf-w-2' (refused" in said
+    assert said.endswith(f"written: {fine['event_id']}, {also['event_id']}")
+    keys = {b"wf-w-1", b"wf-w-2", b"wf-w-3"}
+    records = read_topic(kafka, kafka.topics.events, idle=1.0)
+    on_topic = {decode_event(m.value())["event_id"] for m in records if m.key() in keys}
+    assert {fine["event_id"], also["event_id"]} <= on_topic and big["event_id"] not in on_topic
+    assert writer.flush() == []  # what failed is not tried again
 
 
 def test_wait_times_out_without_a_compensator_and_sees_a_published_state(kafka, fresh_dsn) -> None:

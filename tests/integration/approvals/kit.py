@@ -1,6 +1,7 @@
 """The approvals tests' world (their fixtures are in conftest.py): an approver group of freshly
 generated keys, a plain policy hook that asks it for approval of every write, and helpers that
-find an ApprovalRequested and answer it the way `wakeline approvals` does."""
+find an ApprovalRequested and answer it the way `wakeline approvals` does (signed with
+tests/approvalkit.py, the home of the approval signing helpers)."""
 
 from __future__ import annotations
 
@@ -15,20 +16,13 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.approvalkit import POLICY_VERSION, now_us, sign_decision
 from wakeline.infra.settings import KafkaSettings
-from wakeline.policy.approvals import (
-    Statement,
-    decision_event,
-    generate_key,
-    public_bytes,
-    publish_decision,
-)
+from wakeline.policy.approvals import generate_key, public_bytes, publish_decision
 from wakeline.producers import Emitter, ToolRegistry
 from wakeline.producers.approvals import Approvals
 from wakeline.producers.gates import ApproverGroup, PolicyDecision, PolicyRequest
-from wakeline.schemas import decode_event, new_event_id
-
-VERSION = "ab" * 32
+from wakeline.schemas import decode_event
 
 
 @dataclass
@@ -53,24 +47,11 @@ class Approver:
         comment: str | None = None,
     ) -> dict[str, Any]:
         """Sign and publish a decision on `request` (a decoded ApprovalRequested)."""
-        expires = 0 if decision == "deny" else int((time.time() + expires_in_s) * 1_000_000)
-        st = Statement(
-            decision,  # type: ignore[arg-type]
-            request["event_id"],
-            binding if binding is not None else request["intent_digest"],
-            self.name,
-            expires,
-        )
-        signature = st.sign(key or self.key)
-        event = decision_event(
-            request,
-            st,
-            signature,
-            public_key if public_key is not None else self.public,
-            event_id=new_event_id(),
-            time_us=time.time_ns() // 1000,
-            comment=comment,
-        )
+        event = sign_decision(
+            request, self.name, key or self.key, decision, binding=binding, comment=comment,
+            expires_at=now_us() + int(expires_in_s * 1_000_000),
+            public_key=self.public if public_key is None else public_key,
+        )  # fmt: skip
         publish_decision(kafka, event)
         return event
 
@@ -98,7 +79,7 @@ class World:
             "charges need a person",
             "test",
             rule="charges",
-            version=VERSION,
+            version=POLICY_VERSION,
             approvers=self.group,
             quorum=self.quorum,
             timeout_s=self.timeout_s,

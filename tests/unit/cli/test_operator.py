@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from wakeline.cli.main import cli
-from wakeline.compensator.operator import OperatorError, quarantine, workflow_state
+from wakeline.compensator.operator import OperatorError, Writer, quarantine, workflow_state
+from wakeline.errors import StackError
 from wakeline.infra.settings import KafkaSettings
 from wakeline.ledger.store_memory import MemoryLedgerStore
 
@@ -199,6 +200,20 @@ def test_bad_operator_input_is_refused_before_anything_is_sent(
 ) -> None:
     with pytest.raises(OperatorError, match=says):
         quarantine(NO_BROKER, workflow_id, **fields)
+
+
+def test_a_writer_that_reaches_no_broker_names_every_event_it_did_not_write() -> None:
+    writer = Writer(NO_BROKER, timeout_s=1)
+    queued = [quarantine(NO_BROKER, f"wf-{i}", reason="r", by="ops", writer=writer)
+              for i in range(3)]  # fmt: skip
+    assert all(q["offset"] is None for q in queued)  # nothing is sent before the flush
+    with pytest.raises(StackError) as raised:
+        writer.flush()
+    said = str(raised.value)
+    assert said.startswith("3 of 3 event(s) not written") and "written:" not in said
+    for i, q in enumerate(queued):
+        assert f"the Quarantine {q['event_id']} of workflow 'wf-{i}'" in said
+    assert f"is the broker at {NO_BROKER.bootstrap} reachable?" in said
 
 
 def test_the_commands_exit_2_on_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:

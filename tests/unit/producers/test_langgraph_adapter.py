@@ -139,3 +139,26 @@ def test_ainvoke_saves_through_aput_the_same_way(recorded: tuple[Emitter, Record
     past = next(s for s in app.get_state_history(cfg) if s.next == ("b",))
     with pytest.raises(TimeTravelRefused):
         asyncio.run(wl.ainvoke(app, None, past.config))
+
+
+def test_going_back_runs_the_injected_rollback_and_nothing_more_when_it_fails(
+    recorded: tuple[Emitter, Recorder],
+) -> None:
+    emitter, rec = recorded
+    asked: list[tuple[str, str, float, str]] = []
+
+    def rollback(workflow_id: str, checkpoint: str, *, wait_s: float, reason: str) -> Any:
+        asked.append((workflow_id, checkpoint, wait_s, reason))
+        raise SdkError("no compensator here")
+
+    wl = WakelineGraph(emitter, "wf-lg", agent_id="a", principal="p", wait_s=7, rollback=rollback)
+    app = graph(wl)
+    cfg = wl.config("t1")
+    wl.invoke(app, {"n": 0}, cfg)
+    past = next(s for s in app.get_state_history(cfg) if s.next == ("b",))
+    before = len(rec.events())
+    with pytest.raises(SdkError, match="no compensator here"):
+        wl.invoke(app, None, past.config)
+    snap = wl.snapshots[past.config["configurable"]["checkpoint_id"]]
+    assert asked == [("wf-lg", snap, 7, f"LangGraph went back to checkpoint {snap}")]
+    assert len(rec.events()) == before and wl.rollbacks == []  # b did not run again
