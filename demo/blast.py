@@ -38,8 +38,7 @@ def run_act(
     kafka: KafkaSettings,
     database: DatabaseSettings,
     store: Any,
-    home: Path,
-    out_dir: Path,
+    spools: Path,
     *,
     console: Console,
     step: int,
@@ -50,23 +49,18 @@ def run_act(
     from wakeline.compensator.scopes import impact
     from wakeline.producers import Emitter
     from wakeline.schemas import decode_event
-    from wakeline.testkit.harness import start_compensator, stop_worker
     from wakeline_world import World
     from wakeline_world.tools import registry
 
     dsn = database.dsn
-    world = World(dsn).install()
+    world = World(dsn)
     report: dict[str, Any] = {}
     tag = uuid.uuid4().hex[:6]
     wf_research, wf_billing, wf_other = f"research-{tag}", f"billing-{tag}", f"stock-{tag}"
     record, customer, sku = f"crm-acme-{tag}", f"cus_acme_{tag}", f"sku-{tag}"
     world.crm.update(record, {"credit_limit_eur": 1000}, f"seed-{record}")
     world.inventory.restock(sku, 10)
-    comp = start_compensator(
-        kafka, dsn, "--handlers", "wakeline_world.undo",
-        log_path=str(out_dir / "compensator-blast.log"), env={"WAKELINE_WORLD_DSN": dsn},
-    )  # fmt: skip
-    emitter = Emitter(kafka, spool_dir=home / "spool" / "demo-blast", registry=registry())
+    emitter = Emitter(kafka, spool_dir=spools / "blast", registry=registry())
     try:
         console.rule(f"[bold]{step}. A prompt-injected agent's output is used elsewhere")
         research = emitter.workflow(wf_research, agent_id="research-bot", principal="ops@x.io")
@@ -154,10 +148,10 @@ def run_act(
                       f"{resumed.state}")  # fmt: skip
         if vm_now.get("status") == "running":
             raise ActFailed(f"the VM created after the checkpoint still runs: {vm_now}")
-        report.update(rollback_workflow=wf, rolled_back_vm=vm["vm_id"])
+        report.update(rollback_workflow=wf, rolled_back_vm=vm["vm_id"],
+                      refunded=[charge["charge_id"]])  # fmt: skip
     finally:
         emitter.close(30)
-        stop_worker(comp)
     return report
 
 

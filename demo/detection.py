@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +35,28 @@ def _alerts(kafka: KafkaSettings, **match: str) -> list[dict[str, Any]]:
 def run_act(
     kafka: KafkaSettings,
     database: DatabaseSettings,
-    home: Path,
-    out_dir: Path,
+    spools: Path,
     *,
     console: Console,
     step: int,
 ) -> dict[str, Any]:
     from wakeline.producers import Emitter
     from wakeline.producers.errors import GateRefused
-    from wakeline.testkit.harness import start_compensator, stop_worker
     from wakeline_world import World
     from wakeline_world.tools import registry
 
     dsn = database.dsn
-    world = World(dsn).install()
+    world = World(dsn)
     report: dict[str, Any] = {}
-    comp = start_compensator(
-        kafka, dsn, "--handlers", "wakeline_world.undo",
-        log_path=str(out_dir / "compensator-2.log"), env={"WAKELINE_WORLD_DSN": dsn},
-    )  # fmt: skip
+    tools = registry()
+    # each re-issue has a new idempotency key (so each one charges again): the key is
+    # volatile, the detectors compare the calls without it
+    tools.register(
+        replace(tools.get("payments.charge"), volatile_fields=frozenset({"idempotency_key"})),
+        replace=True,
+    )
     emitters = [
-        Emitter(
-            kafka,
-            spool_dir=home / "spool" / f"demo-loop-{i}",
-            registry=registry(),
-            loop_guard=False,
-        )  # fmt: skip
+        Emitter(kafka, spool_dir=spools / f"loop-{i}", registry=tools, loop_guard=False)
         for i in range(2)
     ]
     try:
@@ -67,10 +64,10 @@ def run_act(
         wf = f"orchestrator-{uuid.uuid4().hex[:8]}"
         ctxs = [e.workflow(wf, agent_id="billing-bot", principal="ops@example.com")
                 for e in emitters]  # fmt: skip
-        args = {"customer": "cus_123", "amount_cents": 4200, "currency": "EUR",
-                "idempotency_key": f"order-{wf}"}  # fmt: skip
         charged, refused = [], 0
         for i in range(16):  # the orchestrator re-issues the charge through either process
+            args = {"customer": "cus_123", "amount_cents": 4200, "currency": "EUR",
+                    "idempotency_key": f"{wf}/charge-{i}"}  # fmt: skip
             try:
                 charged.append(
                     ctxs[i % 2].call("payments.charge", world.tool("payments.charge"), args)
@@ -93,16 +90,24 @@ def run_act(
                           "%s AND state = 'done'", wf),
             60, "the compensation of the loop",
         )[0][0]  # fmt: skip
-        charge_ids = {c["charge_id"] for c in charged}
+        charge_ids = [c["charge_id"] for c in charged]
+        undone = [r[0] for r in _rows(
+            dsn, "SELECT external_ids->>'charge_id' FROM compensator_actions WHERE "
+            "quarantine_id = %s AND tool = 'payments.charge' AND state = 'done' ORDER BY seq", qid,
+        )]  # fmt: skip
         refunds = [r for c in charge_ids for r in world.payments.refunds(c)]
         console.print(
-            f"  quarantine {qid} by the detector; the compensator refunded "
-            f"{', '.join(sorted(charge_ids))} ({len(refunds)} refund)"
+            f"  quarantine {qid} by the detector; the compensator refunded the "
+            f"{len(undone)} charges newest first: {', '.join(undone)} ({len(refunds)} refunds)"
         )
-        if len(charge_ids) != 1 or len(refunds) != 1:
-            raise ActFailed(f"{len(charge_ids)} charge(s), {len(refunds)} refund(s): want 1, 1")
+        if undone != charge_ids[::-1] or len(refunds) != len(charge_ids):
+            raise ActFailed(
+                f"charges {charge_ids}, refunded in the order {undone}, {len(refunds)} refunds: "
+                "want each refunded once, newest first"
+            )
         report["loop_alert"] = alert["detail"]
         report["loop_refunds"] = len(refunds)
+        report["refunded"] = charge_ids
 
         console.rule(f"[bold]{step + 1}. A race: two agents update one CRM record at once")
         record = f"crm-{uuid.uuid4().hex[:6]}"
@@ -128,5 +133,4 @@ def run_act(
     finally:
         for e in emitters:
             e.close(15)
-        stop_worker(comp)
     return report
