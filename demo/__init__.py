@@ -1,23 +1,27 @@
 """`wakeline demo`: one end-to-end scenario over the real stack, told as it happens.
 
+It runs in a namespace of its own (demo/namespace.py): a topic prefix and a database made
+for the run, so whatever else is on the stack is neither verified nor touched. One
+`wakeline worker` (ledger, audit, approval queue, detectors) and one `wakeline compensator`
+(with the example world's compensating actions) serve the whole story.
+
 An agent (billing-bot) handles a refund workflow through the SDK: it looks a customer up,
 charges a card (the card number is redacted before anything is written), sends an e-mail
-(the body kept only as a digest), and calls a tool that fails. A `wakeline worker` process
-ledgers the events into Merkle-chained segments in PostgreSQL and publishes the audit topic.
-The demo then signs a checkpoint, reads the audit trail back, verifies the whole ledger,
-proves one event's inclusion the way a third party would, and finally shows that changing one
-byte of an exported bundle (the charged amount) is caught and located by `ledger-verify`.
+(the body kept only as a digest), and calls a tool that fails; the events are shown in the
+ledger and in the audit trail. Then, on the example outside world (`examples/world`):
+a policy lets ordinary work through, holds a large charge until an approver signs for
+exactly that call, and denies an e-mail to an outside address (demo/approvals.py); an
+operator quarantines an agent, the compensator undoes its calls newest first and escalates
+the delivered e-mail with its incident report (demo/compensation.py); the worker's detectors
+catch a charge re-issued through two agent processes (quarantined, each charge refunded
+newest first) and two agents racing on one CRM record (demo/detection.py); a taint
+quarantine stops and undoes a prompt-injected agent's write and the charge another workflow
+made on it, and nothing else, and a workflow goes back to a checkpoint (demo/blast.py).
 
-Then (demo/compensation.py) a second agent acts on the example outside world, is quarantined,
-and the compensator undoes its calls newest first (the CRM record restored, the charge
-refunded) and escalates what it cannot undo (a delivered e-mail) with an incident report; the
-world's tables are checked. Then (demo/detection.py) the worker's detectors catch a charge re-
-issued through two agent processes (quarantined, refunded) and two agents racing on one CRM
-record (alerted). Then (demo/approvals.py) a policy lets ordinary work through, holds a large
-charge until an approver signs for exactly that call, and denies an e-mail to an outside
-address. Then (demo/blast.py) a taint quarantine stops and undoes a prompt-injected agent's bad
-write and the charge another workflow made on it, and nothing else, and a workflow goes back to
-a checkpoint. Last, the ledger, every event of every act included, is verified again.
+Last, the world's tables are checked (each refund exactly once), a checkpoint of the whole
+ledger is signed, the ledger verified from PostgreSQL and as an exported bundle offline, one
+event's inclusion proof checked, and one byte of a copy of the bundle (the charged amount)
+changed: `ledger-verify` names the event.
 
 Exit status is non-zero if any step does not behave: the demo is a test a person can watch.
 """

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from wakeline.errors import WakelineError
 from wakeline.infra.settings import DatabaseSettings, KafkaSettings
@@ -124,16 +123,15 @@ def run_act(
                       "state = 'done'", qid),
         60, "the compensation plan to finish",
     )  # fmt: skip
-    table = Table()
-    for col in ("order", "call", "compensating action", "state", "attempts", "detail"):
-        table.add_column(col)
     actions = _rows(
         dsn, "SELECT seq, tool, compensation, state, attempts, detail FROM "
         "compensator_actions WHERE quarantine_id = %s ORDER BY seq", qid,
     )  # fmt: skip
     for seq, tool, comp_name, state, attempts, detail in actions:
-        table.add_row(str(seq + 1), tool, comp_name, state, str(attempts), detail or "")
-    console.print(table)
+        detail = detail or ""  # in full in the incident report below
+        short = detail if len(detail) <= 60 else detail[:59] + "…"
+        console.print(f"  {seq + 1}. {tool} <- {comp_name}: [bold]{state}[/] after {attempts} "
+                      f"attempt(s): {short}", highlight=False)  # fmt: skip
     order = [a[1] for a in actions]
     if order != ["email.send", "crm.update", "payments.charge"]:
         raise ActFailed(f"compensations ran out of order (want newest first): {order}")

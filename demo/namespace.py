@@ -170,9 +170,9 @@ def create(kafka: KafkaSettings, database: DatabaseSettings, out_dir: Path) -> N
     except WakelineError as e:
         raise NamespaceError(
             f"the demo needs topics of its own under the prefix {ns.kafka.topics.prefix!r} on "
-            f"{kafka.bootstrap}, and could not make them ({e}). Give the client the right to "
-            "create and delete topics starting with 'demo.' (WAKELINE_KAFKA_CONFIG for its "
-            "credentials)"
+            f"{kafka.bootstrap}, and could not make them: {e}. If the broker refused, give the "
+            "client the right to create and delete topics starting with 'demo.' (its "
+            "credentials: WAKELINE_KAFKA_CONFIG)"
         ) from e
     return ns
 
