@@ -370,14 +370,14 @@ def run_demo(kafka: KafkaSettings, database: DatabaseSettings, *, console: Conso
                 "[green]ok[/]"
             )
 
-            console.rule("[bold]24. Someone edits the exported ledger: USD 12.99 becomes 99.99")
+            console.rule("[bold]24. One byte of a copy of the bundle changes: USD 12.99 is 92.99")
             data = bundle.read_bytes()
             needle = b'"amount":1299'
             at = data.find(needle, max(data.find(charge.leaf), 0))
             if at < 0:
                 raise DemoFailed("the charge's amount is not in the bundle")
             forged = out_dir / "ledger.forged.bundle"
-            forged.write_bytes(data[:at] + b'"amount":9999' + data[at + len(needle) :])
+            forged.write_bytes(data[:at] + b'"amount":9299' + data[at + len(needle) :])
             tampered = verify_bundle(forged, trusted_keys=[vkey])
             console.print(f"  ledger-verify {forged.name}: [bold red]{tampered.verdict}[/] "
                           f"(exit {tampered.exit_code})")  # fmt: skip

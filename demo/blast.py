@@ -111,12 +111,14 @@ def run_act(
               "both workflows' compensation plans")  # fmt: skip
         crm = (world.crm.get(record) or {}).get("fields", {})
         refunds = world.payments.refunds(charge["charge_id"])
-        untouched = not _rows(dsn, "SELECT 1 FROM compensator_plans WHERE workflow_id = %s",
-                              wf_other)  # fmt: skip
+        held = (world.inventory.reservation(reserved["reservation_id"]) or {}).get("status")
+        untouched = held == "held" and not _rows(
+            dsn, "SELECT 1 FROM compensator_plans WHERE workflow_id = %s", wf_other
+        )
         console.print(
             f"  {record}: credit limit EUR {crm.get('credit_limit_eur'):,} again; "
             f"{charge['charge_id']}: {len(refunds)} refund; {wf_other} "
-            f"({reserved.get('reservation_id', sku)}): {'untouched' if untouched else 'TOUCHED'}"
+            f"({reserved['reservation_id']}, {held}): {'untouched' if untouched else 'TOUCHED'}"
         )
         if crm.get("credit_limit_eur") != 1000 or len(refunds) != 1 or not untouched:
             raise ActFailed(f"the taint quarantine did not undo exactly the dependents: "

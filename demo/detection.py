@@ -1,9 +1,11 @@
 """The demo's third act: the worker's detectors catch what no single agent process sees.
 
-An orchestrator re-issues the same charge through two SDK processes (each sees too few
-repeats to refuse it): the worker's loop detector raises an alert and quarantines the
-workflow, and the compensator refunds the charge. Then two agents, in different workflows,
-update one CRM record at the same time: the race detector raises an alert naming both.
+An orchestrator re-issues the same charge, each time with a new idempotency key (so each
+one charges again), through two SDK processes (each sees too few repeats to refuse it): the
+worker's loop detector, comparing the calls without the volatile key, raises an alert and
+quarantines the workflow, and the compensator refunds every charge, newest first. Then two
+agents, in different workflows, update one CRM record at the same time: the race detector
+raises an alert naming both.
 """
 
 from __future__ import annotations
