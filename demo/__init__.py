@@ -199,6 +199,7 @@ def run(
     from wakeline.demo import namespace
 
     out_dir = StackSettings.from_env().home / "demo"
+    namespace.refuse_demo_namespace(kafka, database)
     with namespace.exclusive(out_dir):
         removed, failed = namespace.remove_previous(kafka, out_dir)
         ns = namespace.create(kafka, database, out_dir)

@@ -122,6 +122,18 @@ def _delete_groups(kafka: KafkaSettings) -> None:
                 fut.result()
 
 
+def refuse_demo_namespace(kafka: KafkaSettings, database: DatabaseSettings) -> None:
+    """NamespaceError if the configured namespace is a demo run's (a shell that sourced
+    env.sh): the run would remove it, and the database it makes its own beside, first."""
+    db_name = str(conninfo.conninfo_to_dict(database.dsn).get("dbname") or "")
+    if kafka.topics.prefix.startswith("demo.") or db_name.startswith(DB_PREFIX + "_"):
+        raise NamespaceError(
+            f"WAKELINE_TOPIC_PREFIX ({kafka.topics.prefix!r}) or WAKELINE_DSN (database "
+            f"{db_name!r}) points at a demo run's namespace (a shell that sourced "
+            "WAKELINE_HOME/demo/env.sh): unset them, or open a new shell, to run the demo"
+        )
+
+
 def remove_previous(kafka: KafkaSettings, out_dir: Path) -> tuple[list[str], list[str]]:
     """Remove the recorded namespaces of earlier runs; (runs removed, runs that could not be,
     each with the reason). What could not be removed stays recorded for the next run."""
