@@ -50,8 +50,9 @@ soak: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
-# The demo starts the local stack itself and stops it at the end (`wakeline demo --keep`
-# leaves it running, with the demo's files, for exploring).
+# The demo starts the local stack itself and stops it at the end; it runs in topics and a
+# database of its own, made for the run (`wakeline demo --keep` leaves them and the stack
+# for exploring: `. .wakeline/demo/env.sh; wakeline workflow list`).
 demo: $(STAMP)
 	$(WL) demo $(DEMO_ARGS)
 

@@ -196,16 +196,24 @@ def doctor(as_json: bool) -> None:
 @click.option(
     "--keep",
     is_flag=True,
-    help="Leave the local stack running and the demo's files (WAKELINE_HOME/demo) for "
-    "exploring: `wakeline workflow list`, `wakeline approvals list`, `ledger-verify`.",
+    help="Leave the local stack running, and the demo's topics, database and files "
+    "(WAKELINE_HOME/demo) for exploring: `. WAKELINE_HOME/demo/env.sh; wakeline workflow "
+    "list` (and `wakeline approvals list`, `ledger-verify`).",
 )
 def demo(as_json: bool, keep: bool) -> None:
-    """Run the end-to-end scenario and print what happened: starts the local stack (and
-    creates topics and tables) if it is not running, and stops what it started at the end
-    unless --keep. A stack you started yourself, or an external one, is left as it was."""
-    from wakeline.demo import run_demo
+    """Run the end-to-end scenario and print what happened: starts the local stack if it is
+    not running, and stops what it started at the end unless --keep. A stack you started
+    yourself, or an external one, is left as it was.
+
+    The demo runs in a namespace of its own, made for each run and removed at its end (with
+    --keep, or if it fails, by the next run): topics under the prefix
+    `demo.<run>.<WAKELINE_TOPIC_PREFIX>` and a database `wl_demo_<run>` on WAKELINE_DSN's
+    server. It never reads or writes the configured topics and database. Against your own
+    Kafka and PostgreSQL (WAKELINE_BOOTSTRAP, WAKELINE_DSN) the client must be allowed to
+    create and delete those topics, and the PostgreSQL role to create databases (CREATEDB);
+    the demo says so if either is refused."""
+    from wakeline.demo import run
     from wakeline.devstack import stack as local
-    from wakeline.infra.provision import initialise
     from wakeline.infra.settings import DatabaseSettings, KafkaSettings, StackSettings
 
     # with --json the story goes to stderr and only the report to stdout
@@ -218,8 +226,7 @@ def demo(as_json: bool, keep: bool) -> None:
             up = local.up(stack, kafka=not kafka.external, postgres=not database.external)
         started = [n for n in ("kafka", "postgres") if (up.get(n) or {}).get("started")]
         try:
-            initialise(kafka, database)
-            report = run_demo(kafka, database, console=out)
+            report = run(kafka, database, console=out, keep=keep)
         finally:
             if started and not keep:
                 if "kafka" in started:

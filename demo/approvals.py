@@ -77,7 +77,7 @@ def _pending(dsn: str, workflow_id: str) -> Any:
 def run_act(
     kafka: KafkaSettings,
     database: DatabaseSettings,
-    home: Path,
+    spools: Path,
     out_dir: Path,
     *,
     console: Console,
@@ -94,7 +94,7 @@ def run_act(
     from wakeline_world.tools import registry
 
     dsn = database.dsn
-    world = World(dsn).install()
+    world = World(dsn)
     report: dict[str, Any] = {}
     keys = out_dir / "keys"
     from wakeline.testkit.harness import worker_env
@@ -124,7 +124,7 @@ def run_act(
     wf = f"invoice-{uuid.uuid4().hex[:8]}"
     customer = f"cus_{uuid.uuid4().hex[:6]}"
     approvals = Approvals(kafka, poll_interval_s=0.02)
-    emitter = Emitter(kafka, spool_dir=home / "spool" / "demo-policy", registry=registry(),
+    emitter = Emitter(kafka, spool_dir=spools / "policy", registry=registry(),
                       policy=policy, authorizer=approvals)  # fmt: skip
     try:
         if not approvals.wait_ready(30):
@@ -205,5 +205,6 @@ def run_act(
     )
     if not all(charges) or sent:
         raise ActFailed(f"the world disagrees: charges {charges}, outside mail {sent}")
-    report.update(workflow_id=wf, request_id=request.request_id, policy=policy.version)
+    report.update(workflow_id=wf, request_id=request.request_id, policy=policy.version,
+                  kept=[small["charge_id"], done["charge"]["charge_id"]])  # fmt: skip
     return report

@@ -38,8 +38,7 @@ def run_act(
     kafka: KafkaSettings,
     database: DatabaseSettings,
     store: Any,
-    home: Path,
-    out_dir: Path,
+    spools: Path,
     *,
     console: Console,
     step: int,
@@ -50,23 +49,18 @@ def run_act(
     from wakeline.compensator.scopes import impact
     from wakeline.producers import Emitter
     from wakeline.schemas import decode_event
-    from wakeline.testkit.harness import start_compensator, stop_worker
     from wakeline_world import World
     from wakeline_world.tools import registry
 
     dsn = database.dsn
-    world = World(dsn).install()
+    world = World(dsn)
     report: dict[str, Any] = {}
     tag = uuid.uuid4().hex[:6]
     wf_research, wf_billing, wf_other = f"research-{tag}", f"billing-{tag}", f"stock-{tag}"
     record, customer, sku = f"crm-acme-{tag}", f"cus_acme_{tag}", f"sku-{tag}"
     world.crm.update(record, {"credit_limit_eur": 1000}, f"seed-{record}")
     world.inventory.restock(sku, 10)
-    comp = start_compensator(
-        kafka, dsn, "--handlers", "wakeline_world.undo",
-        log_path=str(out_dir / "compensator-blast.log"), env={"WAKELINE_WORLD_DSN": dsn},
-    )  # fmt: skip
-    emitter = Emitter(kafka, spool_dir=home / "spool" / "demo-blast", registry=registry())
+    emitter = Emitter(kafka, spool_dir=spools / "blast", registry=registry())
     try:
         console.rule(f"[bold]{step}. A prompt-injected agent's output is used elsewhere")
         research = emitter.workflow(wf_research, agent_id="research-bot", principal="ops@x.io")
@@ -117,12 +111,14 @@ def run_act(
               "both workflows' compensation plans")  # fmt: skip
         crm = (world.crm.get(record) or {}).get("fields", {})
         refunds = world.payments.refunds(charge["charge_id"])
-        untouched = not _rows(dsn, "SELECT 1 FROM compensator_plans WHERE workflow_id = %s",
-                              wf_other)  # fmt: skip
+        held = (world.inventory.reservation(reserved["reservation_id"]) or {}).get("status")
+        untouched = held == "held" and not _rows(
+            dsn, "SELECT 1 FROM compensator_plans WHERE workflow_id = %s", wf_other
+        )
         console.print(
             f"  {record}: credit limit EUR {crm.get('credit_limit_eur'):,} again; "
             f"{charge['charge_id']}: {len(refunds)} refund; {wf_other} "
-            f"({reserved.get('reservation_id', sku)}): {'untouched' if untouched else 'TOUCHED'}"
+            f"({reserved['reservation_id']}, {held}): {'untouched' if untouched else 'TOUCHED'}"
         )
         if crm.get("credit_limit_eur") != 1000 or len(refunds) != 1 or not untouched:
             raise ActFailed(f"the taint quarantine did not undo exactly the dependents: "
@@ -154,10 +150,10 @@ def run_act(
                       f"{resumed.state}")  # fmt: skip
         if vm_now.get("status") == "running":
             raise ActFailed(f"the VM created after the checkpoint still runs: {vm_now}")
-        report.update(rollback_workflow=wf, rolled_back_vm=vm["vm_id"])
+        report.update(rollback_workflow=wf, rolled_back_vm=vm["vm_id"],
+                      refunded=[charge["charge_id"]])  # fmt: skip
     finally:
         emitter.close(30)
-        stop_worker(comp)
     return report
 
 

@@ -86,12 +86,21 @@ def missing_topics(settings: KafkaSettings, *, timeout: float = 10.0) -> list[st
     return [s.name for s in topic_specs(settings) if s.name not in existing]
 
 
-def delete_topics(settings: KafkaSettings, *, timeout: float = 30.0) -> None:
-    """Delete every topic under the settings' prefix (tests clean up with this)."""
+def delete_topics(
+    settings: KafkaSettings, *, timeout: float = 30.0, under_prefix: bool = False
+) -> None:
+    """Delete the topics `wakeline init` makes under the settings' prefix (tests clean up
+    with this); with `under_prefix`, every topic whose name starts with the prefix (the
+    worker's faust app makes `<prefix>worker-*-__assignor-__leader` topics of its own): only
+    for a prefix nothing else uses, such as a demo run's."""
     admin = _admin(settings)
-    names = [s.name for s in topic_specs(settings)]
     existing = set(admin.list_topics(timeout=timeout).topics)
-    names = [n for n in names if n in existing]
+    if under_prefix:
+        if not settings.topics.prefix:
+            raise StackError("refusing to delete every topic under an empty prefix")
+        names = sorted(n for n in existing if n.startswith(settings.topics.prefix))
+    else:
+        names = [s.name for s in topic_specs(settings) if s.name in existing]
     if names:
         for fut in admin.delete_topics(names, operation_timeout=timeout).values():
             fut.result()

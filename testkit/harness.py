@@ -115,12 +115,14 @@ def stop_worker(proc: subprocess.Popen, timeout: float = 30) -> int:
     return proc.returncode
 
 
-def create_database(prefix: str = "wl_bench") -> str:
-    """A new, migrated database next to the configured one (for benchmarks); its DSN."""
+def create_database(prefix: str = "wl_bench", base: str | None = None) -> str:
+    """A new, migrated database next to the configured one (or on the server of `base`, a
+    DSN whose database it connects to for CREATE DATABASE); its DSN. psycopg.Error (e.g.
+    InsufficientPrivilege) if the server refuses."""
     import psycopg
     from psycopg import conninfo
 
-    base = DatabaseSettings.from_env().dsn
+    base = base or DatabaseSettings.from_env().dsn
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -129,15 +131,16 @@ def create_database(prefix: str = "wl_bench") -> str:
     return dsn
 
 
-def drop_database(dsn: str) -> None:
-    """Drop a database `create_database` made (connections to it are ended)."""
+def drop_database(dsn: str, base: str | None = None, *, check: bool = False) -> None:
+    """Drop a database `create_database` made (connections to it are ended), connecting to
+    `base` (default: the configured database) to do it. Errors are ignored unless `check`."""
     import psycopg
     from psycopg import conninfo
 
     name = conninfo.conninfo_to_dict(dsn)["dbname"]
     with (
-        contextlib.suppress(psycopg.Error),
-        psycopg.connect(DatabaseSettings.from_env().dsn, autocommit=True) as conn,
+        contextlib.suppress(*(() if check else (psycopg.Error,))),
+        psycopg.connect(base or DatabaseSettings.from_env().dsn, autocommit=True) as conn,
     ):
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
