@@ -49,13 +49,13 @@ timeout = "60s"
 reason = "charges over EUR 500 need an approver of finance"
 
 [[rule]]
-name = "mail-outside"
+name = "mail-inside"
 tool = "email.send"
 args = ['to ends_with "@example.com"']
 outcome = "allow"
 
 [[rule]]
-name = "no-mail-outside"
+name = "mail-outside"
 tool = "email.send"
 outcome = "deny"
 reason = "e-mail leaves example.com only with a human"

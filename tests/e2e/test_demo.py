@@ -20,6 +20,8 @@ from wakeline.ledger.store_postgres import PostgresLedgerStore
 from wakeline.testkit.harness import start_worker, stop_worker, wait_for_ledger
 from wakeline.testkit.samples import frames, intent, result
 
+from .test_readme import check_demo_excerpts
+
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
@@ -84,8 +86,10 @@ def test_demo_tells_the_story_in_a_namespace_of_its_own(
     kafka, database = KafkaSettings.from_env(), DatabaseSettings.from_env()
 
     out = io.StringIO()
-    report = run(kafka, database, console=Console(file=out, width=120), keep=True)
+    # as wide as the README's excerpts of it, which are checked against it below
+    report = run(kafka, database, console=Console(file=out, width=250), keep=True)
     text = out.getvalue()
+    check_demo_excerpts(text)
     assert report["verdict"] == "sound"
     assert report["audit_records"] == 9  # 4 intents, 4 results, the seal
     assert report["forged_verdict"] == "tampered"

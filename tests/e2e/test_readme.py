@@ -154,6 +154,8 @@ def test_normalise_and_excerpt_matching() -> None:
     assert missing_lines("... refunded ...", printed) == ["... refunded ..."]
     assert not missing_lines("...\n\n", printed)
     assert normalise("01a234cf-4f7b-714f-991d-a4a9b628fc78 v9 cus_7af4d1") == "U vN cus_H"
+    with pytest.raises(AssertionError, match="the demo did not print"):
+        check_demo_excerpts("demo complete")
 
 
 # -- the session ----------------------------------------------------------------------------
