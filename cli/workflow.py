@@ -270,9 +270,9 @@ def _context(ctx: click.Context) -> tuple[Any, str | None]:
 def list_cmd(
     ctx: click.Context, quarantined: bool, limit: int, dsn: str | None, as_json: bool
 ) -> None:
-    """Workflows in the ledger, newest activity first, with their quarantine state:
-    active, quarantined (the compensator has not taken it up), compensating, compensated,
-    released."""
+    """Workflows in the ledger, newest activity first, with their state: active, completed
+    (its newest run sealed), quarantined (the compensator has not taken it up), compensating,
+    compensated, released."""
     from wakeline.cli.main import emit_json, run_guarded
     from wakeline.compensator.operator import workflow_rows
 

@@ -505,9 +505,10 @@ def workflow_state(
     events: Sequence[Mapping[str, Any]], plans: Sequence[Mapping[str, Any]] = ()
 ) -> dict[str, Any]:
     """The quarantine state: `quarantined` (in force, the compensator has no plan for it),
-    `compensating` / `compensated` (its plan is running / finished), `released`, or
-    `active` (never quarantined). The ledger's events say which quarantine is in force; the
-    compensator's plan (when there is one) says how far it got."""
+    `compensating` / `compensated` (its plan is running / finished), `released`, or, never
+    quarantined, `completed` (its newest run ended with its seal) or `active`. The ledger's
+    events say which quarantine is in force; the compensator's plan (when there is one) says
+    how far it got."""
     from wakeline.compensator.plan import active_quarantine
 
     q = active_quarantine(events)
@@ -524,7 +525,17 @@ def workflow_state(
             # the compensator holds a plan whose quarantine is not ledgered yet
             return {"state": PLAN_STATES[newest["state"]], "quarantine": None}
         return {"state": "released", "quarantine": None}
-    return {"state": "active", "quarantine": None}
+    return {"state": "completed" if _sealed(events) else "active", "quarantine": None}
+
+
+def _sealed(events: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the newest run ended with its seal: a WorkflowCompleted and no call after it."""
+    for e in reversed(events):
+        if e.get("type") == "WorkflowCompleted":
+            return True
+        if e.get("type") in ("ToolIntent", "ToolResult", "WorkflowSnapshot"):
+            return False
+    return False
 
 
 def timeline(

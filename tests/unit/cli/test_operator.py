@@ -162,6 +162,12 @@ def test_the_compensators_plan_says_how_far_a_quarantine_got() -> None:
     ev.release(q)
     assert workflow_state(ev.events, [{**plan, "state": "released"}])["state"] == "released"
     assert workflow_state(Events().events)["state"] == "active"
+    done = Events()
+    done.call()
+    sealed = [*done.events, {"type": "WorkflowCompleted", "event_id": "seal-1"}]
+    assert workflow_state(sealed)["state"] == "completed"
+    again = [*sealed, {"type": "ToolIntent", "event_id": "next-run"}]  # a new run goes on
+    assert workflow_state(again)["state"] == "active"
 
 
 def test_memory_store_lists_workflows_newest_first() -> None:
