@@ -62,7 +62,7 @@ def kafka(local_stack: StackSettings) -> Iterator[KafkaSettings]:
         _unavailable(str(e))
     yield settings
     with contextlib.suppress(Exception):  # best effort; the prefix is unique anyway
-        topics.delete_topics(settings)
+        topics.delete_topics(settings, under_prefix=True)
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def fresh_kafka(kafka: KafkaSettings) -> Iterator[KafkaSettings]:
     topics.ensure_topics(settings)
     yield settings
     with contextlib.suppress(Exception):
-        topics.delete_topics(settings)
+        topics.delete_topics(settings, under_prefix=True)
 
 
 def _create_database() -> str:

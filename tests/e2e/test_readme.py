@@ -215,7 +215,9 @@ def test_the_readme_runs_as_written(
         )  # fmt: skip
     finally:
         with contextlib.suppress(Exception):
-            topics.delete_topics(replace(KafkaSettings.from_env(), topics=Topics(prefix)))
+            topics.delete_topics(
+                replace(KafkaSettings.from_env(), topics=Topics(prefix)), under_prefix=True
+            )
     out = run.stdout
     assert run.returncode == 0 and "::readme-block end::" in out, out[-6000:]
     sections = re.split(r"^::readme-block (\d+|end)::$", out, flags=re.M)
