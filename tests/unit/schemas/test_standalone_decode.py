@@ -30,14 +30,18 @@ def _plain(value: object) -> object:
     return value
 
 
-def test_the_standalone_decoder_imports_nothing_from_wakeline() -> None:
-    tree = ast.parse(SCRIPT.read_text())
+def _top_level_imports(script: Path) -> set[str]:
     imported = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(script.read_text())):
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
+    return imported
+
+
+def test_the_standalone_decoder_imports_nothing_from_wakeline() -> None:
+    imported = _top_level_imports(SCRIPT)
     assert imported <= {
         "__future__",
         "datetime",
@@ -87,12 +91,6 @@ def test_fingerprint_byte_order_matches_the_avro_spec_vectors() -> None:
 
 def test_the_standalone_emitter_imports_only_its_kafka_avro_and_blake3_libraries() -> None:
     """tests/integration/test_wire_emit.py runs it against the stack; here: what it needs."""
-    tree = ast.parse((HERE / "data" / "standalone_emit.py").read_text())
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
+    imported = _top_level_imports(HERE / "data" / "standalone_emit.py")
     third_party = imported - set(sys.stdlib_module_names) - {"__future__"}
     assert third_party == {"confluent_kafka", "fastavro", "blake3"}
