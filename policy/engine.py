@@ -446,6 +446,13 @@ class Policy:
             decision = self.default_decision
         return (replace(decision, shadow=tuple(shadow)) if shadow else decision), traces
 
+    @property
+    def asks_approvals(self) -> bool:
+        """Whether some call can need an approval (an enforced rule or the default says
+        require_approval): only then does the SDK need an approvals authorizer."""
+        decisions = [r.decision for r in self.rules if not r.shadow] + [self.default_decision]
+        return any(d.outcome == "require_approval" for d in decisions)
+
     def __repr__(self) -> str:
         return f"Policy({self.name!r}, {len(self.rules)} rules, version {self.version[:12]})"
 

@@ -99,9 +99,10 @@ class Emitter:
         self._own_authorizer: Any = None
         if policy is None:
             policy = _policy_from_env()
-            if policy is not allow_all and authorizer is None:
-                # a policy from the environment waits for signed approvals on the brokers
-                # the emitter writes to, as `Emitter(policy=..., authorizer=Approvals(kafka))`
+            if authorizer is None and getattr(policy, "asks_approvals", False):
+                # a policy from the environment that can ask for approvals waits for them on
+                # the brokers the emitter writes to, as `Emitter(policy=...,
+                # authorizer=Approvals(kafka))`; one that never asks follows no topics
                 from wakeline.producers.approvals import Approvals
 
                 authorizer = self._own_authorizer = Approvals(kafka)

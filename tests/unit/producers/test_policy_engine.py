@@ -90,3 +90,25 @@ def test_wakeline_policy_turns_the_engine_on(
     em.close(timeout=1)
     rules = [e["policy_rule"] for e in rec.events() if e["type"] == "ToolIntent"]
     assert rules == ["unregistered-tools", "reads"]
+
+
+def test_a_policy_from_the_environment_brings_approvals_only_when_it_can_ask_for_them(
+    tmp_path: Path, registry: ToolRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert Policy.default().asks_approvals  # irreversible high impact waits for admins
+    plain = tmp_path / "plain.toml"
+    plain.write_text(POLICY)  # deny and allow only (its shadow rule decides nothing)
+    assert not Policy.load(plain).asks_approvals
+    monkeypatch.setenv("WAKELINE_POLICY", "default")
+    em, _ = emitter_of(tmp_path / "a", registry)
+    assert em._own_authorizer is not None  # the emitter made it, and closes it
+    em.close(timeout=1)
+    monkeypatch.setenv("WAKELINE_POLICY", str(plain))
+    em, _ = emitter_of(tmp_path / "b", registry)
+    assert em._own_authorizer is None
+    em.close(timeout=1)
+    given = object()
+    monkeypatch.setenv("WAKELINE_POLICY", "default")
+    em, _ = emitter_of(tmp_path / "c", registry, authorizer=given)
+    assert em._own_authorizer is None and em._policy_gate.authorizer is given
+    em.close(timeout=1)
