@@ -17,6 +17,13 @@ from typing import Any
 import click
 
 _AS = "The principal who signs (with the key `wakeline approvals keygen` made, unless --key)."
+_SIGNER = click.option("--as", "principal", required=True, help=_AS)
+_KEY = click.option(
+    "--key",
+    "key_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The signer's private key file (PEM), instead of the one keygen made.",
+)
 
 
 def parse_duration(text: str) -> float:
@@ -50,13 +57,8 @@ def grants() -> None:
 
 
 @grants.command("create")
-@click.option("--as", "principal", required=True, help=_AS)
-@click.option(
-    "--key",
-    "key_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The signer's private key file (PEM), instead of the one keygen made.",
-)
+@_SIGNER
+@_KEY
 @click.option("--agent", required=True, help="Agent ids covered, a glob ('billing-*').")
 @click.option("--tool", required=True, help="Tool names covered, a glob ('stripe.refund').")
 @click.option(
@@ -118,13 +120,8 @@ def create(
 
 @grants.command("revoke")
 @click.argument("grant_id")
-@click.option("--as", "principal", required=True, help=_AS)
-@click.option(
-    "--key",
-    "key_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The signer's private key file (PEM), instead of the one keygen made.",
-)
+@_SIGNER
+@_KEY
 @click.option("--reason", help="Why (recorded, not signed).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def revoke(
